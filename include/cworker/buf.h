@@ -1,0 +1,36 @@
+/* Growable byte buffer used across the library. */
+#ifndef CWORKER_BUF_H
+#define CWORKER_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A heap byte buffer.  Zero-initialised (CW_BUF_INIT) is a valid empty
+ * buffer.  The owner frees it with cw_buf_free(). `data` may move on any
+ * call that grows the buffer. */
+typedef struct cw_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+} cw_buf_t;
+
+#define CW_BUF_INIT {NULL, 0, 0}
+
+/* Make room for `extra` more bytes; 0 or -ENOMEM. */
+int cw_buf_reserve(cw_buf_t *b, size_t extra);
+/* Append bytes; 0 or -ENOMEM. */
+int cw_buf_append(cw_buf_t *b, const void *data, size_t len);
+/* Append a NUL-terminated string (without the NUL). */
+int cw_buf_append_str(cw_buf_t *b, const char *s);
+/* printf-style append; 0 or -ENOMEM. */
+int cw_buf_printf(cw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drop the first n bytes (n <= len). */
+void cw_buf_consume(cw_buf_t *b, size_t n);
+/* Forget the content, keep the allocation. */
+void cw_buf_reset(cw_buf_t *b);
+/* Free the allocation; the buffer is empty and reusable afterwards. NULL-safe. */
+void cw_buf_free(cw_buf_t *b);
+/* Hand the allocation to the caller (who frees it); the buffer becomes empty. */
+uint8_t *cw_buf_steal(cw_buf_t *b, size_t *len);
+
+#endif

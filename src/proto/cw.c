@@ -1,0 +1,97 @@
+/* Error names and small string helpers shared by every layer. */
+#include "cworker/cw.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *cw_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+    case CW_EPROTO:
+        return "protocol violation by the peer";
+    case CW_ETOOBIG:
+        return "message exceeds the configured limit";
+    case CW_EHANDSHAKE:
+        return "WebSocket handshake failed";
+    case CW_EAUTH:
+        return "authentication refused by the master (HTTP 401): check worker name and password";
+    case CW_ECLOSED:
+        return "WebSocket closed";
+    case CW_EBADMSG:
+        return "malformed message";
+    case CW_EMSGKEY:
+        return "message lacks an obligatory key";
+    case CW_EIGNORE:
+        return "message ignored";
+    case CW_EHTTP:
+        return "malformed HTTP message";
+    case CW_EBADARG:
+        return "invalid command argument";
+    case CW_ETIMEOUT:
+        return "timed out";
+    case CW_ETLS:
+        return "TLS failure";
+    default:
+        break;
+    }
+    if (err < 0 && err > CW_ERR_BASE)
+        return strerror(-err);
+    return "unknown error";
+}
+
+bool cw_str_eq(cw_str_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.len == n && (n == 0 || memcmp(s.ptr, lit, n) == 0);
+}
+
+char *cw_str_dup(cw_str_t s)
+{
+    char *p = malloc(s.len + 1);
+    if (p == NULL)
+        return NULL;
+    if (s.len)
+        memcpy(p, s.ptr, s.len);
+    p[s.len] = '\0';
+    return p;
+}
+
+bool cw_utf8_valid(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (len - i <= n)
+            return false;
+        for (size_t k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}

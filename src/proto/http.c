@@ -1,0 +1,2 @@
+/* placeholder: implemented in progress */
+typedef int cw_placeholder_http;
