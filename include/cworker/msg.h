@@ -70,7 +70,9 @@ typedef enum cw_side {
 const char *cw_op_name(cw_op_t op);
 
 /* A decoded message.  Every cw_str_t and msgpack_object inside points into
- * the msgpack_unpacked given to cw_msg_decode() and lives as long as it. */
+ * the msgpack_unpacked given to cw_msg_decode() and into the `data` bytes
+ * given to it (msgpack-c does not copy str/bin payloads): both must outlive
+ * the use of the message. */
 typedef struct cw_msg {
     cw_op_t op;
     cw_str_t op_name; /* as received (for the "does not exist" answer) */
@@ -96,7 +98,7 @@ typedef struct cw_msg {
             bool has_builder_name;
             cw_str_t builder_name;
         } start;
-        struct { /* CW_OP_INTERRUPT_COMMAND; why optional (empty if absent) */
+        struct { /* CW_OP_INTERRUPT_COMMAND; why required like the stock worker */
             cw_str_t command_id;
             cw_str_t why;
         } interrupt;

@@ -1,6 +1,9 @@
 /* Error names and small string helpers shared by every layer. */
 #include "cworker/cw.h"
 
+#include "cworker/buf.h"
+
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,4 +97,36 @@ bool cw_utf8_valid(const uint8_t *p, size_t len)
         i += n + 1;
     }
     return true;
+}
+
+/* Length of the valid UTF-8 sequence starting at p[0], or 0 if invalid. */
+static size_t utf8_seq_len(const uint8_t *p, size_t len)
+{
+    if (p[0] < 0x80)
+        return 1;
+    for (size_t n = 2; n <= 4 && n <= len; n++)
+        if (cw_utf8_valid(p, n))
+            return n;
+    return 0;
+}
+
+int cw_utf8_repair(const uint8_t *p, size_t len, cw_buf_t *out)
+{
+    static const uint8_t repl[3] = {0xEF, 0xBF, 0xBD};
+    size_t i = 0;
+    while (i < len) {
+        size_t start = i;
+        while (i < len && p[i] < 0x80)
+            i++;
+        if (cw_buf_append(out, p + start, i - start) < 0)
+            return -ENOMEM;
+        if (i >= len)
+            break;
+        size_t n = utf8_seq_len(p + i, len - i);
+        int rc = n ? cw_buf_append(out, p + i, n) : cw_buf_append(out, repl, 3);
+        if (rc < 0)
+            return rc;
+        i += n ? n : 1;
+    }
+    return 0;
 }

@@ -1,0 +1,157 @@
+/* One protocol connection over libuv: TCP, HTTP upgrade, WebSocket session,
+ * msgpack messages, request/response bookkeeping, send-queue accounting and
+ * liveness (WebSocket pings with a dead-link timeout).
+ *
+ * This is the thin adapter between libuv and the sans-I/O library; both
+ * cworker (client role) and cworker-master (server role) use it.
+ *
+ * Lifecycle: the owner allocates a cw_conn_t, calls cw_conn_init(), then
+ * either connects cw_conn_tcp() itself and calls cw_conn_start_client(), or
+ * accepts into cw_conn_tcp() and calls cw_conn_start_server().  Once the
+ * upgrade is done on_open fires; requests arrive through on_request;
+ * responses go to the callback given with the request.  cw_conn_close()
+ * (or any error) starts an asynchronous close: every outstanding request's
+ * callback gets NULL, the handles are closed, then on_close fires exactly
+ * once.  After on_close the connection code never touches the object again,
+ * so the owner may free it inside on_close.
+ */
+#ifndef CW_NET_CONN_H
+#define CW_NET_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cworker/buf.h"
+#include "cworker/http.h"
+#include "cworker/msg.h"
+#include "cworker/ws.h"
+
+typedef struct cw_conn cw_conn_t;
+
+typedef enum cw_conn_role {
+    CW_CONN_CLIENT, /* the worker side */
+    CW_CONN_SERVER, /* the master side */
+} cw_conn_role_t;
+
+typedef enum cw_conn_state {
+    CW_CONN_INIT,
+    CW_CONN_HANDSHAKE,
+    CW_CONN_OPEN,
+    CW_CONN_CLOSING,
+    CW_CONN_CLOSED,
+} cw_conn_state_t;
+
+/* Called with the response to a request, or resp == NULL when the
+ * connection went away first.  resp lives only during the call. */
+typedef void (*cw_conn_resp_cb)(cw_conn_t *c, void *ctx, const cw_msg_t *resp);
+
+typedef struct cw_conn_callbacks {
+    /* The WebSocket is open (client: 101 checked; server: 101 sent). */
+    void (*on_open)(cw_conn_t *c);
+    /* A request from the peer (op known to our side).  The owner must answer
+     * it exactly once (cw_conn_respond_*), now or later. */
+    void (*on_request)(cw_conn_t *c, const cw_msg_t *msg);
+    /* The send queue dropped below the low-water mark after having been above. */
+    void (*on_drain)(cw_conn_t *c);
+    /* The connection is gone.  err: 0 for an orderly close, else a code;
+     * why: a short human-readable reason. */
+    void (*on_close)(cw_conn_t *c, int err, const char *why);
+    /* Server only: decide on credentials. Return 0 to accept, or an HTTP
+     * status (401, 403, 503...) to refuse. */
+    int (*on_auth)(cw_conn_t *c, const cw_http_upgrade_req_t *req);
+} cw_conn_callbacks_t;
+
+typedef struct cw_conn_pending {
+    int64_t seq;
+    cw_conn_resp_cb cb;
+    void *ctx;
+} cw_conn_pending_t;
+
+typedef struct cw_conn_options {
+    size_t max_message;          /* largest WebSocket message accepted (bytes) */
+    uint64_t handshake_timeout;  /* ms for the HTTP upgrade to finish */
+    uint64_t ping_interval;      /* ms between our pings when idle; 0 = none */
+    uint64_t dead_timeout;       /* ms without any byte from the peer before the
+                                    link is declared dead; 0 = never */
+    size_t high_water;           /* queued bytes above which writable() is false */
+    size_t low_water;            /* on_drain fires when the queue falls below */
+} cw_conn_options_t;
+
+/* Default options: 64 MiB messages, 10 s handshake, ping every 10 s, dead
+ * after 30 s of silence, 1 MiB / 256 KiB water marks. */
+void cw_conn_options_default(cw_conn_options_t *o);
+
+struct cw_conn {
+    uv_loop_t *loop;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    cw_conn_role_t role;
+    cw_conn_state_t state;
+    cw_conn_options_t opt;
+    const cw_conn_callbacks_t *cb;
+    void *data; /* owner's pointer */
+    char peer[64];
+
+    cw_ws_t ws;
+    cw_http_head_t *head; /* only during the handshake */
+    char key[25];
+    msgpack_unpacked up;
+    uint8_t *rbuf;
+
+    int64_t next_seq;
+    cw_conn_pending_t *pending;
+    size_t npending, cap_pending;
+
+    size_t queued;    /* bytes given to uv_write and not yet written */
+    bool above_high;
+    uint64_t last_rx; /* uv_now of the last byte received */
+    uint64_t last_ping;
+    uint64_t opened_at;
+
+    int close_err;
+    char close_why[160];
+    int handles_open;
+    bool in_callback_close; /* close requested from inside a dispatch */
+
+    /* statistics */
+    uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+};
+
+void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role,
+                  const cw_conn_options_t *opt, const cw_conn_callbacks_t *cb, void *data);
+/* The TCP handle to connect or accept on (initialised by cw_conn_init). */
+uv_tcp_t *cw_conn_tcp(cw_conn_t *c);
+
+/* Client: the TCP connection is up; send the upgrade request and read. */
+int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
+                         const char *user, const char *password);
+/* Server: a TCP connection was accepted; wait for the upgrade request. */
+int cw_conn_start_server(cw_conn_t *c);
+
+/* Next request seq_number of this connection (0, 1, 2, ...). */
+int64_t cw_conn_next_seq(cw_conn_t *c);
+
+/* Send one packed message.  Takes the buffer's allocation (msg is left
+ * empty).  Returns 0, or CW_ECLOSED if the connection is not open (the
+ * buffer is freed anyway). */
+int cw_conn_send(cw_conn_t *c, cw_buf_t *msg);
+/* Send a request packed with seq and remember cb for its response. */
+int cw_conn_request(cw_conn_t *c, int64_t seq, cw_buf_t *msg, cw_conn_resp_cb cb, void *ctx);
+/* Forget the callbacks of outstanding requests made with ctx (their
+ * responses are then dropped quietly). */
+void cw_conn_forget(cw_conn_t *c, void *ctx);
+
+int cw_conn_respond_nil(cw_conn_t *c, int64_t seq);
+int cw_conn_respond_error(cw_conn_t *c, int64_t seq, const char *text);
+
+/* Start closing (idempotent).  err/why are reported to on_close.  A Close
+ * frame with ws_code is sent first when the WebSocket is open and ws_code
+ * is non-zero. */
+void cw_conn_close(cw_conn_t *c, int err, uint16_t ws_code, const char *why);
+
+/* True while the send queue is below the high-water mark. */
+bool cw_conn_writable(const cw_conn_t *c);
+bool cw_conn_is_open(const cw_conn_t *c);
+
+#endif

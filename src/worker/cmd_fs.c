@@ -1,0 +1,253 @@
+/* File-system commands: mkdir, rmdir, listdir, stat, rmfile, glob, cpdir.
+ *
+ * Each runs natively (no rm/cp/chmod subprocess) in libuv's thread pool so a
+ * large tree never blocks the loop; the thread fills an fs_job_t and the
+ * loop thread turns it into updates.  Errors follow the stock worker: a
+ * header "<cmd>: <strerror>: <path>" and rc = errno.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "fsutil.h"
+#include "log.h"
+
+typedef struct fs_job {
+    uv_work_t req;
+    cw_cmd_t *cmd;
+    atomic_bool stop;
+    bool running;
+    /* results, written by the thread */
+    int rc;
+    cw_buf_t header; /* header text (lines) */
+    cw_buf_t stderr_text;
+    const char *value_key; /* "files" / "stat" or NULL */
+    cw_buf_t value;        /* packed msgpack value for value_key */
+} fs_job_t;
+
+/* Packer that appends to a cw_buf_t (the job's value). */
+static void job_packer(fs_job_t *job, msgpack_packer *pk)
+{
+    cw_pack_init(pk, &job->value);
+}
+
+/* Stock error report: "<cmd>: <strerror>: <path>" and rc = errno. */
+static void job_error(fs_job_t *job, const char *what, int err, const char *path)
+{
+    cw_buf_printf(&job->header, "%s: %s: %s\n", what, strerror(err), path);
+    job->rc = err;
+}
+
+static void do_mkdir(fs_job_t *job)
+{
+    cw_args_t *a = &job->cmd->args;
+    for (size_t i = 0; i < a->npaths; i++) {
+        int rc = cw_mkdirs(a->paths[i], 0777);
+        if (rc < 0) {
+            job_error(job, "mkdir", -rc, a->paths[i]);
+            return;
+        }
+    }
+    job->rc = 0;
+}
+
+static void do_rmdir(fs_job_t *job)
+{
+    cw_args_t *a = &job->cmd->args;
+    job->rc = 0;
+    /* like the stock worker: try every path, report the last failure */
+    for (size_t i = 0; i < a->npaths; i++) {
+        int rc = cw_rmtree(a->paths[i], &job->stop, &job->stderr_text);
+        if (rc == -EINTR) {
+            job->rc = -1;
+            return;
+        }
+        if (rc < 0) {
+            cw_buf_printf(&job->header, "rmdir: %s: %s\n", strerror(-rc), a->paths[i]);
+            job->rc = -rc;
+        }
+    }
+}
+
+static void do_listdir(fs_job_t *job)
+{
+    const char *path = job->cmd->args.path;
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        job_error(job, "listdir", errno, path);
+        return;
+    }
+    /* two passes: count, then pack (the array header needs the count) */
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            n++;
+    rewinddir(d);
+    msgpack_packer pk;
+    job_packer(job, &pk);
+    msgpack_pack_array(&pk, n);
+    size_t k = 0;
+    cw_buf_t name = CW_BUF_INIT;
+    while ((de = readdir(d)) != NULL && k < n) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        cw_buf_reset(&name);
+        cw_utf8_repair((const uint8_t *)de->d_name, strlen(de->d_name), &name);
+        cw_pack_strn(&pk, (const char *)name.data, name.len);
+        k++;
+    }
+    /* entries removed between the passes: pad so the array stays valid */
+    for (; k < n; k++)
+        cw_pack_str(&pk, "");
+    cw_buf_free(&name);
+    closedir(d);
+    job->value_key = "files";
+    job->rc = 0;
+}
+
+static void do_stat(fs_job_t *job)
+{
+    const char *path = job->cmd->args.path;
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        job_error(job, "stat", errno, path);
+        return;
+    }
+    msgpack_packer pk;
+    job_packer(job, &pk);
+    msgpack_pack_array(&pk, 10);
+    msgpack_pack_int64(&pk, (int64_t)st.st_mode);
+    msgpack_pack_uint64(&pk, (uint64_t)st.st_ino);
+    msgpack_pack_uint64(&pk, (uint64_t)st.st_dev);
+    msgpack_pack_uint64(&pk, (uint64_t)st.st_nlink);
+    msgpack_pack_int64(&pk, (int64_t)st.st_uid);
+    msgpack_pack_int64(&pk, (int64_t)st.st_gid);
+    msgpack_pack_int64(&pk, (int64_t)st.st_size);
+    msgpack_pack_int64(&pk, (int64_t)st.st_atime);
+    msgpack_pack_int64(&pk, (int64_t)st.st_mtime);
+    msgpack_pack_int64(&pk, (int64_t)st.st_ctime);
+    job->value_key = "stat";
+    job->rc = 0;
+}
+
+static void do_rmfile(fs_job_t *job)
+{
+    const char *path = job->cmd->args.path;
+    if (unlink(path) < 0) {
+        job_error(job, "rmfile", errno, path);
+        return;
+    }
+    job->rc = 0;
+}
+
+static void fs_work(uv_work_t *req)
+{
+    fs_job_t *job = req->data;
+    switch (job->cmd->kind) {
+    case CW_CMD_MKDIR:
+        do_mkdir(job);
+        break;
+    case CW_CMD_RMDIR:
+        do_rmdir(job);
+        break;
+    case CW_CMD_LISTDIR:
+        do_listdir(job);
+        break;
+    case CW_CMD_STAT:
+        do_stat(job);
+        break;
+    case CW_CMD_RMFILE:
+        do_rmfile(job);
+        break;
+    default:
+        cw_buf_printf(&job->header, "%s: not implemented in this cworker\n",
+                      cw_cmd_names(job->cmd->kind)[0]);
+        job->rc = -1;
+        break;
+    }
+}
+
+/* Back on the loop thread: report the results. */
+static void fs_after(uv_work_t *req, int status)
+{
+    fs_job_t *job = req->data;
+    cw_cmd_t *cmd = job->cmd;
+    job->running = false;
+    if (status == UV_ECANCELED) {
+        job->rc = -1;
+    }
+    double now = cw_now();
+    if (job->stderr_text.len) {
+        cw_buf_t fixed = CW_BUF_INIT;
+        cw_utf8_repair(job->stderr_text.data, job->stderr_text.len, &fixed);
+        cw_outbuf_add_lines(&cmd->out, CW_STREAM_STDERR, NULL, (const char *)fixed.data,
+                            fixed.len, now);
+        cw_buf_free(&fixed);
+    }
+    if (job->header.len) {
+        cw_buf_t fixed = CW_BUF_INIT;
+        cw_utf8_repair(job->header.data, job->header.len, &fixed);
+        cw_outbuf_add_lines(&cmd->out, CW_STREAM_HEADER, NULL, (const char *)fixed.data,
+                            fixed.len, now);
+        cw_buf_free(&fixed);
+    }
+    if (job->value_key)
+        cw_outbuf_add_packed(&cmd->out, job->value_key, job->value.data, job->value.len);
+    cw_cmd_add_int(cmd, "rc", job->rc);
+    cw_cmd_finish(cmd, NULL);
+}
+
+static int fs_start(cw_cmd_t *cmd)
+{
+    fs_job_t *job = calloc(1, sizeof *job);
+    if (job == NULL) {
+        cw_cmd_add_int(cmd, "rc", -1);
+        return -ENOMEM;
+    }
+    cmd->state = job;
+    job->cmd = cmd;
+    atomic_init(&job->stop, false);
+    job->req.data = job;
+    int rc = uv_queue_work(cmd->w->loop, &job->req, fs_work, fs_after);
+    if (rc < 0) {
+        cw_cmd_header(cmd, "cannot start: %s", uv_strerror(rc));
+        cw_cmd_add_int(cmd, "rc", -1);
+        return rc;
+    }
+    job->running = true;
+    return 0;
+}
+
+static void fs_interrupt(cw_cmd_t *cmd, const char *why)
+{
+    fs_job_t *job = cmd->state;
+    if (job)
+        atomic_store(&job->stop, true);
+}
+
+static void fs_destroy(cw_cmd_t *cmd)
+{
+    fs_job_t *job = cmd->state;
+    if (job) {
+        cw_buf_free(&job->header);
+        cw_buf_free(&job->stderr_text);
+        cw_buf_free(&job->value);
+        free(job);
+        cmd->state = NULL;
+    }
+    cw_cmd_destroyed(cmd);
+}
+
+const cw_cmd_impl_t cw_cmd_fs_impl = {
+    .start = fs_start,
+    .interrupt = fs_interrupt,
+    .resume = NULL,
+    .destroy = fs_destroy,
+};
