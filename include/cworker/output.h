@@ -66,6 +66,7 @@ typedef struct cw_lines {
     cw_buf_t line;     /* unfinished line (translated, valid UTF-8) */
     size_t line_chars; /* code points in `line` */
     double line_time;  /* when the unfinished line's first byte came */
+    double held_time;  /* when held[0] (or utf8[0]) came */
 } cw_lines_t;
 
 /* logname is copied (NULL unless stream is CW_STREAM_LOG). max_line_length

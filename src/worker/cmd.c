@@ -1,6 +1,8 @@
 /* Commands: creation, output flushing with backpressure, completion. */
 #include "cmd.h"
 
+#include "cw_config.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +32,14 @@ static const cw_cmd_impl_t *impl_for(cw_cmd_kind_t kind)
     case CW_CMD_LISTDIR:
     case CW_CMD_RMFILE:
         return &cw_cmd_fs_impl;
+    case CW_CMD_UPLOAD_FILE:
+        return &cw_cmd_upload_impl;
+#if CW_HAVE_ARCHIVE
+    case CW_CMD_UPLOAD_DIRECTORY:
+        return &cw_cmd_upload_impl;
+#endif
+    case CW_CMD_DOWNLOAD_FILE:
+        return &cw_cmd_download_impl;
     default:
         return NULL;
     }

@@ -22,4 +22,38 @@ int cw_mkdirs(const char *path, mode_t mode);
  * failure (-EINTR when stopped). */
 int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors);
 
+/* A growable list of heap strings. */
+typedef struct cw_strlist {
+    char **v;
+    size_t n;
+    size_t cap;
+} cw_strlist_t;
+
+/* Append a copy of s; 0 or -ENOMEM. */
+int cw_strlist_add(cw_strlist_t *l, const char *s);
+void cw_strlist_free(cw_strlist_t *l);
+
+/* Python's glob.glob(pattern, recursive=True) as the stock worker uses it:
+ * '*', '?', '[...]' per path component, '**' alone in a component matches
+ * zero or more directories, names starting with '.' are matched only by a
+ * pattern component that starts with '.', a pattern without magic yields
+ * itself if it exists (lstat), results are in directory order (unsorted)
+ * and absolute when the pattern is.  Unreadable directories are skipped,
+ * like Python.  Stops early when *stop becomes true (-EINTR).  Returns 0,
+ * -EINTR or -ENOMEM. */
+int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
+
+/* cp -R -P -p from to, natively.  If `to` is an existing directory the copy
+ * goes to to/basename(from), as cp does.  Symbolic links are copied as
+ * links (never followed), modes (including setuid/sticky bits where
+ * permitted), owner (when running as root) and access/modification times
+ * (nanoseconds) are kept; directories get their times after their content.
+ * Regular files are copied with copy_file_range/sendfile where possible.
+ * For each item copied a line "'src' -> 'dst'\n" goes to log (like
+ * cp -v); each failure a line "cp: cannot ...: <strerror>\n" to errors,
+ * and copying goes on with the next item.  Returns 0 when everything was
+ * copied, else the -errno of the first failure (-EINTR when stopped). */
+int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
+                cw_buf_t *errors);
+
 #endif

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -311,7 +312,16 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* read the umask before any thread exists (umask() can only be read by
+     * setting it) */
+    cfg.umask = umask(022);
+    umask(cfg.umask);
     signal(SIGPIPE, SIG_IGN);
+    /* libarchive converts names through the locale's charset: use the
+     * environment's, and UTF-8 rather than plain ASCII when it has none */
+    const char *loc = setlocale(LC_CTYPE, "");
+    if (loc == NULL || strcmp(loc, "C") == 0 || strcmp(loc, "POSIX") == 0)
+        setlocale(LC_CTYPE, "C.UTF-8");
     cw_log_setup("cworker", cfg.verbose ? CW_LOG_DEBUG : CW_LOG_INFO, CW_LOG_TEXT);
 
     uv_loop_t *loop = uv_default_loop();

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "conn.h"
@@ -34,6 +35,7 @@ typedef struct cw_config {
     size_t max_commands;     /* concurrent commands refused above this; 0 = no limit */
     uint64_t kill_grace;     /* ms to wait for process groups at exit */
     bool verbose;
+    mode_t umask; /* the process umask, read once at start-up */
 } cw_config_t;
 
 /* Per-connection settings the master sends with set_worker_settings. */
