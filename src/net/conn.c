@@ -193,6 +193,8 @@ static int ws_on_message(void *ud, unsigned opcode, uint8_t *data, size_t len)
         cw_conn_close(c, rc == -ENOMEM ? rc : CW_EBADMSG, CW_WS_CLOSE_INVALID_DATA, why);
         return CW_ECLOSED;
     }
+    if (c->cb->on_message_seen && !c->cb->on_message_seen(c, &m))
+        return c->state == CW_CONN_OPEN ? 0 : CW_ECLOSED;
     if (m.op == CW_OP_RESPONSE) {
         conn_dispatch_response(c, &m);
     } else if (m.op == CW_OP_UNKNOWN) {
@@ -399,7 +401,7 @@ static void conn_timer_cb(uv_timer_t *t)
     }
     if (c->state != CW_CONN_OPEN)
         return;
-    if (c->opt.dead_timeout && now - c->last_rx >= c->opt.dead_timeout) {
+    if (c->opt.dead_timeout && !c->reading_paused && now - c->last_rx >= c->opt.dead_timeout) {
         char why[96];
         snprintf(why, sizeof why, "link dead: nothing received for %.1f s",
                  (double)(now - c->last_rx) / 1000.0);
@@ -629,6 +631,27 @@ void cw_conn_close(cw_conn_t *c, int err, uint16_t ws_code, const char *why)
         return;
     }
     conn_arm_timer(c);
+}
+
+void cw_conn_pause_reading(cw_conn_t *c, bool pause)
+{
+    if (c->state >= CW_CONN_CLOSING || pause == c->reading_paused)
+        return;
+    c->reading_paused = pause;
+    if (pause) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    } else {
+        /* silence while paused was our doing, not the peer's */
+        c->last_rx = uv_now(c->loop);
+        uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
+    }
+}
+
+int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len)
+{
+    if (c->state >= CW_CONN_CLOSING)
+        return CW_ECLOSED;
+    return conn_write_copy(c, data, len);
 }
 
 bool cw_conn_writable(const cw_conn_t *c)

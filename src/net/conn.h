@@ -60,6 +60,9 @@ typedef struct cw_conn_callbacks {
     /* Server only: decide on credentials. Return 0 to accept, or an HTTP
      * status (401, 403, 503...) to refuse. */
     int (*on_auth)(cw_conn_t *c, const cw_http_upgrade_req_t *req);
+    /* Optional: every well-formed message, before it is dispatched (used
+     * for counting by fault injection). Return false to drop it. */
+    bool (*on_message_seen)(cw_conn_t *c, const cw_msg_t *msg);
 } cw_conn_callbacks_t;
 
 typedef struct cw_conn_pending {
@@ -112,7 +115,7 @@ struct cw_conn {
     int close_err;
     char close_why[160];
     int handles_open;
-    bool in_callback_close; /* close requested from inside a dispatch */
+    bool reading_paused;
 
     /* statistics */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
@@ -149,6 +152,13 @@ int cw_conn_respond_error(cw_conn_t *c, int64_t seq, const char *text);
  * frame with ws_code is sent first when the WebSocket is open and ws_code
  * is non-zero. */
 void cw_conn_close(cw_conn_t *c, int err, uint16_t ws_code, const char *why);
+
+/* Stop / resume reading from the socket (the peer then sees a stalled
+ * link; used by fault injection and by flow control). */
+void cw_conn_pause_reading(cw_conn_t *c, bool pause);
+/* Write bytes on the socket as they are, outside any framing (fault
+ * injection only). */
+int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len);
 
 /* True while the send queue is below the high-water mark. */
 bool cw_conn_writable(const cw_conn_t *c);

@@ -1,0 +1,679 @@
+/* cworker-master put / get: files and directory trees between this machine
+ * and the worker, byte-exact, with real data in update_read_file answers.
+ *
+ *   put FILE  -> download_file on the worker, answering update_read_file
+ *   put -r    -> one mkdir for every directory, download_file per file,
+ *                one shell `ln -sfn` batch for symbolic links
+ *   get FILE  -> upload_file: written to LOCAL.cwm-XXXXXX, renamed at close
+ *   get -r    -> upload_directory: the tar stream goes to a temporary file
+ *                and is unpacked (libarchive, secure flags) into LOCAL
+ *
+ * Local file I/O uses uv_fs requests (and a thread-pool job for unpacking),
+ * so the protocol keeps moving while the disk works.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cw_config.h"
+#include "cworker/args.h"
+#include "log.h"
+
+#if CW_HAVE_ARCHIVE
+#include <archive.h>
+#include <archive_entry.h>
+#endif
+
+#define XFER_BLOCK (1024 * 1024)
+
+typedef enum { ITEM_MKDIR, ITEM_FILE, ITEM_LINKS } item_kind_t;
+
+typedef struct xitem {
+    item_kind_t kind;
+    char *local;  /* file: local path */
+    char *remote; /* file: remote path */
+    int mode;
+} xitem_t;
+
+typedef struct xfer {
+    cli_t *cli;
+    cw_remote_t *remote;
+    uv_fs_t fs;
+    bool fs_busy;
+    int64_t pending_seq; /* the request the fs operation answers */
+    uv_file fd;
+    uint64_t off;
+    uint8_t *buf;
+    size_t buflen;
+    bool closed; /* get: the worker sent close/unpack and we stored it */
+    char *tmp;   /* get: temporary file */
+    char *final; /* get: destination */
+    char *error; /* first local failure */
+    /* put -r */
+    xitem_t *items;
+    size_t nitems, cap, next;
+    cw_str_t dummy;
+    char **mkdirs;
+    size_t nmkdirs;
+    cw_buf_t links; /* shell script of ln -sfn lines */
+    uv_work_t work;
+} xfer_t;
+
+static void xfer_fail(xfer_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Remember the first local failure (reported at the end). */
+static void xfer_fail(xfer_t *x, const char *fmt, ...)
+{
+    if (x->error)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    x->error = strdup(msg);
+}
+
+/* Report the end of a job. */
+static void xfer_done(xfer_t *x, int code)
+{
+    cli_t *cli = x->cli;
+    if (x->tmp) {
+        unlink(x->tmp);
+        free(x->tmp);
+        x->tmp = NULL;
+    }
+    if (x->fd >= 0) {
+        close(x->fd);
+        x->fd = -1;
+    }
+    if (code == 0)
+        cli_progress_done(cli);
+    else if (x->error)
+        cw_error("%s", x->error);
+    cli_finish(cli, code);
+}
+
+/* Common end of every remote command: stderr/header lines were printed by
+ * on_update; decide on rc, failure and loss. Returns the exit code. */
+static int remote_result(xfer_t *x, bool has_rc, int64_t rc, const char *failure, bool lost)
+{
+    x->remote = NULL;
+    if (lost) {
+        xfer_fail(x, "lost the link to worker '%s': %s", x->cli->worker_name,
+                  failure ? failure : "?");
+        return CLI_EXIT_LINK_LOST;
+    }
+    if (failure) {
+        xfer_fail(x, "the worker failed: %s", failure);
+        return CLI_EXIT_FAILURE;
+    }
+    if (x->error)
+        return CLI_EXIT_FAILURE;
+    if (!has_rc || rc != 0) {
+        xfer_fail(x, "the worker reported rc %lld", (long long)(has_rc ? rc : -1));
+        return CLI_EXIT_FAILURE;
+    }
+    return 0;
+}
+
+/* Worker messages about the transfer (stderr lines) go to our stderr. */
+static void xfer_on_update(cw_remote_t *r, cw_str_t key, const msgpack_object *v)
+{
+    cli_t *cli = ((xfer_t *)r->data)->cli;
+    if ((cw_str_eq(key, "stderr") || (cli->verbose && cw_str_eq(key, "header"))) &&
+        v->type == MSGPACK_OBJECT_ARRAY && v->via.array.size > 0) {
+        cw_str_t t;
+        if (cw_obj_str(&v->via.array.ptr[0], &t))
+            cli_write_all(2, t.ptr, t.len);
+    }
+}
+
+/* ---- put ---- */
+
+static void put_next(xfer_t *x);
+
+static void put_read_cb(uv_fs_t *req)
+{
+    xfer_t *x = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    x->fs_busy = false;
+    if (x->remote == NULL)
+        return; /* the command ended meanwhile */
+    if (n < 0) {
+        xfer_fail(x, "cannot read '%s': %s", x->items[x->next - 1].local, uv_strerror((int)n));
+        cw_remote_respond_error(x->remote, x->pending_seq, "read error on the master");
+        return;
+    }
+    x->off += (uint64_t)n;
+    x->cli->xfer_bytes += (uint64_t)n;
+    cw_remote_respond_data(x->remote, x->pending_seq, x->buf, (size_t)n);
+}
+
+static void put_on_transfer(cw_remote_t *r, const cw_msg_t *m)
+{
+    xfer_t *x = r->data;
+    if (m->op == CW_OP_READ_FILE) {
+        size_t len = (size_t)m->u.read_file.length;
+        if (len > 16u << 20)
+            len = 16u << 20;
+        if (len > x->buflen) {
+            uint8_t *nb = realloc(x->buf, len);
+            if (nb == NULL) {
+                cw_remote_respond_error(r, m->seq, "out of memory on the master");
+                return;
+            }
+            x->buf = nb;
+            x->buflen = len;
+        }
+        x->pending_seq = m->seq;
+        x->fs.data = x;
+        x->fs_busy = true;
+        uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
+        if (uv_fs_read(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, put_read_cb) < 0) {
+            x->fs_busy = false;
+            cw_remote_respond_error(r, m->seq, "read error on the master");
+        }
+    } else if (m->op == CW_OP_READ_FILE_CLOSE) {
+        cw_remote_respond(r, m->seq);
+    } else {
+        cw_remote_respond_error(r, m->seq, "unexpected request during a download");
+    }
+}
+
+static void put_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure,
+                            bool lost)
+{
+    xfer_t *x = r->data;
+    int code = remote_result(x, has_rc, rc, failure, lost);
+    if (x->fd >= 0) {
+        close(x->fd);
+        x->fd = -1;
+    }
+    if (code != 0) {
+        xfer_done(x, code);
+        return;
+    }
+    put_next(x);
+}
+
+static const cw_remote_callbacks_t put_callbacks = {
+    .on_update = xfer_on_update,
+    .on_transfer = put_on_transfer,
+    .on_complete = put_on_complete,
+};
+
+/* Pack and start one remote command for item i. */
+static void put_item(xfer_t *x, xitem_t *it)
+{
+    cli_t *cli = x->cli;
+    cw_buf_t b = CW_BUF_INIT;
+    msgpack_packer pk;
+    cw_pack_init(&pk, &b);
+    const char *cmd;
+    if (it->kind == ITEM_MKDIR) {
+        cmd = "mkdir";
+        msgpack_pack_map(&pk, 1);
+        cw_pack_str(&pk, "paths");
+        msgpack_pack_array(&pk, x->nmkdirs);
+        for (size_t i = 0; i < x->nmkdirs; i++)
+            cw_pack_str(&pk, x->mkdirs[i]);
+    } else if (it->kind == ITEM_LINKS) {
+        cmd = "shell";
+        msgpack_pack_map(&pk, 4);
+        cw_pack_str(&pk, "command");
+        cw_pack_strn(&pk, (const char *)x->links.data, x->links.len);
+        cw_pack_str(&pk, "workdir");
+        cw_pack_str(&pk, x->mkdirs[0]);
+        cw_pack_str(&pk, "logEnviron");
+        msgpack_pack_false(&pk);
+        cw_pack_str(&pk, "env");
+        msgpack_pack_map(&pk, 0);
+    } else {
+        cmd = "download_file";
+        x->fd = open(it->local, O_RDONLY | O_CLOEXEC);
+        if (x->fd < 0) {
+            xfer_fail(x, "cannot open '%s': %s", it->local, strerror(errno));
+            cw_buf_free(&b);
+            xfer_done(x, CLI_EXIT_FAILURE);
+            return;
+        }
+        x->off = 0;
+        msgpack_pack_map(&pk, 7);
+        cw_pack_str(&pk, "path");
+        cw_pack_str(&pk, it->remote);
+        cw_pack_str(&pk, "blocksize");
+        msgpack_pack_int64(&pk, XFER_BLOCK);
+        cw_pack_str(&pk, "maxsize");
+        msgpack_pack_nil(&pk);
+        cw_pack_str(&pk, "mode");
+        msgpack_pack_int(&pk, it->mode);
+        cw_pack_str(&pk, "reader");
+        msgpack_pack_nil(&pk);
+        cw_pack_str(&pk, "workdir");
+        cw_pack_str(&pk, "");
+        cw_pack_str(&pk, "workerdest");
+        cw_pack_str(&pk, it->remote);
+    }
+    x->remote = cw_remote_start(cli->w, cmd, b.data, b.len, &put_callbacks, x);
+    cw_buf_free(&b);
+    if (x->remote == NULL) {
+        xfer_fail(x, "cannot start %s on worker '%s'", cmd, cli->worker_name);
+        xfer_done(x, CLI_EXIT_FAILURE);
+    }
+}
+
+static void put_next(xfer_t *x)
+{
+    if (x->next >= x->nitems) {
+        xfer_done(x, 0);
+        return;
+    }
+    put_item(x, &x->items[x->next++]);
+}
+
+static int add_item(xfer_t *x, item_kind_t kind, const char *local, const char *remote, int mode)
+{
+    if (x->nitems == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 16;
+        xitem_t *n = realloc(x->items, cap * sizeof *n);
+        if (n == NULL)
+            return -ENOMEM;
+        x->items = n;
+        x->cap = cap;
+    }
+    xitem_t *it = &x->items[x->nitems++];
+    it->kind = kind;
+    it->local = local ? strdup(local) : NULL;
+    it->remote = remote ? strdup(remote) : NULL;
+    it->mode = mode;
+    return 0;
+}
+
+static int add_mkdir(xfer_t *x, const char *remote)
+{
+    char **n = realloc(x->mkdirs, (x->nmkdirs + 1) * sizeof *n);
+    if (n == NULL)
+        return -ENOMEM;
+    x->mkdirs = n;
+    x->mkdirs[x->nmkdirs] = strdup(remote);
+    return x->mkdirs[x->nmkdirs++] ? 0 : -ENOMEM;
+}
+
+/* put -r: collect the local tree (directories first, in walk order). */
+static int put_walk(xfer_t *x, const char *local, const char *remote, int depth)
+{
+    if (depth > 256)
+        return -ELOOP;
+    if (add_mkdir(x, remote) < 0)
+        return -ENOMEM;
+    DIR *d = opendir(local);
+    if (d == NULL) {
+        xfer_fail(x, "cannot read directory '%s': %s", local, strerror(errno));
+        return -errno;
+    }
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char *l = NULL, *r = NULL;
+        if (asprintf(&l, "%s/%s", local, de->d_name) < 0 ||
+            asprintf(&r, "%s/%s", remote, de->d_name) < 0) {
+            free(l);
+            closedir(d);
+            return -ENOMEM;
+        }
+        struct stat st;
+        if (lstat(l, &st) < 0) {
+            xfer_fail(x, "cannot stat '%s': %s", l, strerror(errno));
+            rc = -errno;
+        } else if (S_ISDIR(st.st_mode)) {
+            rc = put_walk(x, l, r, depth + 1);
+        } else if (S_ISREG(st.st_mode)) {
+            x->cli->xfer_total += (uint64_t)st.st_size;
+            rc = add_item(x, ITEM_FILE, l, r, st.st_mode & 07777);
+        } else if (S_ISLNK(st.st_mode)) {
+            char target[4096];
+            ssize_t n = readlink(l, target, sizeof target - 1);
+            if (n >= 0) {
+                target[n] = '\0';
+                char *qt = cw_shell_quote(target), *qr = cw_shell_quote(r);
+                cw_buf_printf(&x->links, "ln -sfn -- %s %s || exit 1\n", qt, qr);
+                free(qt);
+                free(qr);
+            }
+        } else {
+            cw_warn("skipping '%s': not a regular file, directory or link", l);
+        }
+        free(l);
+        free(r);
+    }
+    closedir(d);
+    return rc;
+}
+
+static void put_start(cli_t *cli, cw_mworker_t *w)
+{
+    xfer_t *x = calloc(1, sizeof *x);
+    x->cli = cli;
+    x->fd = -1;
+    cli->xfer = x;
+    char *remote = cli_remote_path(cli, cli->remote);
+    struct stat st;
+    if (stat(cli->local, &st) < 0) {
+        xfer_fail(x, "cannot read '%s': %s", cli->local, strerror(errno));
+        free(remote);
+        xfer_done(x, CLI_EXIT_FAILURE);
+        return;
+    }
+    cli->xfer_total = 0;
+    if (S_ISDIR(st.st_mode)) {
+        if (!cli->recursive) {
+            xfer_fail(x, "'%s' is a directory (use -r)", cli->local);
+            free(remote);
+            xfer_done(x, CLI_EXIT_FAILURE);
+            return;
+        }
+        /* the mkdir item goes first; it sends every directory at once */
+        add_item(x, ITEM_MKDIR, NULL, NULL, 0);
+        if (put_walk(x, cli->local, remote, 0) < 0) {
+            free(remote);
+            xfer_done(x, CLI_EXIT_FAILURE);
+            return;
+        }
+        if (x->links.len)
+            add_item(x, ITEM_LINKS, NULL, NULL, 0);
+    } else {
+        cli->xfer_total = (uint64_t)st.st_size;
+        add_item(x, ITEM_FILE, cli->local, remote, st.st_mode & 07777);
+    }
+    free(remote);
+    cli_progress_start(cli, cli->xfer_total);
+    uint64_t total = cli->xfer_total;
+    cli->xfer_total = total;
+    put_next(x);
+}
+
+static void xfer_interrupt(cli_t *cli)
+{
+    xfer_t *x = cli->xfer;
+    if (x && x->remote)
+        cw_remote_interrupt(x->remote, "interrupted by cworker-master");
+}
+
+const cli_job_t cli_put_job = {
+    .start = put_start,
+    .interrupt = xfer_interrupt,
+};
+
+/* ---- get ---- */
+
+static void get_write_cb(uv_fs_t *req)
+{
+    xfer_t *x = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    x->fs_busy = false;
+    if (x->remote == NULL)
+        return;
+    if (n < 0 || (size_t)n != x->buflen) {
+        xfer_fail(x, "cannot write '%s': %s", x->tmp, n < 0 ? uv_strerror((int)n) : "short");
+        cw_remote_respond_error(x->remote, x->pending_seq, "write error on the master");
+        return;
+    }
+    x->off += (uint64_t)n;
+    x->cli->xfer_bytes += (uint64_t)n;
+    cw_remote_respond(x->remote, x->pending_seq);
+}
+
+#if CW_HAVE_ARCHIVE
+/* Unpack the received tar into the destination (thread pool). */
+static void unpack_work(uv_work_t *req)
+{
+    xfer_t *x = req->data;
+    struct archive *a = archive_read_new();
+    struct archive *out = archive_write_disk_new();
+    archive_read_support_filter_all(a);
+    archive_read_support_format_all(a);
+    archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
+                                            ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                                            ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                                            ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS);
+    if (archive_read_open_filename(a, x->tmp, 65536) != ARCHIVE_OK) {
+        xfer_fail(x, "cannot read the received archive: %s", archive_error_string(a));
+        goto out;
+    }
+    struct archive_entry *e;
+    int r;
+    while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+        const char *name = archive_entry_pathname(e);
+        while (name && name[0] == '.' && name[1] == '/')
+            name += 2;
+        if (name == NULL || name[0] == '\0' || strcmp(name, ".") == 0)
+            continue; /* the root entry of the stock worker's tar */
+        char *path = NULL;
+        if (asprintf(&path, "%s/%s", x->final, name) < 0)
+            break;
+        archive_entry_copy_pathname(e, path);
+        free(path);
+        const char *hl = archive_entry_hardlink(e);
+        if (hl) {
+            char *hp = NULL;
+            if (asprintf(&hp, "%s/%s", x->final, hl) >= 0)
+                archive_entry_copy_hardlink(e, hp);
+            free(hp);
+        }
+        if (archive_write_header(out, e) < ARCHIVE_WARN) {
+            xfer_fail(x, "cannot unpack '%s': %s", name, archive_error_string(out));
+            goto out;
+        }
+        const void *buf;
+        size_t size;
+        la_int64_t off;
+        while ((r = archive_read_data_block(a, &buf, &size, &off)) == ARCHIVE_OK)
+            if (archive_write_data_block(out, buf, size, off) < ARCHIVE_WARN)
+                break;
+        archive_write_finish_entry(out);
+    }
+    if (r != ARCHIVE_EOF && r != ARCHIVE_OK)
+        xfer_fail(x, "broken archive from the worker: %s", archive_error_string(a));
+out:
+    archive_read_free(a);
+    archive_write_free(out);
+}
+
+static void unpack_after(uv_work_t *req, int status)
+{
+    xfer_t *x = req->data;
+    x->fs_busy = false;
+    if (x->remote == NULL)
+        return;
+    if (x->error) {
+        cw_remote_respond_error(x->remote, x->pending_seq, x->error);
+        return;
+    }
+    unlink(x->tmp);
+    free(x->tmp);
+    x->tmp = NULL;
+    x->closed = true;
+    cw_remote_respond(x->remote, x->pending_seq);
+}
+#endif
+
+static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
+{
+    xfer_t *x = r->data;
+    switch (m->op) {
+    case CW_OP_UPLOAD_FILE_WRITE:
+    case CW_OP_UPLOAD_DIRECTORY_WRITE: {
+        size_t len = m->u.write.len;
+        if (len > x->buflen) {
+            uint8_t *nb = realloc(x->buf, len);
+            if (nb == NULL) {
+                cw_remote_respond_error(r, m->seq, "out of memory on the master");
+                return;
+            }
+            x->buf = nb;
+        }
+        memcpy(x->buf, m->u.write.data, len);
+        x->buflen = len;
+        x->pending_seq = m->seq;
+        x->fs.data = x;
+        x->fs_busy = true;
+        uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
+        if (uv_fs_write(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, get_write_cb) <
+            0) {
+            x->fs_busy = false;
+            cw_remote_respond_error(r, m->seq, "write error on the master");
+        }
+        break;
+    }
+    case CW_OP_UPLOAD_FILE_CLOSE:
+        close(x->fd);
+        x->fd = -1;
+        if (rename(x->tmp, x->final) < 0) {
+            xfer_fail(x, "cannot create '%s': %s", x->final, strerror(errno));
+            cw_remote_respond_error(r, m->seq, "cannot store the file on the master");
+            return;
+        }
+        free(x->tmp);
+        x->tmp = NULL;
+        x->closed = true;
+        cw_remote_respond(r, m->seq);
+        break;
+    case CW_OP_UPLOAD_FILE_UTIME:
+        cw_remote_respond(r, m->seq);
+        break;
+#if CW_HAVE_ARCHIVE
+    case CW_OP_UPLOAD_DIRECTORY_UNPACK:
+        close(x->fd);
+        x->fd = -1;
+        x->pending_seq = m->seq;
+        x->work.data = x;
+        x->fs_busy = true;
+        uv_queue_work(x->cli->loop, &x->work, unpack_work, unpack_after);
+        break;
+#endif
+    default:
+        cw_remote_respond_error(r, m->seq, "unexpected request during an upload");
+        break;
+    }
+}
+
+static void get_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure,
+                            bool lost)
+{
+    xfer_t *x = r->data;
+    int code = remote_result(x, has_rc, rc, failure, lost);
+    if (code == 0 && !x->closed) {
+        xfer_fail(x, "the worker finished without delivering the data");
+        code = CLI_EXIT_FAILURE;
+    }
+    xfer_done(x, code);
+}
+
+static const cw_remote_callbacks_t get_callbacks = {
+    .on_update = xfer_on_update,
+    .on_transfer = get_on_transfer,
+    .on_complete = get_on_complete,
+};
+
+static void get_start(cli_t *cli, cw_mworker_t *w)
+{
+    xfer_t *x = calloc(1, sizeof *x);
+    x->cli = cli;
+    x->fd = -1;
+    cli->xfer = x;
+    char *remote = cli_remote_path(cli, cli->remote);
+    struct stat st;
+    if (cli->recursive) {
+#if !CW_HAVE_ARCHIVE
+        xfer_fail(x, "get -r needs libarchive, which this build lacks");
+        free(remote);
+        xfer_done(x, CLI_EXIT_FAILURE);
+        return;
+#endif
+        x->final = strdup(cli->local);
+        if (mkdir(cli->local, 0777) < 0 && errno != EEXIST) {
+            xfer_fail(x, "cannot create '%s': %s", cli->local, strerror(errno));
+            free(remote);
+            xfer_done(x, CLI_EXIT_FAILURE);
+            return;
+        }
+        if (asprintf(&x->tmp, "%s/.cwm-tar-XXXXXX", cli->local) < 0)
+            x->tmp = NULL;
+    } else {
+        if (stat(cli->local, &st) == 0 && S_ISDIR(st.st_mode)) {
+            const char *base = strrchr(cli->remote, '/');
+            base = base ? base + 1 : cli->remote;
+            if (asprintf(&x->final, "%s/%s", cli->local, base) < 0)
+                x->final = NULL;
+        } else {
+            x->final = strdup(cli->local);
+        }
+        if (x->final && asprintf(&x->tmp, "%s.cwm-XXXXXX", x->final) < 0)
+            x->tmp = NULL;
+    }
+    if (x->tmp == NULL || (x->fd = mkostemp(x->tmp, O_CLOEXEC)) < 0) {
+        xfer_fail(x, "cannot create a file beside '%s': %s", cli->local, strerror(errno));
+        free(x->tmp);
+        x->tmp = NULL;
+        free(remote);
+        xfer_done(x, CLI_EXIT_FAILURE);
+        return;
+    }
+    if (!cli->recursive) {
+        mode_t um = umask(0);
+        umask(um);
+        fchmod(x->fd, 0666 & ~um);
+    }
+    cw_buf_t b = CW_BUF_INIT;
+    msgpack_packer pk;
+    cw_pack_init(&pk, &b);
+    msgpack_pack_map(&pk, cli->recursive ? 7 : 7);
+    cw_pack_str(&pk, "path");
+    cw_pack_str(&pk, remote);
+    cw_pack_str(&pk, "blocksize");
+    msgpack_pack_int64(&pk, XFER_BLOCK);
+    cw_pack_str(&pk, "maxsize");
+    msgpack_pack_nil(&pk);
+    cw_pack_str(&pk, "writer");
+    msgpack_pack_nil(&pk);
+    cw_pack_str(&pk, "workdir");
+    cw_pack_str(&pk, "");
+    cw_pack_str(&pk, "workersrc");
+    cw_pack_str(&pk, remote);
+    if (cli->recursive) {
+        cw_pack_str(&pk, "compress");
+        if (cli->compress)
+            cw_pack_str(&pk, cli->compress);
+        else
+            msgpack_pack_nil(&pk);
+    } else {
+        cw_pack_str(&pk, "keepstamp");
+        msgpack_pack_false(&pk);
+    }
+    free(remote);
+    cli_progress_start(cli, 0);
+    x->remote = cw_remote_start(w, cli->recursive ? "upload_directory" : "upload_file", b.data,
+                                b.len, &get_callbacks, x);
+    cw_buf_free(&b);
+    if (x->remote == NULL) {
+        xfer_fail(x, "cannot start the upload on worker '%s'", cli->worker_name);
+        xfer_done(x, CLI_EXIT_FAILURE);
+    }
+}
+
+const cli_job_t cli_get_job = {
+    .start = get_start,
+    .interrupt = xfer_interrupt,
+};
