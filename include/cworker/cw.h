@@ -41,6 +41,10 @@ enum cw_err {
 /* Human-readable name of an error code (ours, or a negated errno). Never NULL. */
 const char *cw_strerror(int err);
 
+/* Fill buf with len bytes from the kernel's CSPRNG (getrandom, or
+ * /dev/urandom).  Returns 0 or a negative errno. */
+int cw_random_bytes(void *buf, size_t len);
+
 /* A counted string that is not NUL-terminated; it points into storage owned
  * by someone else (usually a msgpack zone) and lives as long as that. */
 typedef struct cw_str {

@@ -4,7 +4,12 @@
 #include "cworker/buf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/random.h>
+#endif
 #include <string.h>
 
 const char *cw_strerror(int err)
@@ -128,5 +133,39 @@ int cw_utf8_repair(const uint8_t *p, size_t len, cw_buf_t *out)
             return rc;
         i += n ? n : 1;
     }
+    return 0;
+}
+
+int cw_random_bytes(void *buf, size_t len)
+{
+    uint8_t *p = buf;
+#ifdef __linux__
+    while (len > 0) {
+        ssize_t n = getrandom(p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break; /* ENOSYS on an old kernel: fall back */
+        p += n;
+        len -= (size_t)n;
+    }
+    if (len == 0)
+        return 0;
+#endif
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            close(fd);
+            return n < 0 ? -errno : -EIO;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    close(fd);
     return 0;
 }

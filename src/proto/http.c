@@ -21,8 +21,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
+#include "cworker/sha1.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -448,8 +447,7 @@ void cw_ws_key_generate(char key[25])
 {
     static uint64_t fallback_counter;
     uint8_t raw[16];
-    if (RAND_bytes(raw, sizeof(raw)) != 1 &&
-        getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+    if (cw_random_bytes(raw, sizeof(raw)) != 0) {
         /* The key is a nonce against caching intermediaries, not a secret:
          * if no randomness is to be had, a changing value still does. */
         uint64_t c = ++fallback_counter;
@@ -461,26 +459,20 @@ void cw_ws_key_generate(char key[25])
     key[b64_finish(&e)] = '\0';
 }
 
-/* base64(SHA1(key + GUID)); out is "" if libcrypto fails. */
+/* base64(SHA1(key + GUID)). */
 void cw_ws_accept_value(const char *key, char out[29])
 {
     out[0] = '\0';
     if (key == NULL)
         return;
-    uint8_t md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL)
-        return;
-    int ok = EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 &&
-             EVP_DigestUpdate(ctx, key, strlen(key)) == 1 &&
-             EVP_DigestUpdate(ctx, WS_GUID, strlen(WS_GUID)) == 1 &&
-             EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 20;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
-        return;
+    uint8_t md[20];
+    cw_sha1_t ctx;
+    cw_sha1_init(&ctx);
+    cw_sha1_update(&ctx, key, strlen(key));
+    cw_sha1_update(&ctx, WS_GUID, strlen(WS_GUID));
+    cw_sha1_final(&ctx, md);
     b64_enc_t e = {.out = out};
-    b64_put(&e, md, mdlen);
+    b64_put(&e, md, sizeof md);
     out[b64_finish(&e)] = '\0';
 }
 

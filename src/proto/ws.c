@@ -30,7 +30,6 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include <openssl/rand.h>
 
 #include "cworker/cw.h"
 
@@ -68,7 +67,7 @@ static bool close_code_valid(unsigned code)
            (code >= 3000 && code <= 4999);
 }
 
-/* splitmix64 step, used only to make a masking key when RAND_bytes fails. */
+/* splitmix64 step, used only to make a masking key when the CSPRNG fails. */
 static uint64_t splitmix64(uint64_t x)
 {
     x += 0x9E3779B97F4A7C15u;
@@ -77,8 +76,8 @@ static uint64_t splitmix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* Keys come from a per-thread pool refilled 64 at a time: in OpenSSL 3 a RAND_bytes call costs
- * microseconds whatever its size, more than masking a 64 KiB message.  Pooling is safe here
+/* Keys come from a per-thread pool refilled 64 at a time: a getrandom call costs about a
+ * microsecond whatever its size, more than masking a small message.  Pooling is safe here
  * because a key stops being secret the moment its frame is sent anyway; a forked child would
  * share the pool, but children exec at once and never speak WebSocket. */
 static _Thread_local struct {
@@ -86,11 +85,11 @@ static _Thread_local struct {
     size_t used;
 } key_pool = {.used = sizeof(key_pool.bytes)};
 
-/* Fill a fresh masking key (RFC 6455 §5.3 wants it unpredictable, hence RAND_bytes). */
+/* Fill a fresh masking key (RFC 6455 §5.3 wants it unpredictable, hence the kernel's CSPRNG). */
 static void random_key(uint8_t key[4])
 {
     if (key_pool.used == sizeof(key_pool.bytes)) {
-        if (RAND_bytes(key_pool.bytes, sizeof(key_pool.bytes)) != 1) {
+        if (cw_random_bytes(key_pool.bytes, sizeof(key_pool.bytes)) != 0) {
             /* The generator failing is not the peer's fault and encode cannot report it; a key
              * that is merely hard to guess still keeps the payload off the wire verbatim. */
             static atomic_uint_fast64_t counter;

@@ -4,6 +4,9 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/sha.h>
+
+#include "cworker/sha1.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -1243,9 +1246,56 @@ static void test_full_handshake(void **state)
     }
 }
 
+
+/* Our SHA-1 against FIPS 180 vectors and libcrypto on many lengths/splits. */
+static void test_sha1(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *hex;
+    } v[] = {
+        {"", "da39a3ee5e6b4b0d3255bfef95601890afd80709"},
+        {"abc", "a9993e364706816aba3e25717850c26c9cd0d89d"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+         "84983e441c3bd26ebaae4aa1f95129e5e54670f1"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        uint8_t md[20];
+        char hex[41];
+        cw_sha1_t s;
+        cw_sha1_init(&s);
+        cw_sha1_update(&s, v[i].in, strlen(v[i].in));
+        cw_sha1_final(&s, md);
+        for (int k = 0; k < 20; k++)
+            snprintf(hex + 2 * k, 3, "%02x", md[k]);
+        assert_string_equal(hex, v[i].hex);
+    }
+    uint8_t buf[1000];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)(i * 31 + 7);
+    for (size_t n = 0; n <= sizeof buf; n += 13) {
+        uint8_t a[20], b[20];
+        cw_sha1_t s;
+        cw_sha1_init(&s);
+        /* uneven pieces cross the 64-byte block boundary in every way */
+        for (size_t off = 0; off < n;) {
+            size_t take = (off * 7 + 5) % 67 + 1;
+            if (take > n - off)
+                take = n - off;
+            cw_sha1_update(&s, buf + off, take);
+            off += take;
+        }
+        cw_sha1_final(&s, a);
+        SHA1(buf, n, b);
+        assert_memory_equal(a, b, 20);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sha1),
         cmocka_unit_test(test_stock_worker_request),
         cmocka_unit_test(test_stock_master_101),
         cmocka_unit_test(test_split_invariance),
