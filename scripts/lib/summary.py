@@ -42,7 +42,8 @@ for path in sorted(glob.glob(os.path.join(results, '*.xml'))):
     lines.append(f"{os.path.basename(path)[:-4]}: {p} passed, {f} failed")
     passed += p
     failed += f
-expected = ('unit.json', 'integration.xml')
+expected_file = os.path.join(results, 'expected')
+expected = open(expected_file).read().split() if os.path.exists(expected_file) else []
 for name in expected:
     if not os.path.exists(os.path.join(results, name)):
         lines.append(f"{name}: missing (suite did not run)")

@@ -368,6 +368,8 @@ static void cmd_free_cb(uv_handle_t *h)
     /* a stopping worker waits for its last command */
     if (w->exiting && w->ncmds == 0)
         cw_worker_stop(w, w->exit_code, NULL);
+    else if (w->draining && w->ncmds == 0)
+        cw_worker_stop(w, 0, "every command finished");
 }
 
 void cw_cmd_destroyed(cw_cmd_t *cmd)

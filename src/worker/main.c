@@ -38,7 +38,10 @@ static void usage(FILE *f)
             "  --max-message BYTES    largest message accepted from the master (default 64 MiB)\n"
             "  --max-commands N       refuse commands beyond N running at once (default 0 = no\n"
             "                         limit)\n"
-            "  --kill-grace SECONDS   at exit, how long to wait for commands to die (default 10)\n"
+            "  --drain-timeout SECONDS  on SIGTERM, how long running commands may go on before\n"
+            "                         they are interrupted (default 60; 0 = interrupt at once)\n"
+            "  --kill-grace SECONDS   after an interrupt at exit, how long commands get to die\n"
+            "                         before SIGKILL (default 10)\n"
             "  --verbose              log protocol detail\n"
             "  --help, --version\n");
 }
@@ -177,6 +180,7 @@ int main(int argc, char **argv)
         OPT_MAX_MESSAGE,
         OPT_MAX_COMMANDS,
         OPT_KILL_GRACE,
+        OPT_DRAIN,
         OPT_VERBOSE,
         OPT_HELP,
         OPT_VERSION,
@@ -192,6 +196,7 @@ int main(int argc, char **argv)
         {"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
         {"max-commands", required_argument, NULL, OPT_MAX_COMMANDS},
         {"kill-grace", required_argument, NULL, OPT_KILL_GRACE},
+        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
@@ -204,6 +209,7 @@ int main(int argc, char **argv)
     cfg.dead_timeout = 30000;
     cfg.max_message = 64u << 20;
     cfg.kill_grace = 10000;
+    cfg.drain_timeout = 60000;
     const char *master = NULL, *password_file = NULL, *basedir = NULL;
     double secs;
 
@@ -251,6 +257,11 @@ int main(int argc, char **argv)
             if (parse_seconds(optarg, &secs) < 0)
                 return bad_arg("--kill-grace needs a number of seconds, not '%s'", optarg);
             cfg.kill_grace = (uint64_t)(secs * 1000);
+            break;
+        case OPT_DRAIN:
+            if (parse_seconds(optarg, &secs) < 0)
+                return bad_arg("--drain-timeout needs a number of seconds, not '%s'", optarg);
+            cfg.drain_timeout = (uint64_t)(secs * 1000);
             break;
         case OPT_VERBOSE:
             cfg.verbose = true;

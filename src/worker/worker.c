@@ -133,6 +133,12 @@ static void on_start_command(cw_worker_t *w, cw_conn_t *c, const cw_msg_t *m)
 {
     char err[512];
     cw_cmd_t *cmd = NULL;
+    if (w->draining || w->exiting) {
+        cw_warn("command %.*s refused: the worker is shutting down",
+                (int)m->u.start.command_id.len, m->u.start.command_id.ptr);
+        cw_conn_respond_error(c, m->seq, "worker is shutting down; command refused");
+        return;
+    }
     int rc = cw_cmd_create(w, m->u.start.command_id, m->u.start.command_name, &m->u.start.args,
                            err, sizeof err, &cmd);
     if (rc < 0) {
@@ -377,17 +383,45 @@ static void worker_connect(cw_worker_t *w)
 
 /* ---- signals and exit ---- */
 
+static void drain_timer_cb(uv_timer_t *t)
+{
+    cw_worker_t *w = t->data;
+    cw_worker_stop(w, 0, "drain deadline passed: interrupting the remaining commands");
+}
+
+/* SIGTERM: let running commands finish (up to --drain-timeout), refusing
+ * new ones, then stop. */
+static void worker_drain(cw_worker_t *w, const char *why)
+{
+    if (w->ncmds == 0 || w->cfg->drain_timeout == 0) {
+        cw_worker_stop(w, 0, why);
+        return;
+    }
+    w->draining = true;
+    cw_info("%s: draining, waiting up to %.0f s for %zu running command(s); new commands are "
+            "refused (SIGTERM again to interrupt them now)",
+            why, (double)w->cfg->drain_timeout / 1000.0, w->ncmds);
+    uv_timer_start(&w->exit_timer, drain_timer_cb, w->cfg->drain_timeout, 0);
+}
+
+/* SIGTERM drains, a second SIGTERM (or SIGINT) interrupts, a further one kills. */
 static void on_signal(uv_signal_t *h, int signum)
 {
     cw_worker_t *w = h->data;
+    const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
     if (w->exiting) {
-        cw_info("%s again: killing every command now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        cw_info("%s again: killing every command now", name);
         for (cw_cmd_t *cmd = w->cmds; cmd; cmd = cmd->next)
             cw_cmd_detach(cmd);
         cw_proc_kill_all(SIGKILL);
         return;
     }
-    cw_worker_stop(w, 0, signum == SIGINT ? "SIGINT received" : "SIGTERM received");
+    char why[64];
+    snprintf(why, sizeof why, "%s received", name);
+    if (signum == SIGTERM && !w->draining)
+        worker_drain(w, why);
+    else
+        cw_worker_stop(w, 0, why);
 }
 
 static void exit_timer_cb(uv_timer_t *t)
@@ -433,6 +467,8 @@ static void worker_finish_stop(cw_worker_t *w)
     }
     if (w->ncmds > 0 && !w->abandon)
         return;
+    if (w->abandon)
+        uv_stop(w->loop); /* commands we gave up on keep handles open */
     if (w->addrs) {
         uv_freeaddrinfo(w->addrs);
         w->addrs = w->next_addr = NULL;
@@ -452,6 +488,8 @@ void cw_worker_stop(cw_worker_t *w, int exit_code, const char *why)
         w->state = CW_W_STOPPING;
         cw_info("stopping: %s", why ? why : "requested");
         uv_timer_stop(&w->retry_timer);
+        uv_timer_stop(&w->exit_timer);
+        w->draining = false;
         for (cw_cmd_t *cmd = w->cmds, *next; cmd; cmd = next) {
             next = cmd->next;
             cw_cmd_interrupt(cmd, "worker shutting down");

@@ -34,6 +34,7 @@ typedef struct cw_config {
     size_t max_message;      /* bytes */
     size_t max_commands;     /* concurrent commands refused above this; 0 = no limit */
     uint64_t kill_grace;     /* ms to wait for process groups at exit */
+    uint64_t drain_timeout;  /* ms SIGTERM lets running commands finish */
     bool verbose;
     mode_t umask; /* the process umask, read once at start-up */
 } cw_config_t;
@@ -85,6 +86,7 @@ struct cw_worker {
     uv_timer_t exit_timer;
     int exit_code;
     bool exiting;
+    bool draining; /* SIGTERM: waiting for commands, refusing new ones */
     bool forced;  /* the exit deadline passed once: SIGKILL sent */
     bool abandon; /* leave even though commands did not end */
 
