@@ -720,7 +720,15 @@ class Master(_Process):
         return self.get('workers')['workers']
 
     def worker(self, name):
-        return self._one(f'workers/{urllib.parse.quote(name)}', 'workers')
+        """The worker dict, or None if the master does not know the worker (yet): right after
+        start the REST port answers before the master has created the configured workers'
+        rows, and /workers/<name> is then a 404."""
+        try:
+            return self._one(f'workers/{urllib.parse.quote(name)}', 'workers')
+        except HarnessError as e:
+            if ': HTTP 404:' in str(e):
+                return None
+            raise
 
     def worker_connected(self, name):
         w = self.worker(name)

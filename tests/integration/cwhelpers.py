@@ -9,10 +9,17 @@ test_lifecycle.py). Not a test module itself.
 * `dump_worker_logs`: an autouse fixture (import it into a test module) that prints the
   part of each pool worker's log written during a failed test, plus the master log tail.
 * small process/timing helpers: `proc_cpu_seconds`, `proc_peak_rss_kib`, `elapsed_header`.
+* `describe_build`: Build.describe() plus the master's exception text (for assertion messages).
+* file helpers for the transfer tests: `write_random_file`, `sha256_file`, `tree_snapshot`,
+  `assert_same_tree`, `leftovers`.
 """
 
+import fnmatch
+import hashlib
 import os
+import random
 import re
+import stat
 
 import pytest
 
@@ -162,7 +169,108 @@ def elapsed_header(header):
     return float(m.group(1)) if m else None
 
 
+def describe_build(b):
+    """b.describe() plus the last line of each step's 'err.text' log (the exception the
+    master recorded for an EXCEPTION step, e.g. "worker is too old, ..."), for assertion
+    messages."""
+    out = [b.describe()]
+    for s in b.steps:
+        if 'err.text' in s.logs:
+            lines = [ln.strip() for ln in s.logs['err.text'].raw.splitlines() if ln.strip()]
+            exc = [ln for ln in lines if _EXC_LINE_RE.search(ln)]
+            out.append(f'  {s.name} err.text: {(exc or lines or [""])[-1][:500]}')
+    return '\n'.join(out)
+
+
+_EXC_LINE_RE = re.compile(r'\w(Error|Exception|Failure)\b.*:')
+
+
 def wait_processes(marker, count, timeout=20):
     """Wait until at least `count` processes are tagged with `marker`; returns them."""
     return bbmaster.wait_for(lambda: (lambda p: p if len(p) >= count else None)(
         bbmaster.find_processes(marker)), timeout, f'{count} processes tagged {marker!r}')
+
+
+# ---- files and trees (transfer / fs tests) -----------------------------------------------------
+
+def write_random_file(path, size, seed=0, mode=None):
+    """Write `size` pseudo-random bytes (deterministic for a seed) to `path`; returns the
+    sha256 hex digest. Written in 4 MiB pieces, so big files cost no big memory."""
+    rnd = random.Random(seed)
+    h = hashlib.sha256()
+    with open(path, 'wb') as f:
+        left = size
+        while left > 0:
+            n = min(left, 4 << 20)
+            piece = rnd.randbytes(n)
+            f.write(piece)
+            h.update(piece)
+            left -= n
+    if mode is not None:
+        os.chmod(path, mode)
+    return h.hexdigest()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            piece = f.read(1 << 20)
+            if not piece:
+                return h.hexdigest()
+            h.update(piece)
+
+
+def tree_snapshot(root, mtimes=False):
+    """{relative path: description} of everything below `root` (root itself is ''),
+    without following symlinks. A description is a tuple:
+    ('dir', mode) | ('file', mode, size, sha256) | ('link', target) | ('other', S_IFMT),
+    where mode is the permission bits (S_IMODE); with mtimes=True files also get
+    their integer mtime appended."""
+    out = {}
+
+    def describe(path):
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return ('link', os.readlink(path))
+        if stat.S_ISDIR(st.st_mode):
+            return ('dir', stat.S_IMODE(st.st_mode))
+        if stat.S_ISREG(st.st_mode):
+            d = ('file', stat.S_IMODE(st.st_mode), st.st_size, sha256_file(path))
+            return d + (int(st.st_mtime),) if mtimes else d
+        return ('other', stat.S_IFMT(st.st_mode))
+
+    out[''] = describe(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:   # os.walk does not descend into symlinked dirs
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = describe(full)
+    return out
+
+
+def assert_same_tree(src, dst, mtimes=False, root_mode=True):
+    """Assert that the trees below `src` and `dst` are equal entry by entry (types, permission
+    bits, sizes, sha256, symlink targets, optionally file mtimes). root_mode=False ignores
+    the mode of the two roots themselves."""
+    a, b = tree_snapshot(src, mtimes), tree_snapshot(dst, mtimes)
+    if not root_mode:
+        a.pop(''), b.pop('')
+    problems = []
+    for k in sorted(set(a) | set(b)):
+        if k not in b:
+            problems.append(f'missing in {dst}: {k!r} {a[k]}')
+        elif k not in a:
+            problems.append(f'extra in {dst}: {k!r} {b[k]}')
+        elif a[k] != b[k]:
+            problems.append(f'differs: {k!r} source {a[k]} != copy {b[k]}')
+    assert not problems, 'trees differ:\n  ' + '\n  '.join(problems)
+    return a
+
+
+def leftovers(directory, pattern):
+    """Names in `directory` (not recursive) matching the glob `pattern`; [] if no directory."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
