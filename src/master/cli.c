@@ -15,6 +15,7 @@
 
 #include "cw_config.h"
 #include "log.h"
+#include "tls.h"
 
 static void usage(FILE *f)
 {
@@ -37,6 +38,8 @@ static void usage(FILE *f)
             "  --password-file FILE   its password (first line); or CWORKER_PASSWORD\n"
             "  --wait S               how long to wait for it to attach (default 60)\n"
             "  --verbose              log protocol detail (and, for run, the header lines)\n"
+            "  --tls-cert FILE --tls-key FILE\n"
+            "                         serve wss:// (TLS 1.2+) with this certificate chain and key\n"
             "run:\n"
             "  --workdir DIR          working directory on the worker (relative: to its basedir)\n"
             "  --timeout S            kill the command after S seconds in all\n"
@@ -322,7 +325,7 @@ int main(int argc, char **argv)
 
     enum {
         O_LISTEN = 256, O_WORKER, O_PASSWORD_FILE, O_WAIT, O_VERBOSE, O_WORKDIR, O_TIMEOUT,
-        O_ENV, O_COMPRESS, O_WORKERS, O_HELP,
+        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -336,9 +339,12 @@ int main(int argc, char **argv)
         {"compress", required_argument, NULL, O_COMPRESS},
         {"workers", required_argument, NULL, O_WORKERS},
         {"help", no_argument, NULL, O_HELP},
+        {"tls-cert", required_argument, NULL, O_TLS_CERT},
+        {"tls-key", required_argument, NULL, O_TLS_KEY},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *password_file = NULL, *workers_file = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL;
     char *end;
     optind = 2;
     opterr = 0;
@@ -390,6 +396,12 @@ int main(int argc, char **argv)
         case 'r':
             cli.recursive = true;
             break;
+        case O_TLS_CERT:
+            tls_cert = optarg;
+            break;
+        case O_TLS_KEY:
+            tls_key = optarg;
+            break;
         case O_HELP:
             usage(stdout);
             return 0;
@@ -435,6 +447,18 @@ int main(int argc, char **argv)
     const char *faults = getenv("CWORKER_MASTER_FAULTS"); /* tests only */
     if (faults && cw_master_faults_parse(&mo.faults, faults) < 0)
         return usage_error("bad CWORKER_MASTER_FAULTS '%s'", faults);
+    if ((tls_cert == NULL) != (tls_key == NULL))
+        return usage_error("--tls-cert and --tls-key go together");
+    cw_tls_ctx_t *tls_ctx = NULL;
+    if (tls_cert) {
+        char err[400];
+        tls_ctx = cw_tls_server_ctx(tls_cert, tls_key, err, sizeof err);
+        if (tls_ctx == NULL) {
+            fprintf(stderr, "cworker-master: %s\n", err);
+            return CLI_EXIT_USAGE;
+        }
+        mo.conn.tls_ctx = tls_ctx;
+    }
     cw_master_init(&cli.master, cli.loop, &mo, &cli_master_callbacks, &cli);
 
     if (cli.job) {
@@ -468,7 +492,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cworker-master: cannot listen on %s: %s\n", listen, uv_strerror(rc));
         return CLI_EXIT_FAILURE;
     }
-    cw_info("listening on %s:%d", host, bound);
+    cw_info("listening on %s:%d%s", host, bound, tls_ctx ? " (TLS)" : "");
 
     uv_timer_init(cli.loop, &cli.wait_timer);
     uv_timer_init(cli.loop, &cli.progress_timer);
@@ -484,6 +508,7 @@ int main(int argc, char **argv)
     uv_run(cli.loop, UV_RUN_DEFAULT);
     uv_loop_close(cli.loop);
     cw_master_faults_free(&mo.faults);
+    cw_tls_ctx_free(tls_ctx);
     free(cli.env);
     return cli.exit_code;
 }

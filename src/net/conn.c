@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "tls.h"
 
 #define READ_BUF_SIZE (128 * 1024)
 #define SHUTDOWN_GRACE_MS 2000
@@ -93,8 +94,9 @@ static void conn_write_cb(uv_write_t *req, int status)
     }
 }
 
-/* Queue header (may be empty) + payload (owned) for writing. */
-static int conn_write(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payload, size_t len)
+/* Queue header (may be empty) + payload (owned) on the TCP socket as they are. */
+static int conn_write_tcp(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payload,
+                          size_t len)
 {
     uv_buf_t bufs[2];
     unsigned n = 0;
@@ -117,6 +119,44 @@ static int conn_write(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payloa
     if (c->queued >= c->opt.high_water)
         c->above_high = true;
     return 0;
+}
+
+/* Move whatever TLS produced (records, handshake messages) onto TCP. */
+static int conn_flush_tls(cw_conn_t *c)
+{
+    uint8_t *out;
+    size_t n;
+    while ((n = cw_tls_take_out(c->tls, &out)) > 0) {
+        conn_wreq_t *w = calloc(1, sizeof *w);
+        if (w == NULL) {
+            free(out);
+            return -ENOMEM;
+        }
+        int rc = conn_write_tcp(c, w, 0, out, n);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Queue header + payload (owned) for the peer: through TLS when the link
+ * has it (the plaintext is encrypted now and freed), else as they are. */
+static int conn_write(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payload, size_t len)
+{
+    if (c->tls == NULL || !c->tls_up)
+        return conn_write_tcp(c, w, hlen, payload, len);
+    int rc = 0;
+    if (hlen)
+        rc = cw_tls_write(c->tls, w->hdr, hlen);
+    if (rc == 0 && len)
+        rc = cw_tls_write(c->tls, payload, len);
+    free(payload);
+    free(w);
+    if (rc < 0) {
+        cw_conn_close(c, rc, 0, cw_tls_error(c->tls));
+        return rc;
+    }
+    return conn_flush_tls(c);
 }
 
 /* Send raw bytes (copied): HTTP heads, control frames. */
@@ -345,26 +385,9 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->rbuf ? READ_BUF_SIZE : 0;
 }
 
-static void conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+/* Plaintext bytes of the protocol: HTTP upgrade head, then WebSocket. */
+static void conn_process_plain(cw_conn_t *c, uint8_t *data, size_t len)
 {
-    cw_conn_t *c = s->data;
-    if (n == 0)
-        return;
-    if (n < 0) {
-        if (n == UV_EOF)
-            cw_conn_close(c, UV_EOF, 0, "connection closed by peer");
-        else if (n == UV_ENOBUFS)
-            cw_conn_close(c, -ENOMEM, 0, "out of memory");
-        else
-            cw_conn_close(c, (int)n, 0, uv_strerror((int)n));
-        return;
-    }
-    if (c->state >= CW_CONN_CLOSING)
-        return;
-    c->bytes_in += (size_t)n;
-    c->last_rx = uv_now(c->loop);
-    uint8_t *data = (uint8_t *)buf->base;
-    size_t len = (size_t)n;
     if (c->state == CW_CONN_HANDSHAKE) {
         size_t used = 0;
         int rc = cw_http_head_feed(c->head, data, len, &used);
@@ -384,6 +407,111 @@ static void conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     conn_feed_ws(c, data, len);
+}
+
+static void conn_after_tls(cw_conn_t *c);
+
+/* Ciphertext from TCP: drive the handshake, then decrypt and process. */
+static void conn_process_tls(cw_conn_t *c, const uint8_t *data, size_t len)
+{
+    if (cw_tls_feed(c->tls, data, len) < 0) {
+        cw_conn_close(c, -ENOMEM, 0, "out of memory");
+        return;
+    }
+    if (!c->tls_up) {
+        int rc = cw_tls_handshake(c->tls);
+        conn_flush_tls(c);
+        if (rc < 0) {
+            cw_conn_close(c, rc, 0, cw_tls_error(c->tls));
+            return;
+        }
+        if (rc == 0)
+            return;
+        c->tls_up = true;
+        conn_after_tls(c);
+        if (c->state >= CW_CONN_CLOSING)
+            return;
+    }
+    if (c->tbuf == NULL && (c->tbuf = malloc(READ_BUF_SIZE)) == NULL) {
+        cw_conn_close(c, -ENOMEM, 0, "out of memory");
+        return;
+    }
+    for (;;) {
+        int n = cw_tls_read(c->tls, c->tbuf, READ_BUF_SIZE);
+        if (n == 0)
+            break;
+        if (n == CW_ECLOSED) {
+            cw_conn_close(c, UV_EOF, 0, "connection closed by peer (TLS close)");
+            return;
+        }
+        if (n < 0) {
+            cw_conn_close(c, n, 0, cw_tls_error(c->tls));
+            return;
+        }
+        conn_process_plain(c, c->tbuf, (size_t)n);
+        if (c->state >= CW_CONN_CLOSING)
+            return;
+    }
+    conn_flush_tls(c); /* e.g. key updates */
+}
+
+static void conn_begin_transport(cw_conn_t *c);
+
+/* Client through an HTTP proxy: the answer to our CONNECT. */
+static void conn_process_proxy(cw_conn_t *c, uint8_t *data, size_t len)
+{
+    size_t used = 0;
+    int rc = cw_http_head_feed(c->head, data, len, &used);
+    if (rc == CW_HTTP_AGAIN)
+        return;
+    if (rc < 0) {
+        cw_conn_close(c, CW_EHANDSHAKE, 0, "the proxy sent a malformed answer to CONNECT");
+        return;
+    }
+    if (c->head->status != 200) {
+        char why[200];
+        snprintf(why, sizeof why, "the proxy refused CONNECT: HTTP %d %s%s", c->head->status,
+                 c->head->reason ? c->head->reason : "",
+                 c->head->status == 407 ? " (proxy credentials needed: http://user:pass@host)"
+                                        : "");
+        cw_conn_close(c, CW_EHANDSHAKE, 0, why);
+        return;
+    }
+    c->proxy_pending = false;
+    conn_begin_transport(c);
+    if (c->state >= CW_CONN_CLOSING || used == len)
+        return;
+    if (c->tls)
+        conn_process_tls(c, data + used, len - used);
+    else
+        conn_process_plain(c, data + used, len - used);
+}
+
+static void conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    cw_conn_t *c = s->data;
+    if (n == 0)
+        return;
+    if (n < 0) {
+        if (n == UV_EOF)
+            cw_conn_close(c, UV_EOF, 0, "connection closed by peer");
+        else if (n == UV_ENOBUFS)
+            cw_conn_close(c, -ENOMEM, 0, "out of memory");
+        else
+            cw_conn_close(c, (int)n, 0, uv_strerror((int)n));
+        return;
+    }
+    if (c->state >= CW_CONN_CLOSING)
+        return;
+    c->bytes_in += (size_t)n;
+    c->last_rx = uv_now(c->loop);
+    uint8_t *data = (uint8_t *)buf->base;
+    if (c->proxy_pending)
+        conn_process_proxy(c, data, (size_t)n);
+    else if (c->tls)
+        conn_process_tls(c, data, (size_t)n);
+    else
+        conn_process_plain(c, data, (size_t)n);
 }
 
 static void conn_timer_cb(uv_timer_t *t)
@@ -438,35 +566,97 @@ static void conn_arm_timer(cw_conn_t *c)
     }
 }
 
-int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
-                         const char *user, const char *password)
+/* Client: TLS (if any) is up, or there is none: send the upgrade request. */
+static void conn_send_upgrade(cw_conn_t *c)
+{
+    cw_http_head_init(c->head, false);
+    cw_ws_key_generate(c->key);
+    cw_buf_t req = CW_BUF_INIT;
+    int rc = cw_http_upgrade_request(&req, c->client.host_header, c->client.path, c->client.user,
+                                     c->client.password, c->key, NULL);
+    if (rc < 0) {
+        cw_buf_free(&req);
+        cw_conn_close(c, rc, 0, "cannot build the upgrade request");
+        return;
+    }
+    conn_wreq_t *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        cw_buf_free(&req);
+        cw_conn_close(c, -ENOMEM, 0, "out of memory");
+        return;
+    }
+    size_t len;
+    uint8_t *p = cw_buf_steal(&req, &len);
+    conn_write(c, w, 0, p, len);
+}
+
+/* The TLS handshake finished. */
+static void conn_after_tls(cw_conn_t *c)
+{
+    if (c->role == CW_CONN_CLIENT)
+        conn_send_upgrade(c);
+}
+
+/* After TCP (and a proxy tunnel): start TLS, or go straight to HTTP. */
+static void conn_begin_transport(cw_conn_t *c)
+{
+    c->state = CW_CONN_HANDSHAKE;
+    cw_http_head_init(c->head, c->role == CW_CONN_SERVER);
+    if (c->tls) {
+        if (c->role == CW_CONN_CLIENT) {
+            int rc = cw_tls_handshake(c->tls); /* produces the ClientHello */
+            conn_flush_tls(c);
+            if (rc < 0)
+                cw_conn_close(c, rc, 0, cw_tls_error(c->tls));
+        }
+        return;
+    }
+    if (c->role == CW_CONN_CLIENT)
+        conn_send_upgrade(c);
+}
+
+int cw_conn_start_client2(cw_conn_t *c, const cw_conn_client_t *o)
 {
     conn_note_peer(c);
     conn_tune_socket(c);
     c->head = malloc(sizeof *c->head);
     if (c->head == NULL)
         return -ENOMEM;
-    cw_http_head_init(c->head, false);
-    cw_ws_key_generate(c->key);
-    cw_buf_t req = CW_BUF_INIT;
-    int rc = cw_http_upgrade_request(&req, host_header, path, user, password, c->key, NULL);
-    if (rc < 0) {
-        cw_buf_free(&req);
-        return rc;
+    c->client = *o;
+    if (o->tls_ctx) {
+        c->tls = cw_tls_new(o->tls_ctx, false, o->tls_host);
+        if (c->tls == NULL)
+            return -ENOMEM;
     }
     c->state = CW_CONN_HANDSHAKE;
     conn_arm_timer(c);
-    conn_wreq_t *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        cw_buf_free(&req);
-        return -ENOMEM;
-    }
-    size_t len;
-    uint8_t *p = cw_buf_steal(&req, &len);
-    rc = conn_write(c, w, 0, p, len);
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
     if (rc < 0)
         return rc;
-    return uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
+    if (o->proxy_target) {
+        /* tunnel first: CONNECT host:port, then TLS/HTTP inside it */
+        c->proxy_pending = true;
+        cw_http_head_init(c->head, false);
+        cw_buf_t req = CW_BUF_INIT;
+        cw_buf_printf(&req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n", o->proxy_target,
+                      o->proxy_target);
+        if (o->proxy_auth)
+            cw_buf_printf(&req, "Proxy-Authorization: %s\r\n", o->proxy_auth);
+        cw_buf_append_str(&req, "\r\n");
+        rc = conn_write_copy(c, req.data, req.len);
+        cw_buf_free(&req);
+        return rc;
+    }
+    conn_begin_transport(c);
+    return 0;
+}
+
+int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
+                         const char *user, const char *password)
+{
+    cw_conn_client_t o = {.host_header = host_header, .path = path, .user = user,
+                          .password = password};
+    return cw_conn_start_client2(c, &o);
 }
 
 int cw_conn_start_server(cw_conn_t *c)
@@ -476,8 +666,12 @@ int cw_conn_start_server(cw_conn_t *c)
     c->head = malloc(sizeof *c->head);
     if (c->head == NULL)
         return -ENOMEM;
-    cw_http_head_init(c->head, true);
-    c->state = CW_CONN_HANDSHAKE;
+    if (c->opt.tls_ctx) {
+        c->tls = cw_tls_new(c->opt.tls_ctx, true, NULL);
+        if (c->tls == NULL)
+            return -ENOMEM;
+    }
+    conn_begin_transport(c);
     conn_arm_timer(c);
     return uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
 }
@@ -578,6 +772,10 @@ static void conn_handle_closed(uv_handle_t *h)
     c->head = NULL;
     free(c->rbuf);
     c->rbuf = NULL;
+    free(c->tbuf);
+    c->tbuf = NULL;
+    cw_tls_free(c->tls);
+    c->tls = NULL;
     cw_ws_free(&c->ws);
     msgpack_unpacked_destroy(&c->up);
     c->cb->on_close(c, c->close_err, c->close_why);
@@ -651,7 +849,7 @@ int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len)
 {
     if (c->state >= CW_CONN_CLOSING)
         return CW_ECLOSED;
-    return conn_write_copy(c, data, len);
+    return conn_write_copy(c, data, len); /* through TLS when the link has it */
 }
 
 bool cw_conn_writable(const cw_conn_t *c)

@@ -79,7 +79,20 @@ typedef struct cw_conn_options {
                                     link is declared dead; 0 = never */
     size_t high_water;           /* queued bytes above which writable() is false */
     size_t low_water;            /* on_drain fires when the queue falls below */
+    struct ssl_ctx_st *tls_ctx;  /* server: TLS on accepted links (NULL = plain) */
 } cw_conn_options_t;
+
+/* How a client reaches the master. */
+typedef struct cw_conn_client {
+    const char *host_header; /* "host:port" for the Host header */
+    const char *path;        /* WebSocket path */
+    const char *user;        /* Basic auth (NULL = none) */
+    const char *password;
+    struct ssl_ctx_st *tls_ctx; /* wss: a client TLS context, else NULL */
+    const char *tls_host;       /* name (or IP) checked against the certificate */
+    const char *proxy_target;   /* through an HTTP proxy: "host:port" to CONNECT to */
+    const char *proxy_auth;     /* Proxy-Authorization value, or NULL */
+} cw_conn_client_t;
 
 /* Default options: 64 MiB messages, 10 s handshake, ping every 10 s, dead
  * after 30 s of silence, 1 MiB / 256 KiB water marks. */
@@ -101,6 +114,11 @@ struct cw_conn {
     char key[25];
     msgpack_unpacked up;
     uint8_t *rbuf;
+    uint8_t *tbuf; /* decrypted bytes (TLS) */
+    struct cw_tls *tls;
+    bool tls_up;
+    bool proxy_pending; /* waiting for the proxy's answer to CONNECT */
+    cw_conn_client_t client; /* strings owned by the caller, must outlive the handshake */
 
     int64_t next_seq;
     cw_conn_pending_t *pending;
@@ -129,6 +147,9 @@ uv_tcp_t *cw_conn_tcp(cw_conn_t *c);
 /* Client: the TCP connection is up; send the upgrade request and read. */
 int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
                          const char *user, const char *password);
+/* Client, full form: optional HTTP CONNECT proxy and TLS below the upgrade.
+ * The strings in o must stay valid until on_open or on_close. */
+int cw_conn_start_client2(cw_conn_t *c, const cw_conn_client_t *o);
 /* Server: a TCP connection was accepted; wait for the upgrade request. */
 int cw_conn_start_server(cw_conn_t *c);
 
