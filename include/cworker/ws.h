@@ -92,6 +92,7 @@ typedef struct cw_ws {
     void *ud;
     bool close_sent;
     bool close_received;
+    const char *error; /* why the session failed (static text), or NULL */
 
     /* frame parser */
     int pstate;
@@ -142,5 +143,8 @@ int cw_ws_ping(cw_ws_t *ws, const uint8_t *data, size_t len);
 int cw_ws_close(cw_ws_t *ws, uint16_t code, const char *reason);
 
 cw_ws_state_t cw_ws_state(const cw_ws_t *ws);
+
+/* Why the session failed ("frame with reserved bits set", ...), or NULL. */
+const char *cw_ws_error(const cw_ws_t *ws);
 
 #endif

@@ -32,6 +32,12 @@ static void run_on_update(cw_remote_t *r, cw_str_t key, const msgpack_object *va
         for (; p + nl < end; p++)
             if (memcmp(p, needle, nl) == 0)
                 cli->killed_by_signal = atoi(p + nl);
+        /* workers older than 3.10 send no failure_reason, only this header */
+        const char *to = "seconds elapsed running";
+        size_t tl = strlen(to);
+        for (p = text.ptr; p + tl <= end; p++)
+            if (memcmp(p, to, tl) == 0)
+                cli->timed_out = true;
         if (cli->verbose)
             cli_write_all(2, text.ptr, text.len);
     } else if (cw_str_eq(key, "failure_reason")) {

@@ -444,10 +444,12 @@ static void unpack_work(uv_work_t *req)
     struct archive *out = archive_write_disk_new();
     archive_read_support_filter_all(a);
     archive_read_support_format_all(a);
+    /* Entry names are checked here and then prefixed with the (absolute)
+     * destination, so libarchive's absolute-path guard cannot be used; the
+     * ".." and symlink guards still apply to the full path. */
     archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
                                             ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                                            ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                            ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS);
+                                            ARCHIVE_EXTRACT_SECURE_SYMLINKS);
     if (archive_read_open_filename(a, x->tmp, 65536) != ARCHIVE_OK) {
         xfer_fail(x, "cannot read the received archive: %s", archive_error_string(a));
         goto out;
@@ -455,27 +457,42 @@ static void unpack_work(uv_work_t *req)
     struct archive_entry *e;
     int r;
     while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
-        const char *name = archive_entry_pathname(e);
-        while (name && name[0] == '.' && name[1] == '/')
-            name += 2;
-        if (name == NULL || name[0] == '\0' || strcmp(name, ".") == 0)
-            continue; /* the root entry of the stock worker's tar */
-        char *path = NULL;
-        if (asprintf(&path, "%s/%s", x->final, name) < 0)
+        const char *raw = archive_entry_pathname(e);
+        while (raw && raw[0] == '.' && raw[1] == '/')
+            raw += 2;
+        /* the root entry of the stock worker's tar has an empty name,
+         * which libarchive shows as "/" for a directory */
+        if (raw == NULL || raw[0] == '\0' || strcmp(raw, ".") == 0 || strcmp(raw, "/") == 0)
+            continue;
+        /* keep our own copy: the entry's string changes below */
+        char *name = strdup(raw);
+        if (name == NULL)
             break;
+        if (name[0] == '/') {
+            xfer_fail(x, "refusing archive entry with an absolute name '%s'", name);
+            free(name);
+            goto out;
+        }
+        char *path = NULL;
+        if (asprintf(&path, "%s/%s", x->final, name) < 0) {
+            free(name);
+            break;
+        }
         archive_entry_copy_pathname(e, path);
         free(path);
         const char *hl = archive_entry_hardlink(e);
         if (hl) {
             char *hp = NULL;
-            if (asprintf(&hp, "%s/%s", x->final, hl) >= 0)
+            if (hl[0] != '/' && asprintf(&hp, "%s/%s", x->final, hl) >= 0)
                 archive_entry_copy_hardlink(e, hp);
             free(hp);
         }
         if (archive_write_header(out, e) < ARCHIVE_WARN) {
             xfer_fail(x, "cannot unpack '%s': %s", name, archive_error_string(out));
+            free(name);
             goto out;
         }
+        free(name);
         const void *buf;
         size_t size;
         la_int64_t off;
@@ -538,15 +555,11 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
         break;
     }
     case CW_OP_UPLOAD_FILE_CLOSE:
+        /* Not renamed yet: the stock worker sends close even after a failed
+         * open or an interrupt, so the file becomes LOCAL only when the
+         * command ends with rc 0 (get_on_complete). */
         close(x->fd);
         x->fd = -1;
-        if (rename(x->tmp, x->final) < 0) {
-            xfer_fail(x, "cannot create '%s': %s", x->final, strerror(errno));
-            cw_remote_respond_error(r, m->seq, "cannot store the file on the master");
-            return;
-        }
-        free(x->tmp);
-        x->tmp = NULL;
         x->closed = true;
         cw_remote_respond(r, m->seq);
         break;
@@ -578,7 +591,16 @@ static void get_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char 
         xfer_fail(x, "the worker finished without delivering the data");
         code = CLI_EXIT_FAILURE;
     }
-    xfer_done(x, code);
+    if (code == 0 && x->tmp) {
+        if (rename(x->tmp, x->final) < 0) {
+            xfer_fail(x, "cannot create '%s': %s", x->final, strerror(errno));
+            code = CLI_EXIT_FAILURE;
+        } else {
+            free(x->tmp);
+            x->tmp = NULL;
+        }
+    }
+    xfer_done(x, code); /* removes x->tmp if it is still there */
 }
 
 static const cw_remote_callbacks_t get_callbacks = {
@@ -602,9 +624,16 @@ static void get_start(cli_t *cli, cw_mworker_t *w)
         xfer_done(x, CLI_EXIT_FAILURE);
         return;
 #endif
-        x->final = strdup(cli->local);
         if (mkdir(cli->local, 0777) < 0 && errno != EEXIST) {
             xfer_fail(x, "cannot create '%s': %s", cli->local, strerror(errno));
+            free(remote);
+            xfer_done(x, CLI_EXIT_FAILURE);
+            return;
+        }
+        /* absolute and free of "..", as the extraction guards want */
+        x->final = realpath(cli->local, NULL);
+        if (x->final == NULL) {
+            xfer_fail(x, "cannot use '%s': %s", cli->local, strerror(errno));
             free(remote);
             xfer_done(x, CLI_EXIT_FAILURE);
             return;

@@ -308,12 +308,18 @@ static void conn_feed_ws(cw_conn_t *c, uint8_t *data, size_t len)
     int rc = cw_ws_feed(&c->ws, data, len);
     if (rc == 0 || c->state != CW_CONN_OPEN)
         return;
+    char why[200];
+    const char *detail = cw_ws_error(&c->ws);
     if (rc == CW_ECLOSED)
-        cw_conn_close(c, 0, 0, "peer closed the WebSocket");
+        snprintf(why, sizeof why, "peer closed the WebSocket");
     else if (rc == CW_ETOOBIG)
-        cw_conn_close(c, rc, 0, "peer sent a message over the size limit");
+        snprintf(why, sizeof why, "peer sent a message over the size limit (%zu bytes)",
+                 c->opt.max_message);
+    else if (detail)
+        snprintf(why, sizeof why, "%s: %s", cw_strerror(rc), detail);
     else
-        cw_conn_close(c, rc, 0, cw_strerror(rc));
+        snprintf(why, sizeof why, "%s", cw_strerror(rc));
+    cw_conn_close(c, rc == CW_ECLOSED ? 0 : rc, 0, why);
 }
 
 /* Client: the response head is complete. */

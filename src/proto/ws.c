@@ -249,10 +249,11 @@ static void release_msg(cw_ws_t *ws)
 }
 
 /* End the session on an error: tell the peer why (unless our Close already went out). */
-static int fail(cw_ws_t *ws, unsigned close_code, int err)
+static int fail(cw_ws_t *ws, unsigned close_code, int err, const char *why)
 {
+    ws->error = why;
     if (!ws->close_sent)
-        (void)send_close(ws, close_code, NULL, 0);
+        (void)send_close(ws, close_code, why, strlen(why));
     ws->state = CW_WS_CLOSED;
     cw_buf_free(&ws->msg);
     return err;
@@ -270,17 +271,23 @@ static int header_start(cw_ws_t *ws)
     ws->f_masked = (b1 & 0x80) != 0;
 
     /* No extension is ever negotiated, so no RSV bit may be set (§5.2). */
-    if ((b0 & 0x70) != 0 || !opcode_known(op))
-        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+    if ((b0 & 0x70) != 0)
+        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "frame with reserved bits set");
+    if (!opcode_known(op))
+        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "frame with an unknown opcode");
     /* Clients mask, servers do not (§5.1). */
     if (ws->f_masked != (ws->role == CW_WS_SERVER))
-        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO,
+                    ws->f_masked ? "masked frame from the server" : "unmasked frame from the client");
     if (op & 0x8) {
         if (!ws->f_fin || len7 > MAX_CONTROL)
-            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO,
+                        "fragmented or oversized control frame");
     } else if ((op == CW_WS_OP_CONT) != (ws->msg_opcode != 0)) {
         /* A continuation needs a message in progress; a new message must not interrupt one. */
-        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO,
+                    op == CW_WS_OP_CONT ? "continuation frame without a message"
+                                        : "new message inside a fragmented one");
     }
     ws->hdr_need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + (ws->f_masked ? 4 : 0);
     return 0;
@@ -298,14 +305,14 @@ static int header_end(cw_ws_t *ws)
         len = (uint64_t)h[2] << 8 | h[3];
         p = 4;
         if (len < 126)
-            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "non-minimal frame length");
     } else if (len == 127) {
         len = 0;
         for (int i = 0; i < 8; i++)
             len = len << 8 | h[2 + i];
         p = 10;
         if ((len >> 63) != 0 || len <= 0xFFFF)
-            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "invalid 64-bit frame length");
     }
     if (ws->f_masked)
         memcpy(ws->f_mask, h + p, 4);
@@ -315,7 +322,7 @@ static int header_end(cw_ws_t *ws)
     if ((ws->f_opcode & 0x8) == 0) {
         /* msg.len <= max_message always holds, so the subtraction cannot wrap. */
         if (len > (uint64_t)(ws->max_message - ws->msg.len))
-            return fail(ws, CW_WS_CLOSE_TOO_BIG, CW_ETOOBIG);
+            return fail(ws, CW_WS_CLOSE_TOO_BIG, CW_ETOOBIG, "message over the size limit");
         if (ws->f_opcode != CW_WS_OP_CONT)
             ws->msg_opcode = ws->f_opcode;
     }
@@ -326,7 +333,7 @@ static int header_end(cw_ws_t *ws)
 static int deliver(cw_ws_t *ws, unsigned opcode, uint8_t *data, size_t len)
 {
     if (opcode == CW_WS_OP_TEXT && !cw_utf8_valid(data, len))
-        return fail(ws, CW_WS_CLOSE_INVALID_DATA, CW_EPROTO);
+        return fail(ws, CW_WS_CLOSE_INVALID_DATA, CW_EPROTO, "text message is not UTF-8");
     int rc = ws->cb->on_message(ws->ud, opcode, data, len);
     if (rc < 0) {
         ws->state = CW_WS_CLOSED;
@@ -363,7 +370,7 @@ static int data_payload(cw_ws_t *ws, uint8_t *p, size_t avail, size_t *used)
         return deliver(ws, op, p, take);
     }
     if (cw_buf_append(&ws->msg, p, take) < 0)
-        return fail(ws, CW_WS_CLOSE_INTERNAL, -ENOMEM);
+        return fail(ws, CW_WS_CLOSE_INTERNAL, -ENOMEM, "out of memory");
     ws->f_done += take;
     if (ws->f_done < ws->f_len || !ws->f_fin)
         return 0;
@@ -386,13 +393,13 @@ static int peer_close(cw_ws_t *ws, const uint8_t *p, size_t len)
     size_t reason_len = 0;
 
     if (len == 1)
-        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+        return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "close frame of one byte");
     if (len >= 2) {
         code = p[0] << 8 | p[1];
         if (!close_code_valid((unsigned)code))
-            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO);
+            return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO, "invalid close code");
         if (!cw_utf8_valid(p + 2, len - 2))
-            return fail(ws, CW_WS_CLOSE_INVALID_DATA, CW_EPROTO);
+            return fail(ws, CW_WS_CLOSE_INVALID_DATA, CW_EPROTO, "close reason is not UTF-8");
         reason = (const char *)p + 2;
         reason_len = len - 2;
     }
@@ -531,4 +538,9 @@ int cw_ws_close(cw_ws_t *ws, uint16_t code, const char *reason)
             len--;
     }
     return send_close(ws, code, reason, len);
+}
+
+const char *cw_ws_error(const cw_ws_t *ws)
+{
+    return ws->error;
 }

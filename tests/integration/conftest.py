@@ -27,6 +27,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'worker_kinds(*kinds): run the test with these worker kinds '
         '("cworker", "stock"); without a marker `worker_kind` is "cworker"')
+    config.addinivalue_line(
+        'markers', 'slow: long measurements (throughput); CI runs -m "not slow"')
 
 
 def _selected_kinds():
