@@ -44,6 +44,10 @@ static void usage(FILE *f)
             "  --workdir DIR          working directory on the worker (relative: to its basedir)\n"
             "  --timeout S            kill the command after S seconds in all\n"
             "  --env K=V              set a variable (repeatable); K= with nothing removes it\n"
+            "  --parallel N           run N copies at once (each sees CW_RUN_INDEX=0..N-1); the\n"
+            "                         output of each copy is printed as one block when it ends,\n"
+            "                         after a line '=== [i] exit CODE'; the exit status is the\n"
+            "                         first non-zero one\n"
             "  stdout and stderr of the command are streamed to ours (after the protocol's\n"
             "  line rules: CR/CRLF become LF, invalid UTF-8 becomes U+FFFD, a last line\n"
             "  without newline gets one).\n"
@@ -325,7 +329,7 @@ int main(int argc, char **argv)
 
     enum {
         O_LISTEN = 256, O_WORKER, O_PASSWORD_FILE, O_WAIT, O_VERBOSE, O_WORKDIR, O_TIMEOUT,
-        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY,
+        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY, O_PARALLEL,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -341,6 +345,7 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, O_HELP},
         {"tls-cert", required_argument, NULL, O_TLS_CERT},
         {"tls-key", required_argument, NULL, O_TLS_KEY},
+        {"parallel", required_argument, NULL, O_PARALLEL},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *password_file = NULL, *workers_file = NULL;
@@ -401,6 +406,11 @@ int main(int argc, char **argv)
             break;
         case O_TLS_KEY:
             tls_key = optarg;
+            break;
+        case O_PARALLEL:
+            cli.parallel = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end || cli.parallel < 1 || cli.parallel > 100000)
+                return usage_error("--parallel needs a count from 1 to 100000, not '%s'", optarg);
             break;
         case O_HELP:
             usage(stdout);

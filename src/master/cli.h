@@ -47,6 +47,7 @@ struct cli {
     char **cmd_argv;
     char *workdir;
     double timeout;
+    long parallel; /* run: copies at once (--parallel) */
     char **env; /* K=V strings */
     size_t nenv;
     int killed_by_signal;

@@ -31,6 +31,8 @@ static const cw_cmd_impl_t *impl_for(cw_cmd_kind_t kind)
     case CW_CMD_STAT:
     case CW_CMD_LISTDIR:
     case CW_CMD_RMFILE:
+    case CW_CMD_GLOB:
+    case CW_CMD_CPDIR:
         return &cw_cmd_fs_impl;
     case CW_CMD_UPLOAD_FILE:
         return &cw_cmd_upload_impl;

@@ -27,6 +27,7 @@ typedef struct fs_job {
     int rc;
     cw_buf_t header; /* header text (lines) */
     cw_buf_t stderr_text;
+    cw_buf_t stdout_text; /* cpdir: the cp -v style log */
     const char *value_key; /* "files" / "stat" or NULL */
     cw_buf_t value;        /* packed msgpack value for value_key */
 } fs_job_t;
@@ -147,6 +148,56 @@ static void do_rmfile(fs_job_t *job)
     job->rc = 0;
 }
 
+static void do_glob(fs_job_t *job)
+{
+    cw_strlist_t l = {0};
+    int rc = cw_glob(job->cmd->args.path, &job->stop, &l);
+    if (rc < 0) {
+        job_error(job, "glob", -rc, job->cmd->args.path);
+        cw_strlist_free(&l);
+        return;
+    }
+    msgpack_packer pk;
+    job_packer(job, &pk);
+    msgpack_pack_array(&pk, l.n);
+    cw_buf_t name = CW_BUF_INIT;
+    for (size_t i = 0; i < l.n; i++) {
+        cw_buf_reset(&name);
+        cw_utf8_repair((const uint8_t *)l.v[i], strlen(l.v[i]), &name);
+        cw_pack_strn(&pk, (const char *)name.data, name.len);
+    }
+    cw_buf_free(&name);
+    cw_strlist_free(&l);
+    job->value_key = "files";
+    job->rc = 0;
+}
+
+static void do_cpdir(fs_job_t *job)
+{
+    cw_args_t *a = &job->cmd->args;
+    /* like the stock worker: make the destination's parent first */
+    char *parent = strdup(a->to_path);
+    if (parent == NULL) {
+        job->rc = ENOMEM;
+        return;
+    }
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = '\0';
+        int rc = cw_mkdirs(parent, 0777);
+        if (rc < 0) {
+            job_error(job, "cpdir", -rc, parent);
+            free(parent);
+            return;
+        }
+    }
+    free(parent);
+    int rc = cw_copytree(a->from_path, a->to_path, &job->stop, &job->stdout_text,
+                         &job->stderr_text);
+    /* cp's exit status: 0, or 1 when anything failed */
+    job->rc = rc == 0 ? 0 : 1;
+}
+
 static void fs_work(uv_work_t *req)
 {
     fs_job_t *job = req->data;
@@ -166,6 +217,12 @@ static void fs_work(uv_work_t *req)
     case CW_CMD_RMFILE:
         do_rmfile(job);
         break;
+    case CW_CMD_GLOB:
+        do_glob(job);
+        break;
+    case CW_CMD_CPDIR:
+        do_cpdir(job);
+        break;
     default:
         cw_buf_printf(&job->header, "%s: not implemented in this cworker\n",
                       cw_cmd_names(job->cmd->kind)[0]);
@@ -184,6 +241,13 @@ static void fs_after(uv_work_t *req, int status)
         job->rc = -1;
     }
     double now = cw_now();
+    if (job->stdout_text.len) {
+        cw_buf_t fixed = CW_BUF_INIT;
+        cw_utf8_repair(job->stdout_text.data, job->stdout_text.len, &fixed);
+        cw_outbuf_add_lines(&cmd->out, CW_STREAM_STDOUT, NULL, (const char *)fixed.data,
+                            fixed.len, now);
+        cw_buf_free(&fixed);
+    }
     if (job->stderr_text.len) {
         cw_buf_t fixed = CW_BUF_INIT;
         cw_utf8_repair(job->stderr_text.data, job->stderr_text.len, &fixed);
@@ -238,6 +302,7 @@ static void fs_destroy(cw_cmd_t *cmd)
     if (job) {
         cw_buf_free(&job->header);
         cw_buf_free(&job->stderr_text);
+        cw_buf_free(&job->stdout_text);
         cw_buf_free(&job->value);
         free(job);
         cmd->state = NULL;
