@@ -38,6 +38,9 @@ enum cw_err {
     CW_ERR_LAST = CW_ERR_BASE - 13,
 };
 
+/* Thread-safe strerror for a positive errno: the text (in buf or static). */
+const char *cw_errstr(int errnum, char *buf, size_t len);
+
 /* Human-readable name of an error code (ours, or a negated errno). Never NULL. */
 const char *cw_strerror(int err);
 

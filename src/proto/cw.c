@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -168,4 +169,15 @@ int cw_random_bytes(void *buf, size_t len)
     }
     close(fd);
     return 0;
+}
+
+const char *cw_errstr(int errnum, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(errnum, buf, len); /* GNU: returns the text */
+#else
+    if (strerror_r(errnum, buf, len) != 0) /* XSI: fills buf */
+        snprintf(buf, len, "error %d", errnum);
+    return buf;
+#endif
 }

@@ -41,7 +41,8 @@ static void job_packer(fs_job_t *job, msgpack_packer *pk)
 /* Stock error report: "<cmd>: <strerror>: <path>" and rc = errno. */
 static void job_error(fs_job_t *job, const char *what, int err, const char *path)
 {
-    cw_buf_printf(&job->header, "%s: %s: %s\n", what, strerror(err), path);
+    char ebuf[128];
+    cw_buf_printf(&job->header, "%s: %s: %s\n", what, cw_errstr(err, ebuf, sizeof ebuf), path);
     job->rc = err;
 }
 
@@ -70,7 +71,9 @@ static void do_rmdir(fs_job_t *job)
             return;
         }
         if (rc < 0) {
-            cw_buf_printf(&job->header, "rmdir: %s: %s\n", strerror(-rc), a->paths[i]);
+            char ebuf[128];
+            cw_buf_printf(&job->header, "rmdir: %s: %s\n", cw_errstr(-rc, ebuf, sizeof ebuf),
+                          a->paths[i]);
             job->rc = -rc;
         }
     }

@@ -1,9 +1,13 @@
 /* File-system helpers: mkdir -p and a native rm -rf (see fsutil.h). */
 #include "fsutil.h"
 
+#include "cworker/cw.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -40,8 +44,10 @@ int cw_mkdirs(const char *path, mode_t mode)
 /* Note a failure to remove path (dirfd-relative name shown with its parent). */
 static int rm_fail(cw_buf_t *errors, const char *shown, int err, int first)
 {
-    if (errors)
-        cw_buf_printf(errors, "cannot remove '%s': %s\n", shown, strerror(err));
+    char ebuf[128];
+    if (errors) /* on the thread pool: a thread-safe strerror */
+        cw_buf_printf(errors, "cannot remove '%s': %s\n", shown,
+                      cw_errstr(err, ebuf, sizeof ebuf));
     return first ? first : -err;
 }
 
@@ -121,7 +127,1271 @@ int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
             return rm_fail(errors, path, errno, 0);
         return 0;
     }
+    size_t len = strlen(path);
+    if (len > 1 && path[len - 1] == '/') {
+        /* "link/" made lstat follow a link to a directory: remove the link,
+         * never the target's content. */
+        while (len > 1 && path[len - 1] == '/')
+            len--;
+        char *bare = strndup(path, len);
+        if (bare == NULL)
+            return -ENOMEM;
+        int rc = 1;
+        if (lstat(bare, &st) == 0 && S_ISLNK(st.st_mode))
+            rc = unlink(bare) < 0 && errno != ENOENT ? rm_fail(errors, path, errno, 0) : 0;
+        free(bare);
+        if (rc <= 0)
+            return rc;
+    }
     /* A trailing slash on a directory path is fine for openat; strip it for
      * unlinkat(AT_REMOVEDIR) of the top, which the kernel also accepts. */
     return rm_dir_at(AT_FDCWD, path, path, stop, errors, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* String lists                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Append s itself (already on the heap) to l; on failure s is freed. */
+static int strlist_take(cw_strlist_t *l, char *s)
+{
+    if (s == NULL)
+        return -ENOMEM;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        char **v = cap <= SIZE_MAX / sizeof *v ? realloc(l->v, cap * sizeof *v) : NULL;
+        if (v == NULL) {
+            free(s);
+            return -ENOMEM;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+    return 0;
+}
+
+/* Append a copy of s. */
+int cw_strlist_add(cw_strlist_t *l, const char *s)
+{
+    return strlist_take(l, strdup(s));
+}
+
+/* Free the strings and the array; the list is empty and reusable. */
+void cw_strlist_free(cw_strlist_t *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+/* Free the strings but keep the array, for a list reused in a loop. */
+static void strlist_clear(cw_strlist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    l->n = 0;
+}
+
+/* Has the caller asked us to stop? */
+static bool stopped(atomic_bool *stop)
+{
+    return stop != NULL && atomic_load(stop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* fnmatch, as Python's fnmatch.translate() + re see it                     */
+/* ------------------------------------------------------------------------ */
+
+/* Python matches str names: the bytes decoded as UTF-8 with surrogateescape.
+ * So '?' takes one whole character, and a byte that is not valid UTF-8 is
+ * one character of its own (U+DC80..U+DCFF).  Decode one character of s
+ * (n > 0 bytes) into *cp, return its length in bytes. */
+static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned char b = s[0];
+    size_t len;
+    uint32_t c, min;
+    if (b < 0x80) {
+        *cp = b;
+        return 1;
+    } else if (b >= 0xC2 && b <= 0xDF) {
+        len = 2, c = b & 0x1F, min = 0x80;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        len = 3, c = b & 0x0F, min = 0x800;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        len = 4, c = b & 0x07, min = 0x10000;
+    } else {
+        *cp = 0xDC00 + b;
+        return 1;
+    }
+    if (n < len) {
+        *cp = 0xDC00 + b;
+        return 1;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            *cp = 0xDC00 + b;
+            return 1;
+        }
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    /* overlong forms, UTF-16 surrogates and values past U+10FFFF are errors */
+    if (c < min || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF) {
+        *cp = 0xDC00 + b;
+        return 1;
+    }
+    *cp = c;
+    return len;
+}
+
+/* Decode s to code points; *out is malloc'd (freed by the caller). */
+static int utf8_decode(const char *s, uint32_t **out, size_t *outn)
+{
+    size_t n = strlen(s);
+    uint32_t *v = malloc((n + 1) * sizeof *v);
+    if (v == NULL)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n;)
+        i += utf8_next((const unsigned char *)s + i, n - i, &v[k++]);
+    *out = v;
+    *outn = k;
+    return 0;
+}
+
+enum { PT_LIT, PT_ANY, PT_STAR, PT_SET, PT_NEVER };
+
+/* One pattern element; a set refers to ranges rng[set .. set + nset). */
+typedef struct ptok {
+    uint8_t kind;
+    bool neg;
+    uint32_t c;
+    size_t set, nset;
+} ptok_t;
+
+/* An inclusive range of code points in a set (a single one: lo == hi). */
+typedef struct prange {
+    uint32_t lo, hi;
+} prange_t;
+
+/* A compiled pattern component. */
+typedef struct fnpat {
+    ptok_t *tok;
+    size_t ntok;
+    prange_t *rng;
+    size_t nrng;
+} fnpat_t;
+
+/* Marks a range hyphen in the bracket text (no code point is this big). */
+#define PSEP UINT32_MAX
+
+/* Compile the bracket expression p[i..j) (i just after '[', p[j] == ']')
+ * into a token, the way fnmatch.translate() builds its regex class and re
+ * reads it back: ranges are cut at '-' from the second character on, a
+ * range whose ends are reversed is dropped together with both ends, a
+ * leading '!' negates.  scratch has room for j - i + 1 entries. */
+static void compile_set(fnpat_t *fp, const uint32_t *p, size_t i, size_t j, uint32_t *arr)
+{
+    size_t na = 0;
+    bool hyphen = false;
+    for (size_t k = i; k < j; k++)
+        hyphen |= p[k] == '-';
+    if (!hyphen) {
+        for (size_t k = i; k < j; k++)
+            arr[na++] = p[k];
+    } else {
+        size_t pos = i;
+        size_t k = p[i] == '!' ? i + 2 : i + 1;
+        for (;;) {
+            while (k < j && p[k] != '-')
+                k++;
+            if (k >= j)
+                break;
+            for (size_t m = pos; m < k; m++)
+                arr[na++] = p[m];
+            arr[na++] = PSEP;
+            pos = k + 1;
+            k += 3;
+        }
+        if (pos < j) {
+            for (size_t m = pos; m < j; m++)
+                arr[na++] = p[m];
+        } else if (na > 0 && arr[na - 1] == PSEP) {
+            arr[na - 1] = '-'; /* a trailing '-' is a literal */
+        }
+        /* Python drops "reversed" ranges right to left, each time with the
+         * characters on both sides of the hyphen. */
+        for (size_t s = na; s-- > 1;) {
+            if (arr[s] != PSEP || s + 1 >= na || arr[s - 1] == PSEP || arr[s + 1] == PSEP)
+                continue;
+            if (arr[s - 1] > arr[s + 1]) {
+                memmove(arr + s - 1, arr + s + 2, (na - s - 2) * sizeof *arr);
+                na -= 3;
+                s--;
+            }
+        }
+    }
+    ptok_t *t = &fp->tok[fp->ntok++];
+    memset(t, 0, sizeof *t);
+    if (na == 0) {
+        t->kind = PT_NEVER;
+        return;
+    }
+    if (na == 1 && arr[0] == '!') {
+        t->kind = PT_ANY;
+        return;
+    }
+    size_t k = 0;
+    if (arr[0] == '!') {
+        t->neg = true;
+        k = 1;
+    }
+    t->kind = PT_SET;
+    t->set = fp->nrng;
+    while (k < na) {
+        /* a hyphen with nothing before it is a literal '-' for re */
+        uint32_t lo = arr[k] == PSEP ? '-' : arr[k];
+        k++;
+        uint32_t hi = lo;
+        if (k + 1 < na && arr[k] == PSEP) {
+            hi = arr[k + 1] == PSEP ? '-' : arr[k + 1];
+            k += 2;
+        }
+        fp->rng[fp->nrng].lo = lo;
+        fp->rng[fp->nrng].hi = hi; /* lo > hi never matches (re would refuse it) */
+        fp->nrng++;
+    }
+    t->nset = fp->nrng - t->set;
+}
+
+/* Compile one pattern component; fp is freed with fnpat_free. */
+static int fnpat_compile(fnpat_t *fp, const char *pattern)
+{
+    uint32_t *p = NULL, *scratch = NULL;
+    size_t n;
+    memset(fp, 0, sizeof *fp);
+    if (utf8_decode(pattern, &p, &n) < 0)
+        return -ENOMEM;
+    fp->tok = malloc((n + 1) * sizeof *fp->tok);
+    fp->rng = malloc((n + 1) * sizeof *fp->rng);
+    scratch = malloc((n + 1) * sizeof *scratch);
+    if (fp->tok == NULL || fp->rng == NULL || scratch == NULL) {
+        free(p);
+        free(scratch);
+        free(fp->tok);
+        free(fp->rng);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n;) {
+        uint32_t c = p[i++];
+        if (c == '*') {
+            if (fp->ntok == 0 || fp->tok[fp->ntok - 1].kind != PT_STAR)
+                fp->tok[fp->ntok++] = (ptok_t){.kind = PT_STAR};
+        } else if (c == '?') {
+            fp->tok[fp->ntok++] = (ptok_t){.kind = PT_ANY};
+        } else if (c == '[') {
+            size_t j = i;
+            if (j < n && p[j] == '!')
+                j++;
+            if (j < n && p[j] == ']')
+                j++;
+            while (j < n && p[j] != ']')
+                j++;
+            if (j >= n) {
+                /* no closing bracket: a literal '[' */
+                fp->tok[fp->ntok++] = (ptok_t){.kind = PT_LIT, .c = '['};
+            } else {
+                compile_set(fp, p, i, j, scratch);
+                i = j + 1;
+            }
+        } else {
+            fp->tok[fp->ntok++] = (ptok_t){.kind = PT_LIT, .c = c};
+        }
+    }
+    free(p);
+    free(scratch);
+    return 0;
+}
+
+/* Free a compiled pattern. */
+static void fnpat_free(fnpat_t *fp)
+{
+    free(fp->tok);
+    free(fp->rng);
+}
+
+/* Does one non-star token accept the character c? */
+static bool ptok_accepts(const fnpat_t *fp, const ptok_t *t, uint32_t c)
+{
+    switch (t->kind) {
+    case PT_LIT:
+        return t->c == c;
+    case PT_ANY:
+        return true;
+    case PT_SET: {
+        bool in = false;
+        for (size_t k = 0; k < t->nset && !in; k++)
+            in = fp->rng[t->set + k].lo <= c && c <= fp->rng[t->set + k].hi;
+        return in != t->neg;
+    }
+    default:
+        return false;
+    }
+}
+
+/* Whole-string match of the code points s[0..n) (classic star backtracking:
+ * the last star absorbs as little as it must, which is what the regex's
+ * atomic groups amount to). */
+static bool fnpat_match(const fnpat_t *fp, const uint32_t *s, size_t n)
+{
+    size_t p = 0, i = 0, star = SIZE_MAX, star_i = 0;
+    while (i < n) {
+        if (p < fp->ntok && fp->tok[p].kind == PT_STAR) {
+            star = p++;
+            star_i = i;
+        } else if (p < fp->ntok && ptok_accepts(fp, &fp->tok[p], s[i])) {
+            p++;
+            i++;
+        } else if (star != SIZE_MAX) {
+            p = star + 1;
+            i = ++star_i;
+        } else {
+            return false;
+        }
+    }
+    while (p < fp->ntok && fp->tok[p].kind == PT_STAR)
+        p++;
+    return p == fp->ntok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* glob: CPython 3.11 glob._iglob (recursive=True), step by step           */
+/* ------------------------------------------------------------------------ */
+
+/* glob.has_magic: any of the three wildcard characters. */
+static bool has_magic(const char *s)
+{
+    return strpbrk(s, "*?[") != NULL;
+}
+
+/* os.path.join(a, b) for a relative b. */
+static char *py_join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    bool sep = la > 0 && a[la - 1] != '/';
+    char *r = malloc(la + sep + lb + 1);
+    if (r == NULL)
+        return NULL;
+    memcpy(r, a, la);
+    if (sep)
+        r[la] = '/';
+    memcpy(r + la + sep, b, lb + 1);
+    return r;
+}
+
+/* glob._join: like os.path.join, but an empty side yields the other. */
+static char *glob_join(const char *a, const char *b)
+{
+    if (*a == '\0' || *b == '\0')
+        return strdup(*a ? a : b);
+    return py_join(a, b);
+}
+
+/* os.path.lexists */
+static bool path_lexists(const char *p)
+{
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+/* os.path.isdir (follows links) */
+static bool path_isdir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* glob._listdir: the names in dir ("" is the current directory), only
+ * those that are directories (following links) when dironly.  An
+ * unreadable directory is simply empty, as for Python. */
+static int glob_listdir(const char *dir, bool dironly, atomic_bool *stop, cw_strlist_t *names)
+{
+    DIR *d = opendir(*dir ? dir : ".");
+    if (d == NULL)
+        return 0;
+    int rc = 0;
+    struct dirent *de;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (stopped(stop)) {
+            rc = -EINTR;
+            break;
+        }
+        if (dironly && de->d_type != DT_DIR) {
+            /* DirEntry.is_dir(): links and unknown types are stat()ed, by
+             * the whole path, so the kernel counts every link on the way
+             * (40 at most) just as it does for Python. */
+            if (de->d_type != DT_LNK && de->d_type != DT_UNKNOWN)
+                continue;
+            char *path = glob_join(dir, de->d_name);
+            if (path == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            bool isdir = path_isdir(path);
+            free(path);
+            if (!isdir)
+                continue;
+        }
+        rc = cw_strlist_add(names, de->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* glob._glob1: names in dir matching the (magic) component pattern. */
+static int glob_one(const char *dir, const char *pattern, bool dironly, atomic_bool *stop,
+                    cw_strlist_t *names)
+{
+    fnpat_t fp;
+    int rc = fnpat_compile(&fp, pattern);
+    if (rc < 0)
+        return rc;
+    cw_strlist_t all = {0};
+    rc = glob_listdir(dir, dironly, stop, &all);
+    for (size_t i = 0; rc == 0 && i < all.n; i++) {
+        char *name = all.v[i];
+        /* hidden names only for a pattern that starts with '.' */
+        if (name[0] == '.' && pattern[0] != '.')
+            continue;
+        uint32_t *cp;
+        size_t ncp;
+        rc = utf8_decode(name, &cp, &ncp);
+        if (rc < 0)
+            break;
+        bool ok = fnpat_match(&fp, cp, ncp);
+        free(cp);
+        if (ok) {
+            all.v[i] = NULL;
+            rc = strlist_take(names, name);
+        }
+    }
+    cw_strlist_free(&all);
+    fnpat_free(&fp);
+    return rc;
+}
+
+/* glob._glob0: a literal component (empty: the directory itself). */
+static int glob_zero(const char *dir, const char *base, cw_strlist_t *names)
+{
+    if (*base) {
+        char *p = glob_join(dir, base);
+        if (p == NULL)
+            return -ENOMEM;
+        bool ok = path_lexists(p);
+        free(p);
+        return ok ? cw_strlist_add(names, base) : 0;
+    }
+    return path_isdir(dir) ? cw_strlist_add(names, "") : 0;
+}
+
+/* glob._rlistdir: every non-hidden name below dir, depth first, as paths
+ * relative to the top (rel is dir's own relative path).  Links to
+ * directories are followed, as os.scandir(path) does; the kernel's limits
+ * on symlink hops (ELOOP) and path length end loops, as they do for
+ * Python. */
+static int glob_rlist(const char *dir, const char *rel, bool dironly, atomic_bool *stop,
+                      cw_strlist_t *names)
+{
+    cw_strlist_t sub = {0};
+    int rc = glob_listdir(dir, dironly, stop, &sub);
+    for (size_t i = 0; rc == 0 && i < sub.n; i++) {
+        const char *x = sub.v[i];
+        if (x[0] == '.')
+            continue;
+        char *relx = glob_join(rel, x);
+        char *path = glob_join(dir, x);
+        if (relx == NULL || path == NULL) {
+            free(relx);
+            free(path);
+            rc = -ENOMEM;
+            break;
+        }
+        rc = strlist_take(names, relx);
+        if (rc == 0)
+            rc = glob_rlist(path, relx, dironly, stop, names);
+        free(path);
+    }
+    cw_strlist_free(&sub);
+    return rc;
+}
+
+/* glob._glob2: '**' is the directory itself ("") and all below it. */
+static int glob_two(const char *dir, bool dironly, atomic_bool *stop, cw_strlist_t *names)
+{
+    int rc = cw_strlist_add(names, "");
+    return rc < 0 ? rc : glob_rlist(dir, "", dironly, stop, names);
+}
+
+/* Matches of one component pattern base inside dir. */
+static int glob_in_dir(const char *dir, const char *base, bool dironly, atomic_bool *stop,
+                       cw_strlist_t *names)
+{
+    if (!has_magic(base))
+        return glob_zero(dir, base, names);
+    if (strcmp(base, "**") == 0)
+        return glob_two(dir, dironly, stop, names);
+    return glob_one(dir, base, dironly, stop, names);
+}
+
+/* glob._iglob: all matches of pathname, in Python's order, appended. */
+static int glob_iglob(const char *pathname, bool dironly, atomic_bool *stop, cw_strlist_t *out)
+{
+    /* os.path.split: the head loses its trailing slashes unless it is
+     * nothing but slashes */
+    const char *slash = strrchr(pathname, '/');
+    size_t cut = slash ? (size_t)(slash - pathname) + 1 : 0;
+    const char *base = pathname + cut;
+    size_t dlen = cut;
+    if (strspn(pathname, "/") < cut)
+        while (dlen > 0 && pathname[dlen - 1] == '/')
+            dlen--;
+    char *dirname = strndup(pathname, dlen);
+    if (dirname == NULL)
+        return -ENOMEM;
+
+    int rc = 0;
+    if (!has_magic(pathname)) {
+        if (*base ? path_lexists(pathname) : path_isdir(dirname))
+            rc = cw_strlist_add(out, pathname);
+        free(dirname);
+        return rc;
+    }
+    if (*dirname == '\0') {
+        rc = glob_in_dir("", base, dironly, stop, out);
+        free(dirname);
+        return rc;
+    }
+    cw_strlist_t dirs = {0}, names = {0};
+    if (has_magic(dirname))
+        rc = glob_iglob(dirname, true, stop, &dirs);
+    else
+        rc = cw_strlist_add(&dirs, dirname);
+    for (size_t i = 0; rc == 0 && i < dirs.n; i++) {
+        if (stopped(stop)) {
+            rc = -EINTR;
+            break;
+        }
+        strlist_clear(&names);
+        rc = glob_in_dir(dirs.v[i], base, dironly, stop, &names);
+        for (size_t k = 0; rc == 0 && k < names.n; k++)
+            rc = strlist_take(out, py_join(dirs.v[i], names.v[k]));
+    }
+    cw_strlist_free(&names);
+    cw_strlist_free(&dirs);
+    free(dirname);
+    return rc;
+}
+
+/* FNV-1a, for the duplicate filter. */
+static size_t str_hash(const char *s)
+{
+    size_t h = (size_t)14695981039346656037ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * (size_t)1099511628211ULL;
+    return h;
+}
+
+/* Python's glob.glob(pattern, recursive=True), without repeats (see fsutil.h). */
+int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
+{
+    if (stopped(stop))
+        return -EINTR;
+    cw_strlist_t all = {0};
+    int rc = glob_iglob(pattern, false, stop, &all);
+    /* glob.iglob drops the "" that '**' at the very start yields first */
+    size_t start = 0;
+    if (rc == 0 && strncmp(pattern, "**", 2) == 0 && all.n > 0 && all.v[0][0] == '\0')
+        start = 1;
+    /* Python repeats paths reached through more than one '**' component; the
+     * master would then fetch them twice, so keep first occurrences only. */
+    size_t cap = 16, *slot = NULL, old = out->n;
+    while (rc == 0 && cap < 2 * all.n)
+        cap *= 2;
+    if (rc == 0 && (slot = malloc(cap * sizeof *slot)) == NULL)
+        rc = -ENOMEM;
+    if (rc == 0)
+        memset(slot, 0xff, cap * sizeof *slot);
+    for (size_t i = start; rc == 0 && i < all.n; i++) {
+        size_t h = str_hash(all.v[i]) & (cap - 1);
+        bool dup = false;
+        while (slot[h] != SIZE_MAX && !dup) {
+            dup = strcmp(out->v[slot[h]], all.v[i]) == 0;
+            if (!dup)
+                h = (h + 1) & (cap - 1);
+        }
+        if (dup)
+            continue;
+        slot[h] = out->n;
+        char *s = all.v[i];
+        all.v[i] = NULL;
+        rc = strlist_take(out, s);
+    }
+    free(slot);
+    cw_strlist_free(&all);
+    if (rc < 0) {
+        /* leave out as it was */
+        while (out->n > old)
+            free(out->v[--out->n]);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* cp -R -P -p -v                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Nesting bound: each level holds two directory fds while its children are
+ * copied, and the worker's other commands and connections share the fd
+ * table (often limited to 1024). */
+#define CP_MAX_DEPTH 256
+
+/* The shown paths of the current item; they move as the buffers grow, so
+ * they are looked up at each use. */
+#define CP_SRC(c) ((const char *)(c)->src.data)
+#define CP_DST(c) ((const char *)(c)->dst.data)
+
+/* One cw_copytree call: its options, results so far and where it is. */
+typedef struct cp_ctx {
+    atomic_bool *stop;
+    cw_buf_t *log, *errors;
+    int first;      /* -errno of the first failure */
+    bool root;      /* ownership is ours to keep */
+    bool into_self; /* unwinding after "into itself" */
+    bool have_self; /* the top destination directory is known */
+    dev_t self_dev;
+    ino_t self_ino;
+    const char *top_src; /* the paths as given, for "into itself" */
+    const char *top_dst;
+    cw_buf_t src, dst; /* shown paths of the current item (NUL-terminated) */
+} cp_ctx_t;
+
+/* The C.UTF-8 printability of a decoded character, near enough for names. */
+static bool cp_printable(uint32_t c)
+{
+    return c >= 0x20 && c != 0x7f && !(c >= 0x80 && c < 0xa0) && c != 0x2028 && c != 0x2029 &&
+           !(c >= 0xDC00 && c <= 0xDCFF);
+}
+
+/* Can c sit unescaped both inside "..." and '...' (gnulib's
+ * c_and_shell_quote_compat)?  at is c's index, len the name's length. */
+static bool cp_compat_ascii(unsigned char c, size_t at, size_t len)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    switch (c) {
+    case ' ':
+    case '\'':
+    case '%':
+    case '+':
+    case ',':
+    case '-':
+    case '.':
+    case '/':
+    case ':':
+    case ']':
+    case '_':
+    case '@':
+        return true;
+    case '#':
+    case '~':
+        return at == 0;
+    case '{':
+    case '}':
+        return len == 1;
+    default:
+        return false;
+    }
+}
+
+/* Append s quoted as GNU cp quotes names in its -v and error lines
+ * (gnulib shell-escape-always style in a UTF-8 locale): '...' with '\''
+ * for quotes and $'\n' / $'\377' for control and invalid bytes, or "..."
+ * when a quote is the only thing needing care. */
+static void cp_quote(cw_buf_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    bool quote = false, compat = true;
+    for (size_t i = 0; i < n;) {
+        uint32_t c;
+        size_t m = utf8_next((const unsigned char *)s + i, n - i, &c);
+        if (m == 1 && c < 0x80)
+            compat &= cp_compat_ascii((unsigned char)c, i, n);
+        else
+            compat &= cp_printable(c);
+        quote |= c == '\'';
+        i += m;
+    }
+    if (quote && compat) {
+        cw_buf_printf(b, "\"%s\"", s);
+        return;
+    }
+    bool esc = false; /* inside a $'...' part */
+    cw_buf_append_str(b, "'");
+    for (size_t i = 0; i < n;) {
+        uint32_t c;
+        size_t m = utf8_next((const unsigned char *)s + i, n - i, &c);
+        const char *letter = NULL;
+        switch (c) {
+        case '\a':
+            letter = "a";
+            break;
+        case '\b':
+            letter = "b";
+            break;
+        case '\f':
+            letter = "f";
+            break;
+        case '\n':
+            letter = "n";
+            break;
+        case '\r':
+            letter = "r";
+            break;
+        case '\t':
+            letter = "t";
+            break;
+        case '\v':
+            letter = "v";
+            break;
+        default:
+            break;
+        }
+        if (c == '\'') {
+            cw_buf_append_str(b, "'\\''");
+            esc = false;
+        } else if (letter != NULL || !cp_printable(c)) {
+            if (!esc)
+                cw_buf_append_str(b, "'$'");
+            esc = true;
+            for (size_t k = 0; k < m; k++) {
+                if (letter != NULL)
+                    cw_buf_printf(b, "\\%s", letter);
+                else
+                    cw_buf_printf(b, "\\%03o", (unsigned char)s[i + k]);
+            }
+        } else {
+            if (esc)
+                cw_buf_append_str(b, "''");
+            esc = false;
+            cw_buf_append(b, s + i, m);
+        }
+        i += m;
+    }
+    cw_buf_append_str(b, "'");
+}
+
+/* Record a failure: "cp: " + fmt with each %s a quoted path, then
+ * ": strerror" when err is an errno worth showing.  Returns -err. */
+static int cp_fail(cp_ctx_t *c, int err, bool show_err, const char *fmt, const char *p1,
+                   const char *p2)
+{
+    if (c->errors != NULL) {
+        const char *paths[2] = {p1, p2};
+        int np = 0;
+        cw_buf_append_str(c->errors, "cp: ");
+        for (const char *f = fmt; *f; f++) {
+            if (f[0] == '%' && f[1] == 's' && np < 2) {
+                cp_quote(c->errors, paths[np++]);
+                f++;
+            } else {
+                cw_buf_append(c->errors, f, 1);
+            }
+        }
+        if (show_err) {
+            char ebuf[128];
+            cw_buf_printf(c->errors, ": %s", cw_errstr(err, ebuf, sizeof ebuf));
+        }
+        cw_buf_append_str(c->errors, "\n");
+    }
+    if (c->first == 0)
+        c->first = -err;
+    return -err;
+}
+
+/* cp -v's line for an item: 'src' -> 'dst'. */
+static void cp_verbose(cp_ctx_t *c)
+{
+    if (c->log == NULL)
+        return;
+    cp_quote(c->log, CP_SRC(c));
+    cw_buf_append_str(c->log, " -> ");
+    cp_quote(c->log, CP_DST(c));
+    cw_buf_append_str(c->log, "\n");
+}
+
+/* Set a shown path (as given, or parent + "/" + name); 0 or -ENOMEM. */
+static int cp_path_push(cw_buf_t *b, const char *name)
+{
+    if (b->len > 0 && b->data[b->len - 1] != '/' && cw_buf_append_str(b, "/") < 0)
+        return -ENOMEM;
+    return cw_buf_printf(b, "%s", name);
+}
+
+/* Back to a shorter shown path. */
+static void cp_path_pop(cw_buf_t *b, size_t len)
+{
+    b->len = len;
+    if (b->data != NULL)
+        b->data[len] = '\0';
+}
+
+/* Give the copy (open as fd, or dfd/dname without following a link) the
+ * owner, mode and times of the original, as cp -p does: owner first, since
+ * chown clears the set-id bits the mode then restores. */
+static void cp_attrs(cp_ctx_t *c, int fd, int dfd, const char *dname, const struct stat *st)
+{
+    bool link = S_ISLNK(st->st_mode);
+    mode_t mode = st->st_mode & 07777;
+    int r = fd >= 0 ? fchown(fd, st->st_uid, st->st_gid)
+                    : fchownat(dfd, dname, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW);
+    if (r < 0 && c->root) {
+        cp_fail(c, errno, true, "failed to preserve ownership for %s", CP_DST(c), NULL);
+    } else if (r < 0) {
+        /* Like cp -p as a user: keep the group if we may, quietly give up
+         * the owner, and then no set-id bits; cp also drops the sticky bit,
+         * but a directory keeps it (observed with cp 9.1). */
+        r = fd >= 0 ? fchown(fd, (uid_t)-1, st->st_gid)
+                    : fchownat(dfd, dname, (uid_t)-1, st->st_gid, AT_SYMLINK_NOFOLLOW);
+        mode &= ~(mode_t)(S_ISUID | S_ISGID | (S_ISDIR(st->st_mode) ? 0 : S_ISVTX));
+    }
+    if (!link) {
+        r = fd >= 0 ? fchmod(fd, mode) : fchmodat(dfd, dname, mode, 0);
+        if (r < 0)
+            cp_fail(c, errno, true, "preserving permissions for %s", CP_DST(c), NULL);
+    }
+    struct timespec ts[2] = {st->st_atim, st->st_mtim};
+    r = fd >= 0 ? futimens(fd, ts) : utimensat(dfd, dname, ts, AT_SYMLINK_NOFOLLOW);
+    if (r < 0)
+        cp_fail(c, errno, true, "preserving times for %s", CP_DST(c), NULL);
+}
+
+/* Copy len bytes at off from in to out (same offset), copy_file_range while
+ * the kernel takes it, read/write after.  Returns bytes copied (short at
+ * EOF) or -errno, *wside telling whether writing failed. */
+static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **buf, bool *wside)
+{
+    off_t done = 0;
+    while (done < len) {
+        size_t want = (size_t)(len - done < (1 << 30) ? len - done : (1 << 30));
+        if (*cfr) {
+            off_t i = off + done, o = off + done;
+            ssize_t n = copy_file_range(in, &i, out, &o, want, 0);
+            if (n > 0) {
+                done += n;
+                continue;
+            }
+            if (n == 0)
+                return done;
+            if (errno == EINTR)
+                continue;
+            /* Cross-device, unsupported or odd: read/write says exactly
+             * which side is wrong, if either is. */
+            *cfr = false;
+        }
+        enum { CHUNK = 128 * 1024 };
+        if (*buf == NULL && (*buf = malloc(CHUNK)) == NULL)
+            return -ENOMEM;
+        ssize_t n = pread(in, *buf, want < CHUNK ? want : CHUNK, off + done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *wside = false;
+            return -errno;
+        }
+        if (n == 0)
+            return done;
+        for (ssize_t w = 0; w < n;) {
+            ssize_t k = pwrite(out, *buf + w, (size_t)(n - w), off + done + w);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0) {
+                *wside = true;
+                return -errno;
+            }
+            w += k;
+        }
+        done += n;
+    }
+    return done;
+}
+
+/* The data of a regular file, holes kept as holes (SEEK_DATA/SEEK_HOLE),
+ * up to the size seen at the start or EOF if the file shrank. */
+static void cp_data(cp_ctx_t *c, int in, int out)
+{
+    struct stat st;
+    if (fstat(in, &st) < 0) {
+        cp_fail(c, errno, true, "cannot fstat %s", CP_SRC(c), NULL);
+        return;
+    }
+    off_t size = st.st_size, pos = 0;
+    bool cfr = true, wside = false;
+    char *buf = NULL;
+    int err = 0;
+    while (pos < size) {
+        off_t data = lseek(in, pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break; /* only a hole is left */
+        if (data < 0)
+            data = pos; /* no SEEK_DATA here: all of it is data */
+        off_t hole = lseek(in, data, SEEK_HOLE);
+        if (hole < 0 || hole > size)
+            hole = size;
+        if (data >= hole) {
+            pos = hole > pos ? hole : size;
+            continue;
+        }
+        off_t n = cp_range(in, out, data, hole - data, &cfr, &buf, &wside);
+        if (n < 0) {
+            err = (int)-n;
+            break;
+        }
+        if (n < hole - data) {
+            size = data + n; /* the file shrank under us */
+            break;
+        }
+        pos = hole;
+    }
+    free(buf);
+    if (err == 0 && ftruncate(out, size) < 0) {
+        err = errno;
+        wside = true;
+    }
+    if (err != 0)
+        cp_fail(c, err, true, wside ? "error writing %s" : "error reading %s",
+                wside ? CP_DST(c) : CP_SRC(c), NULL);
+}
+
+/* A regular file: into a new file, or over the existing one (through a
+ * link to a file, as cp does, but never through a dangling one). */
+static void cp_reg(cp_ctx_t *c, int sfd, const char *sname, const struct stat *st, int dfd,
+                   const char *dname, const struct stat *dst)
+{
+    struct stat tst;
+    if (dst != NULL && S_ISLNK(dst->st_mode) && fstatat(dfd, dname, &tst, 0) < 0 &&
+        errno == ENOENT) {
+        cp_verbose(c);
+        cp_fail(c, ENOENT, false, "not writing through dangling symlink %s", CP_DST(c), NULL);
+        return;
+    }
+    cp_verbose(c);
+    /* O_NONBLOCK: should it have become a fifo since lstat, don't hang */
+    int in = openat(sfd, sname, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (in < 0) {
+        cp_fail(c, errno, true, "cannot open %s for reading", CP_SRC(c), NULL);
+        return;
+    }
+    /* cp says "cannot create" whether or not the file was there */
+    int out = dst != NULL ? openat(dfd, dname, O_WRONLY | O_TRUNC | O_NOCTTY | O_CLOEXEC)
+                          : openat(dfd, dname, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC,
+                                   S_IRUSR | S_IWUSR);
+    if (out < 0) {
+        cp_fail(c, errno, true, "cannot create regular file %s", CP_DST(c), NULL);
+    } else {
+        cp_data(c, in, out);
+        cp_attrs(c, out, -1, NULL, st);
+        if (close(out) < 0)
+            cp_fail(c, errno, true, "failed to close %s", CP_DST(c), NULL);
+    }
+    close(in);
+}
+
+/* Make room for a non-directory: cp removes what is there (and says so). */
+static bool cp_unlink_old(cp_ctx_t *c, int dfd, const char *dname, const struct stat *dst)
+{
+    if (dst == NULL)
+        return true;
+    if (unlinkat(dfd, dname, 0) < 0 && errno != ENOENT) {
+        cp_fail(c, errno, true, "cannot remove %s", CP_DST(c), NULL);
+        return false;
+    }
+    if (c->log != NULL) {
+        cw_buf_append_str(c->log, "removed ");
+        cp_quote(c->log, CP_DST(c));
+        cw_buf_append_str(c->log, "\n");
+    }
+    return true;
+}
+
+/* A symbolic link, copied as a link (-P). */
+static void cp_link(cp_ctx_t *c, int sfd, const char *sname, const struct stat *st, int dfd,
+                    const char *dname, const struct stat *dst)
+{
+    size_t cap = st->st_size > 0 ? (size_t)st->st_size + 1 : 256;
+    char *target = NULL;
+    ssize_t n;
+    for (;;) {
+        char *t = realloc(target, cap);
+        if (t == NULL) {
+            free(target);
+            cp_fail(c, ENOMEM, true, "cannot read symbolic link %s", CP_SRC(c), NULL);
+            return;
+        }
+        target = t;
+        n = readlinkat(sfd, sname, target, cap);
+        if (n < 0 || (size_t)n < cap)
+            break;
+        cap *= 2; /* the link grew since lstat */
+    }
+    if (n < 0) {
+        cp_fail(c, errno, true, "cannot read symbolic link %s", CP_SRC(c), NULL);
+        free(target);
+        return;
+    }
+    target[n] = '\0';
+    if (cp_unlink_old(c, dfd, dname, dst)) {
+        cp_verbose(c);
+        if (symlinkat(target, dfd, dname) < 0)
+            cp_fail(c, errno, true, "cannot create symbolic link %s", CP_DST(c), NULL);
+        else
+            cp_attrs(c, -1, dfd, dname, st);
+    }
+    free(target);
+}
+
+/* A fifo, socket or device node: recreated with mknod where permitted. */
+static void cp_special(cp_ctx_t *c, const struct stat *st, int dfd, const char *dname,
+                       const struct stat *dst)
+{
+    if (!cp_unlink_old(c, dfd, dname, dst))
+        return;
+    cp_verbose(c);
+    if (S_ISFIFO(st->st_mode)) {
+        if (mkfifoat(dfd, dname, 0600) < 0) {
+            cp_fail(c, errno, true, "cannot create fifo %s", CP_DST(c), NULL);
+            return;
+        }
+    } else if (mknodat(dfd, dname, (st->st_mode & S_IFMT) | 0600, st->st_rdev) < 0) {
+        cp_fail(c, errno, true, "cannot create special file %s", CP_DST(c), NULL);
+        return;
+    }
+    cp_attrs(c, -1, dfd, dname, st);
+}
+
+static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char *dname, int depth);
+
+/* A directory entry, kept to copy entries in inode order as cp does (it
+ * reads faster, and the -v lines come out in the same order as cp's). */
+typedef struct cp_ent {
+    ino_t ino;
+    char *name;
+} cp_ent_t;
+
+/* qsort order: by inode number. */
+static int cp_ent_cmp(const void *a, const void *b)
+{
+    const cp_ent_t *x = a, *y = b;
+    return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/* Read the names in d (without . and ..); 0 or -errno. */
+static int cp_read_dir(DIR *d, atomic_bool *stop, cp_ent_t **out, size_t *outn)
+{
+    cp_ent_t *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            rc = -errno;
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (stopped(stop)) {
+            rc = -EINTR;
+            break;
+        }
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 32;
+            cp_ent_t *nv = realloc(v, ncap * sizeof *nv);
+            if (nv == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        if ((v[n].name = strdup(de->d_name)) == NULL) {
+            rc = -ENOMEM;
+            break;
+        }
+        v[n++].ino = de->d_ino;
+    }
+    if (n > 1)
+        qsort(v, n, sizeof *v, cp_ent_cmp);
+    *out = v;
+    *outn = n;
+    return rc;
+}
+
+/* A directory: made (or merged into), filled, then given its mode and
+ * times, so a read-only directory can still be filled and its mtime is
+ * not disturbed by the entries made in it. */
+static void cp_dir(cp_ctx_t *c, int sfd, const char *sname, const struct stat *st, int dfd,
+                   const char *dname, const struct stat *dst, int depth)
+{
+    if (c->have_self && st->st_dev == c->self_dev && st->st_ino == c->self_ino) {
+        /* our own copy is inside what we copy: cp stops there */
+        cp_fail(c, EINVAL, false, "cannot copy a directory, %s, into itself, %s", c->top_src,
+                c->top_dst);
+        c->into_self = true;
+        return;
+    }
+    if (depth >= CP_MAX_DEPTH) {
+        cp_fail(c, ENAMETOOLONG, true, "cannot access %s", CP_SRC(c), NULL);
+        return;
+    }
+    if (dst != NULL && !S_ISDIR(dst->st_mode)) {
+        cp_fail(c, ENOTDIR, false, "cannot overwrite non-directory %s with directory %s", CP_DST(c),
+                CP_SRC(c));
+        return;
+    }
+    if (dst == NULL) {
+        /* private until its own mode is applied at the end */
+        if (mkdirat(dfd, dname, S_IRWXU) < 0) {
+            cp_fail(c, errno, true, "cannot create directory %s", CP_DST(c), NULL);
+            return;
+        }
+        cp_verbose(c);
+    }
+    int out = openat(dfd, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (out < 0) {
+        cp_fail(c, errno, true, "cannot access %s", CP_DST(c), NULL);
+        return;
+    }
+    struct stat ost;
+    if (!c->have_self && fstat(out, &ost) == 0) {
+        c->have_self = true;
+        c->self_dev = ost.st_dev;
+        c->self_ino = ost.st_ino;
+    }
+    int in = openat(sfd, sname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = in >= 0 ? fdopendir(in) : NULL;
+    if (d == NULL) {
+        cp_fail(c, errno, true, "cannot access %s", CP_SRC(c), NULL);
+        if (in >= 0)
+            close(in);
+    } else {
+        cp_ent_t *ents;
+        size_t n;
+        int rc = cp_read_dir(d, c->stop, &ents, &n);
+        if (rc == -EINTR && c->first == 0)
+            c->first = -EINTR;
+        else if (rc < 0)
+            cp_fail(c, -rc, true, "cannot access %s", CP_SRC(c), NULL);
+        size_t slen = c->src.len, dlen = c->dst.len;
+        for (size_t i = 0; i < n && rc != -EINTR && !c->into_self; i++) {
+            if (stopped(c->stop)) {
+                if (c->first == 0)
+                    c->first = -EINTR;
+                break;
+            }
+            if (cp_path_push(&c->src, ents[i].name) < 0 ||
+                cp_path_push(&c->dst, ents[i].name) < 0) {
+                cp_path_pop(&c->src, slen);
+                cp_path_pop(&c->dst, dlen);
+                cp_fail(c, ENOMEM, true, "cannot access %s", CP_SRC(c), NULL);
+                break;
+            }
+            cp_item(c, dirfd(d), ents[i].name, out, ents[i].name, depth + 1);
+            cp_path_pop(&c->src, slen);
+            cp_path_pop(&c->dst, dlen);
+        }
+        for (size_t i = 0; i < n; i++)
+            free(ents[i].name);
+        free(ents);
+        closedir(d);
+    }
+    cp_attrs(c, out, -1, NULL, st);
+    close(out);
+}
+
+/* Copy whatever sname (under sfd) is to dname (under dfd); c->src/c->dst
+ * show their paths. */
+static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char *dname, int depth)
+{
+    struct stat st, dst;
+    if (fstatat(sfd, sname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        cp_fail(c, errno, true, "cannot stat %s", CP_SRC(c), NULL);
+        return;
+    }
+    bool exists = fstatat(dfd, dname, &dst, AT_SYMLINK_NOFOLLOW) == 0;
+    if (exists && st.st_dev == dst.st_dev && st.st_ino == dst.st_ino) {
+        cp_fail(c, EINVAL, false, "%s and %s are the same file", CP_SRC(c), CP_DST(c));
+        return;
+    }
+    const struct stat *dp = exists ? &dst : NULL;
+    if (S_ISDIR(st.st_mode))
+        cp_dir(c, sfd, sname, &st, dfd, dname, dp, depth);
+    else if (exists && S_ISDIR(dst.st_mode))
+        cp_fail(c, EISDIR, false, "cannot overwrite directory %s with non-directory", CP_DST(c),
+                NULL);
+    else if (S_ISREG(st.st_mode))
+        cp_reg(c, sfd, sname, &st, dfd, dname, dp);
+    else if (S_ISLNK(st.st_mode))
+        cp_link(c, sfd, sname, &st, dfd, dname, dp);
+    else
+        cp_special(c, &st, dfd, dname, dp);
+}
+
+/* cp -R -P -p -v from to (see fsutil.h). */
+int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
+                cw_buf_t *errors)
+{
+    cp_ctx_t c = {.stop = stop, .log = log, .errors = errors, .root = geteuid() == 0};
+    if (stopped(stop))
+        return -EINTR;
+    struct stat st;
+    int rc;
+    if (stat(to, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* into the directory, under the last component of from */
+        size_t len = strlen(from);
+        while (len > 1 && from[len - 1] == '/')
+            len--;
+        size_t start = len;
+        while (start > 0 && from[start - 1] != '/')
+            start--;
+        size_t tlen = strlen(to);
+        const char *sep = tlen > 0 && to[tlen - 1] != '/' ? "/" : "";
+        rc = cw_buf_printf(&c.dst, "%s%s%.*s", to, sep, (int)(len - start), from + start);
+    } else {
+        rc = cw_buf_printf(&c.dst, "%s", to);
+    }
+    if (rc < 0)
+        goto nomem;
+    if (cw_buf_printf(&c.src, "%s", from) < 0)
+        goto nomem;
+    c.top_src = from;
+    char *top_dst = strdup((const char *)c.dst.data);
+    if (top_dst == NULL)
+        goto nomem;
+    c.top_dst = top_dst;
+    cp_item(&c, AT_FDCWD, from, AT_FDCWD, top_dst, 0);
+    free(top_dst);
+    cw_buf_free(&c.src);
+    cw_buf_free(&c.dst);
+    return c.first;
+nomem:
+    cw_buf_free(&c.src);
+    cw_buf_free(&c.dst);
+    return -ENOMEM;
 }

@@ -10,7 +10,8 @@
 #include "cworker/buf.h"
 
 /* mkdir -p: create path and its missing parents.  Returns 0 or -errno
- * (-EEXIST when path or a parent exists but is not a directory). */
+ * (-EEXIST when path exists but is not a directory, -ENOTDIR when a parent
+ * is not one — as os.makedirs reports them to the stock worker). */
 int cw_mkdirs(const char *path, mode_t mode);
 
 /* rm -rf, natively: removes path whatever it is.  Never follows a symbolic
@@ -38,7 +39,8 @@ void cw_strlist_free(cw_strlist_t *l);
  * zero or more directories, names starting with '.' are matched only by a
  * pattern component that starts with '.', a pattern without magic yields
  * itself if it exists (lstat), results are in directory order (unsorted)
- * and absolute when the pattern is.  Unreadable directories are skipped,
+ * and absolute when the pattern is.  Unlike Python, a path is never
+ * returned twice (Python repeats some for patterns like "a/ ** / **").  Unreadable directories are skipped,
  * like Python.  Stops early when *stop becomes true (-EINTR).  Returns 0,
  * -EINTR or -ENOMEM. */
 int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
