@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+import bbmaster
+
 from cwhelpers import (WORKER_CREDS, WorkerPool, dump_worker_logs, elapsed_header,  # noqa: F401
                        per_kind, proc_cpu_seconds, proc_peak_rss_kib)
 
@@ -52,7 +54,12 @@ BUILDERS_BOTH = {
     'badutf8': f"[steps.ShellCommand(command={BADUTF8_CMD!r})]",
 }
 
+# Prints one line, then stays silent for a long time: the line must reach the master while
+# the command still runs (the stock worker batches output for up to 5 s).
+FIRST_LINE_CMD = "date +%s.%N; sleep 12; echo end"
+
 BUILDERS_CW = {
+    'firstline': f"[steps.ShellCommand(name='first', command={FIRST_LINE_CMD!r})]",
     'eofutf8': f"[steps.ShellCommand(command={EOF_UTF8_CMD!r})]",
     'longline': f"[steps.ShellCommand(command={LONG_LINE_CMD!r})]",
     'logfiles': f"[steps.ShellCommand(name='prep', command={LOGFILES_PREP!r}), "
@@ -160,3 +167,20 @@ def test_100mib_stdout_byte_identical(pool):
           f'master started->complete {step["complete_at"] - step["started_at"]} s; '
           f'cworker CPU during the build {cpu1 - cpu0:.2f} s; cworker peak RSS (VmHWM) '
           f'{hwm / 1024:.1f} MiB; DB read-back sha256 {readback:.1f} s')
+
+
+def test_first_line_reaches_the_master_while_the_command_runs(pool, master):
+    """Output is streamed, not held back for buffer_timeout: the first line is stored by the
+    master long before the command ends.  The latency is printed; the bound asserted is a
+    generous behavioural one (well under the stock worker's 5 s batching), not a speed."""
+    brid = pool.force('cworker', 'firstline')
+    build = master.wait_build_started(brid, timeout=60)
+    lg = master.wait_log_contains(build['buildid'], 'first', '\no', timeout=30)
+    arrived = time.time()
+    text = master.log_contents_rest(lg['logid'])
+    printed = float(re.search(r'^o(\d+\.\d+)$', text, re.M).group(1))
+    latency = arrived - printed
+    print(f'first line stored by the master {1000 * latency:.0f} ms after it was printed '
+          '(includes REST polling every 100 ms)')
+    assert latency < 3.0, f'first line took {latency:.2f} s to reach the master'
+    _ok(bbmaster.Build(master, master.wait_build(brid, 60)))
