@@ -516,6 +516,8 @@ int main(int argc, char **argv)
         uv_timer_start(&cli.wait_timer, wait_expired, (uint64_t)(cli.wait_secs * 1000), 0);
 
     uv_run(cli.loop, UV_RUN_DEFAULT);
+    if (cli.job && cli.job->free && cli.xfer)
+        cli.job->free(&cli);
     uv_loop_close(cli.loop);
     cw_master_faults_free(&mo.faults);
     cw_tls_ctx_free(tls_ctx);

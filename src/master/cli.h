@@ -25,6 +25,8 @@ typedef struct cli_job {
     void (*start)(cli_t *cli, cw_mworker_t *w);
     /* SIGINT/SIGTERM: stop what runs (first signal). */
     void (*interrupt)(cli_t *cli);
+    /* Free the job's state (cli->xfer) once the loop has ended. */
+    void (*free)(cli_t *cli);
 } cli_job_t;
 
 struct cli {

@@ -193,8 +193,8 @@ static void run_start(cli_t *cli, cw_mworker_t *w)
 {
     unsigned n = cli->parallel > 1 ? (unsigned)cli->parallel : 1;
     run_state_t *st = calloc(1, sizeof *st);
-    st->runs = calloc(n, sizeof *st->runs);
-    if (st == NULL || st->runs == NULL) {
+    if (st == NULL || (st->runs = calloc(n, sizeof *st->runs)) == NULL) {
+        free(st);
         cli_finish(cli, CLI_EXIT_FAILURE);
         return;
     }
@@ -230,7 +230,20 @@ static void run_interrupt(cli_t *cli)
             cw_remote_interrupt(st->runs[i].r, "interrupted by cworker-master");
 }
 
+static void run_free(cli_t *cli)
+{
+    run_state_t *st = cli->xfer;
+    for (unsigned i = 0; i < st->n; i++) {
+        cw_buf_free(&st->runs[i].out);
+        cw_buf_free(&st->runs[i].err);
+    }
+    free(st->runs);
+    free(st);
+    cli->xfer = NULL;
+}
+
 const cli_job_t cli_run_job = {
     .start = run_start,
     .interrupt = run_interrupt,
+    .free = run_free,
 };

@@ -410,9 +410,35 @@ static void xfer_interrupt(cli_t *cli)
         cw_remote_interrupt(x->remote, "interrupted by cworker-master");
 }
 
+/* Free everything a put/get allocated (after the loop has ended). */
+static void xfer_free(cli_t *cli)
+{
+    xfer_t *x = cli->xfer;
+    if (x->fd >= 0)
+        close(x->fd);
+    if (x->tmp)
+        unlink(x->tmp);
+    for (size_t i = 0; i < x->nitems; i++) {
+        free(x->items[i].local);
+        free(x->items[i].remote);
+    }
+    free(x->items);
+    for (size_t i = 0; i < x->nmkdirs; i++)
+        free(x->mkdirs[i]);
+    free(x->mkdirs);
+    cw_buf_free(&x->links);
+    free(x->buf);
+    free(x->tmp);
+    free(x->final);
+    free(x->error);
+    free(x);
+    cli->xfer = NULL;
+}
+
 const cli_job_t cli_put_job = {
     .start = put_start,
     .interrupt = xfer_interrupt,
+    .free = xfer_free,
 };
 
 /* ---- get ---- */
@@ -705,4 +731,5 @@ static void get_start(cli_t *cli, cw_mworker_t *w)
 const cli_job_t cli_get_job = {
     .start = get_start,
     .interrupt = xfer_interrupt,
+    .free = xfer_free,
 };

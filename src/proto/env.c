@@ -107,6 +107,8 @@ static bool is_name_char(char c)
  * malformed reference stays as it is. */
 static int substitute(cw_buf_t *out, const char *v, size_t n, const item_t *base, size_t nbase)
 {
+    if (n == 0)
+        return 0; /* an empty msgpack str may carry a NULL pointer */
     size_t i = 0, run = 0;
     while (i + 1 < n) {
         if (v[i] != '$' || v[i + 1] != '{') {
