@@ -499,7 +499,12 @@ static void conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n == 0)
         return;
     if (n < 0) {
-        if (n == UV_EOF)
+        if (n == UV_EOF && c->state == CW_CONN_HANDSHAKE && c->role == CW_CONN_CLIENT)
+            cw_conn_close(c, UV_EOF, 0,
+                          c->tls ? "connection closed by peer during the TLS/WebSocket handshake"
+                                 : "connection closed by peer before it answered the WebSocket "
+                                   "upgrade (a TLS port? then use wss://)");
+        else if (n == UV_EOF)
             cw_conn_close(c, UV_EOF, 0, "connection closed by peer");
         else if (n == UV_ENOBUFS)
             cw_conn_close(c, -ENOMEM, 0, "out of memory");

@@ -129,6 +129,7 @@ int cw_cmd_create(cw_worker_t *w, cw_str_t id, cw_str_t name, const msgpack_obje
 
 void cw_cmd_start(cw_cmd_t *cmd)
 {
+    cw_worker_status(cmd->w);
     const char *const *names = cw_cmd_names(cmd->kind);
     if (cmd->kind == CW_CMD_SHELL)
         cw_info("command %s: shell started: %s", cmd->id, cmd->args.display);
@@ -280,6 +281,10 @@ void cw_cmd_header(cw_cmd_t *cmd, const char *fmt, ...)
 
 void cw_cmd_add_int(cw_cmd_t *cmd, const char *key, int64_t v)
 {
+    if (strcmp(key, "rc") == 0) {
+        cmd->has_rc = true;
+        cmd->rc = v;
+    }
     cw_outbuf_add_int(&cmd->out, key, v);
     cw_cmd_output_added(cmd);
 }
@@ -304,12 +309,14 @@ void cw_cmd_add_packed(cw_cmd_t *cmd, const char *key, const void *packed, size_
 
 static void complete_ack(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
 {
-    (void)ctx;
+    (void)c;
+    cw_worker_t *w = ctx;
     if (resp && resp->u.response.is_exception) {
         cw_str_t s = {"?", 1};
         cw_obj_str(&resp->u.response.result, &s);
         cw_warn("master refused a complete: %.*s", (int)s.len, s.ptr);
     }
+    cw_worker_acked(w);
 }
 
 /* Once every update is on its way, send `complete` and retire. */
@@ -330,7 +337,7 @@ static void cmd_try_complete(cw_cmd_t *cmd)
         cw_pack_init(&pk, &b);
         int64_t seq = cw_conn_next_seq(conn);
         if (cw_pack_complete(&pk, seq, cmd->idstr, cmd->failure) == 0)
-            cw_conn_request(conn, seq, &b, complete_ack, NULL);
+            cw_conn_request(conn, seq, &b, complete_ack, cmd->w);
         else
             cw_buf_free(&b);
     }
@@ -349,6 +356,8 @@ void cw_cmd_finish(cw_cmd_t *cmd, const char *failure)
         cmd->failure = strdup(failure);
     }
     double el = cw_cmd_elapsed(cmd);
+    if (failure || !cmd->has_rc || cmd->rc != 0)
+        cmd->w->n_commands_failed++;
     /* The stock worker sends `elapsed` only for commands that ran to their
      * end; after an interrupt the master gets rc and complete only. */
     if (!cmd->interrupted && !cmd->detached)
@@ -362,6 +371,7 @@ static void cmd_free_cb(uv_handle_t *h)
 {
     cw_cmd_t *cmd = h->data;
     cw_worker_t *w = cmd->w;
+    w->bytes_output += cmd->out.bytes_text;
     cw_args_free(&cmd->args);
     cw_outbuf_free(&cmd->out);
     free(cmd->failure);
@@ -370,8 +380,10 @@ static void cmd_free_cb(uv_handle_t *h)
     /* a stopping worker waits for its last command */
     if (w->exiting && w->ncmds == 0)
         cw_worker_stop(w, w->exit_code, NULL);
-    else if (w->draining && w->ncmds == 0)
+    else if (w->draining && w->ncmds == 0) {
+        w->linger = true;
         cw_worker_stop(w, 0, "every command finished");
+    }
 }
 
 void cw_cmd_destroyed(cw_cmd_t *cmd)
@@ -386,6 +398,7 @@ void cw_cmd_destroyed(cw_cmd_t *cmd)
     if (cmd->next)
         cmd->next->prev = cmd->prev;
     w->ncmds--;
+    cw_worker_status(w);
     uv_close((uv_handle_t *)&cmd->flush_timer, cmd_free_cb);
 }
 

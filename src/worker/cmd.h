@@ -60,6 +60,8 @@ struct cw_cmd {
     bool paused;      /* the producer stopped because the outbuf is full */
     bool flush_wanted;
     char *failure;    /* complete args (NULL = success) */
+    bool has_rc;      /* an rc was reported (for statistics) */
+    int64_t rc;
 };
 
 /* True if this build implements the kind (what worker_commands announces). */

@@ -1029,6 +1029,8 @@ static void xfer_interrupt(cw_cmd_t *cmd, const char *why)
 /* Free the transfer; cmd NULL when the command was already released. */
 static void xfer_free(xfer_t *x, cw_cmd_t *cmd)
 {
+    if (cmd)
+        cmd->w->bytes_transfer += x->done_bytes;
     if (x->fd >= 0)
         close(x->fd);
     if (x->tmp_path)

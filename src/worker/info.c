@@ -182,6 +182,9 @@ int cw_worker_pack_info(const cw_worker_t *w, msgpack_packer *pk)
         }
     }
     cw_pack_str(pk, "delete_leftover_dirs");
-    msgpack_pack_false(pk);
+    if (w->cfg->delete_leftover_dirs)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
     return 0;
 }

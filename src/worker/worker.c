@@ -15,12 +15,19 @@
 
 #include "cmd.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "proc.h"
+#include "tls.h"
 
 /* Updates in flight (sent, not answered) per connection.  Together with the
  * socket's high-water mark this bounds memory when the master reads slowly:
  * producers stop reading their pipes instead of buffering. */
 #define MAX_INFLIGHT_UPDATES 8
+/* how long a stopping worker waits for the answers to its last messages */
+#define ACKS_WAIT_MS 5000
+/* how long a drained worker stays attached after its last command (see worker_finish_stop) */
+#define LINGER_MS 1500
 
 static void worker_connect(cw_worker_t *w);
 static void worker_try_next_addr(cw_worker_t *w);
@@ -31,6 +38,13 @@ double cw_now(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+void cw_worker_status(cw_worker_t *w)
+{
+    if (w->attached)
+        cw_notify_status("attached to master %s, running %zu command(s)", w->host_header,
+                         w->ncmds);
 }
 
 /* xorshift64*: jitter for reconnect delays; not for anything secret. */
@@ -78,6 +92,12 @@ static void worker_schedule_retry(cw_worker_t *w, const char *why)
 {
     if (w->exiting)
         return;
+    if (w->cfg->max_retries > 0 && w->attempt + 1 >= (unsigned)w->cfg->max_retries) {
+        cw_error("%s; giving up after %u failed attempts (--max-retries)", why, w->attempt + 1);
+        cw_worker_stop(w, 1, "too many failed connection attempts");
+        return;
+    }
+    cw_notify_status("connecting to master %s (attempt %u)", w->host_header, w->attempt + 2);
     double ceiling = pow(1.5, (double)w->attempt);
     if (ceiling > w->cfg->backoff_cap)
         ceiling = w->cfg->backoff_cap;
@@ -106,8 +126,10 @@ static void on_get_worker_info(cw_worker_t *w, cw_conn_t *c, const cw_msg_t *m)
     if (!w->attached) {
         w->attached = true;
         w->attempt = 0;
+        w->last_attach = cw_now();
         cw_info("attached to master %s:%d as '%s'", w->cfg->master_host, w->cfg->master_port,
                 w->cfg->name);
+        cw_worker_status(w);
     }
 }
 
@@ -213,10 +235,7 @@ static void conn_on_open(cw_conn_t *c)
     w->attached = false;
     w->inflight_updates = 0;
     settings_default(&w->settings);
-    if (w->addrs) {
-        uv_freeaddrinfo(w->addrs);
-        w->addrs = w->next_addr = NULL;
-    }
+    w->naddrs = w->next_addr = 0;
     cw_info("connected to master %s (WebSocket open)", c->peer);
 }
 
@@ -257,22 +276,16 @@ static void conn_on_close(cw_conn_t *c, int err, const char *why)
     if (code == CW_EAUTH) {
         char msg[320];
         snprintf(msg, sizeof msg, "master refused worker '%s': %s", w->cfg->name, reason);
-        if (w->addrs) {
-            uv_freeaddrinfo(w->addrs);
-            w->addrs = w->next_addr = NULL;
-        }
+        w->naddrs = w->next_addr = 0;
         worker_schedule_retry(w, msg);
         return;
     }
-    if (w->next_addr) {
+    if (w->next_addr < w->naddrs) {
         cw_debug("connecting failed (%s); trying the next address", reason);
         worker_try_next_addr(w);
         return;
     }
-    if (w->addrs) {
-        uv_freeaddrinfo(w->addrs);
-        w->addrs = NULL;
-    }
+    w->naddrs = w->next_addr = 0;
     char msg[320];
     snprintf(msg, sizeof msg, "cannot connect to master %s:%d: %s", w->cfg->master_host,
              w->cfg->master_port, reason);
@@ -299,23 +312,24 @@ static void on_tcp_connected(uv_connect_t *req, int status)
         cw_conn_close(c, 0, 0, "worker stopping");
         return;
     }
-    char host_header[300];
-    if (strchr(w->cfg->master_host, ':'))
-        snprintf(host_header, sizeof host_header, "[%s]:%d", w->cfg->master_host,
-                 w->cfg->master_port);
-    else
-        snprintf(host_header, sizeof host_header, "%s:%d", w->cfg->master_host,
-                 w->cfg->master_port);
-    int rc = cw_conn_start_client(c, host_header, w->cfg->master_path, w->cfg->name,
-                                  w->cfg->password);
+    cw_conn_client_t o = {
+        .host_header = w->host_header,
+        .path = w->cfg->master_path,
+        .user = w->cfg->name,
+        .password = w->cfg->password,
+        .tls_ctx = w->tls_ctx,
+        .tls_host = w->cfg->master_host,
+        .proxy_target = w->proxy_target[0] ? w->proxy_target : NULL,
+        .proxy_auth = w->proxy_auth,
+    };
+    int rc = cw_conn_start_client2(c, &o);
     if (rc < 0)
         cw_conn_close(c, rc, 0, cw_strerror(rc));
 }
 
 static void worker_try_next_addr(cw_worker_t *w)
 {
-    struct addrinfo *ai = w->next_addr;
-    w->next_addr = ai->ai_next;
+    const cw_addr_t *ai = &w->addrs[w->next_addr++];
     cw_conn_t *c = malloc(sizeof *c);
     if (c == NULL) {
         worker_schedule_retry(w, "out of memory");
@@ -330,30 +344,29 @@ static void worker_try_next_addr(cw_worker_t *w)
     w->conn = c;
     w->state = CW_W_CONNECTING;
     w->connect_req.data = w;
-    int rc = uv_tcp_connect(&w->connect_req, cw_conn_tcp(c), ai->ai_addr, on_tcp_connected);
+    int rc = uv_tcp_connect(&w->connect_req, cw_conn_tcp(c), (const struct sockaddr *)&ai->ss,
+                            on_tcp_connected);
     if (rc < 0)
         cw_conn_close(c, rc, 0, uv_strerror(rc));
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+static void on_resolved(cw_resolve_t *r, int status, const cw_addr_t *addrs, size_t n)
 {
-    cw_worker_t *w = req->data;
-    w->gai_active = false;
+    cw_worker_t *w = r->data;
     if (w->exiting) {
-        if (res)
-            uv_freeaddrinfo(res);
         worker_finish_stop(w);
         return;
     }
     if (status < 0) {
         char msg[320];
-        snprintf(msg, sizeof msg, "cannot resolve master host '%s': %s", w->cfg->master_host,
+        snprintf(msg, sizeof msg, "cannot resolve host '%s': %s", w->dial_host,
                  uv_strerror(status));
         worker_schedule_retry(w, msg);
         return;
     }
-    w->addrs = res;
-    w->next_addr = res;
+    memcpy(w->addrs, addrs, n * sizeof *addrs);
+    w->naddrs = n;
+    w->next_addr = 0;
     worker_try_next_addr(w);
 }
 
@@ -362,23 +375,14 @@ static void worker_connect(cw_worker_t *w)
     if (w->exiting)
         return;
     w->state = CW_W_RESOLVING;
-    char port[16];
-    snprintf(port, sizeof port, "%d", w->cfg->master_port);
-    struct addrinfo hints;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    w->gai.data = w;
-    cw_debug("resolving %s:%s", w->cfg->master_host, port);
-    int rc = uv_getaddrinfo(w->loop, &w->gai, on_resolved, w->cfg->master_host, port, &hints);
+    w->resolver.data = w;
+    cw_debug("resolving %s:%d", w->dial_host, w->dial_port);
+    int rc = cw_resolve_start(&w->resolver, w->loop, w->dial_host, w->dial_port, on_resolved);
     if (rc < 0) {
         char msg[200];
-        snprintf(msg, sizeof msg, "cannot resolve master host: %s", uv_strerror(rc));
+        snprintf(msg, sizeof msg, "cannot resolve host '%s': %s", w->dial_host, uv_strerror(rc));
         worker_schedule_retry(w, msg);
-        return;
     }
-    w->gai_active = true;
 }
 
 /* ---- signals and exit ---- */
@@ -448,6 +452,30 @@ static void exit_timer_cb(uv_timer_t *t)
     worker_finish_stop(w);
 }
 
+static void linger_timer_cb(uv_timer_t *t)
+{
+    worker_finish_stop(t->data);
+}
+
+static void acks_timer_cb(uv_timer_t *t)
+{
+    cw_worker_t *w = t->data;
+    if (w->conn && w->conn->npending > 0)
+        cw_warn("the master did not acknowledge %zu message(s) within %d s; closing anyway",
+                w->conn->npending, ACKS_WAIT_MS / 1000);
+    w->acks_waited = true;
+    worker_finish_stop(w);
+}
+
+void cw_worker_acked(cw_worker_t *w)
+{
+    if (w->acks_waiting && !w->acks_waited && (!w->conn || w->conn->npending == 0)) {
+        w->acks_waited = true;
+        uv_timer_stop(&w->exit_timer);
+        worker_finish_stop(w);
+    }
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -457,22 +485,46 @@ static void close_if_open(uv_handle_t *h)
 /* Everything is done or abandoned: close the connection and every handle. */
 static void worker_finish_stop(cw_worker_t *w)
 {
+    /* A `complete` the master has not answered yet may not have been
+     * processed: closing now would make the master see a lost link and
+     * retry a build that ended well.  Wait for the answers, briefly. */
+    if (w->conn && w->conn->npending > 0 && !w->acks_waited && !w->abandon) {
+        if (!w->acks_waiting) {
+            w->acks_waiting = true;
+            cw_info("waiting for the master to acknowledge %zu message(s)", w->conn->npending);
+            uv_timer_start(&w->exit_timer, acks_timer_cb, ACKS_WAIT_MS, 0);
+        }
+        return;
+    }
+    /* The master ends a build some time after its last step's `complete`
+     * (database writes); a link lost before that turns the build into a
+     * RETRY.  Msgpack has no worker-initiated graceful shutdown (the master
+     * would tell us when it is done), so a drained worker stays a moment. */
+    if (w->conn && w->linger && !w->lingered && !w->abandon) {
+        w->lingered = true;
+        uv_timer_start(&w->exit_timer, linger_timer_cb, LINGER_MS, 0);
+        return;
+    }
     if (w->conn) {
         cw_conn_close(w->conn, 0, CW_WS_CLOSE_GOING_AWAY, "worker stopping");
         return; /* conn_on_close calls us again */
     }
-    if (w->gai_active) {
-        uv_cancel((uv_req_t *)&w->gai);
+    if (w->resolver.active) {
+        cw_resolve_cancel(&w->resolver);
         return; /* on_resolved calls us again */
     }
     if (w->ncmds > 0 && !w->abandon)
         return;
     if (w->abandon)
         uv_stop(w->loop); /* commands we gave up on keep handles open */
-    if (w->addrs) {
-        uv_freeaddrinfo(w->addrs);
-        w->addrs = w->next_addr = NULL;
-    }
+    cw_resolve_shutdown();
+    cw_tls_ctx_free(w->tls_ctx);
+    w->tls_ctx = NULL;
+    if (w->proxy.host)
+        cw_proxy_free(&w->proxy);
+    free(w->proxy_auth);
+    w->proxy_auth = NULL;
+    cw_metrics_stop(w);
     close_if_open((uv_handle_t *)&w->retry_timer);
     close_if_open((uv_handle_t *)&w->exit_timer);
     close_if_open((uv_handle_t *)&w->sig_term);
@@ -487,6 +539,7 @@ void cw_worker_stop(cw_worker_t *w, int exit_code, const char *why)
         w->exit_code = exit_code;
         w->state = CW_W_STOPPING;
         cw_info("stopping: %s", why ? why : "requested");
+        cw_notify_stopping();
         uv_timer_stop(&w->retry_timer);
         uv_timer_stop(&w->exit_timer);
         w->draining = false;
@@ -525,8 +578,46 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
     int rc = cw_proc_init(loop);
     if (rc < 0)
         return rc;
-    cw_info("cworker %s starting: worker '%s', basedir %s, master %s:%d", CW_VERSION_STRING,
-            cfg->name, cfg->basedir, cfg->master_host, cfg->master_port);
+    w->dial_host = cfg->master_host;
+    w->dial_port = cfg->master_port;
+    if (strchr(cfg->master_host, ':'))
+        snprintf(w->host_header, sizeof w->host_header, "[%s]:%d", cfg->master_host,
+                 cfg->master_port);
+    else
+        snprintf(w->host_header, sizeof w->host_header, "%s:%d", cfg->master_host,
+                 cfg->master_port);
+    if (cfg->use_tls) {
+        char err[400];
+        w->tls_ctx = cw_tls_client_ctx(cfg->ca_file, cfg->client_cert, cfg->client_key, err,
+                                       sizeof err);
+        if (w->tls_ctx == NULL) {
+            cw_error("TLS: %s", err);
+            return CW_ETLS;
+        }
+    }
+    if (cfg->proxy) {
+        if (cw_proxy_parse(cfg->proxy, &w->proxy) < 0) {
+            cw_error("cannot use proxy '%s'", cfg->proxy);
+            return -EINVAL;
+        }
+        w->dial_host = w->proxy.host;
+        w->dial_port = w->proxy.port;
+        /* the tunnel goes to the master; the Host header stays the master's */
+        snprintf(w->proxy_target, sizeof w->proxy_target, "%s", w->host_header);
+        if (w->proxy.user) {
+            cw_buf_t b = CW_BUF_INIT;
+            cw_http_basic_auth(&b, w->proxy.user, w->proxy.password ? w->proxy.password : "");
+            cw_buf_append(&b, "", 1);
+            w->proxy_auth = (char *)cw_buf_steal(&b, NULL);
+        }
+    }
+    cw_info("cworker %s starting: worker '%s', basedir %s, master %s://%s%s", CW_VERSION_STRING,
+            cfg->name, cfg->basedir, cfg->use_tls ? "wss" : "ws", w->host_header,
+            cfg->master_path);
+    if (cfg->proxy)
+        cw_info("connecting through the HTTP proxy %s:%d", w->proxy.host, w->proxy.port);
+    if (cfg->metrics_listen && (rc = cw_metrics_start(w)) < 0)
+        return rc;
     worker_connect(w);
     return 0;
 }

@@ -16,28 +16,11 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "config.h"
 #include "conn.h"
 #include "cworker/args.h"
 #include "cworker/output.h"
-
-typedef struct cw_config {
-    char *master_host; /* host name or address (no brackets) */
-    int master_port;
-    char *master_path; /* WebSocket path, starts with '/' */
-    bool use_tls;      /* wss:// */
-    char *name;
-    char *password;
-    char *basedir; /* absolute */
-    double backoff_cap;      /* seconds, cap of the reconnect delay */
-    uint64_t ping_interval;  /* ms */
-    uint64_t dead_timeout;   /* ms */
-    size_t max_message;      /* bytes */
-    size_t max_commands;     /* concurrent commands refused above this; 0 = no limit */
-    uint64_t kill_grace;     /* ms to wait for process groups at exit */
-    uint64_t drain_timeout;  /* ms SIGTERM lets running commands finish */
-    bool verbose;
-    mode_t umask; /* the process umask, read once at start-up */
-} cw_config_t;
+#include "resolve.h"
 
 /* Per-connection settings the master sends with set_worker_settings. */
 typedef struct cw_settings {
@@ -69,10 +52,17 @@ struct cw_worker {
     uint64_t conn_gen;     /* bumped for every connection */
     unsigned attempt;      /* failed attempts since the last attach */
     uv_timer_t retry_timer;
-    uv_getaddrinfo_t gai;
-    bool gai_active;
-    struct addrinfo *addrs;
-    struct addrinfo *next_addr;
+    cw_resolve_t resolver;
+    char host_header[300];       /* the master as "host:port" */
+    struct ssl_ctx_st *tls_ctx;  /* wss: client TLS context */
+    cw_proxy_t proxy;            /* HTTP CONNECT proxy (host NULL: none) */
+    char proxy_target[300];      /* what the tunnel connects to ("" = no proxy) */
+    char *proxy_auth;            /* Proxy-Authorization value, or NULL */
+    struct cw_metrics *metrics;  /* --metrics-listen server, or NULL */
+    const char *dial_host; /* what we connect to: the master, or a proxy */
+    int dial_port;
+    cw_addr_t addrs[CW_RESOLVE_MAX];
+    size_t naddrs, next_addr;
     uv_connect_t connect_req;
 
     cw_settings_t settings;
@@ -89,16 +79,26 @@ struct cw_worker {
     bool draining; /* SIGTERM: waiting for commands, refusing new ones */
     bool forced;  /* the exit deadline passed once: SIGKILL sent */
     bool abandon; /* leave even though commands did not end */
+    bool acks_waiting; /* stopping: waiting for the master to answer our `complete`s */
+    bool acks_waited;  /* ... and that wait is over (answered or timed out) */
+    bool linger;       /* a drain ended: stay attached briefly so the build can end */
+    bool lingered;
 
-    /* statistics */
+    /* statistics (/metrics) */
     uint64_t n_connects;
     uint64_t n_commands;
+    uint64_t n_commands_failed;
+    uint64_t bytes_output;   /* command output text sent */
+    uint64_t bytes_transfer; /* file/directory transfer payload */
+    double last_attach;      /* Unix time, 0 = never */
 };
 
 /* Set up and start connecting.  Returns 0 or a negative code. */
 int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg);
 /* Stop: interrupt commands, wait for their process groups (bounded), close
  * every handle; uv_run returns afterwards.  exit_code is what main returns. */
+/* A request of ours was answered (a stopping worker waits for that). */
+void cw_worker_acked(cw_worker_t *w);
 void cw_worker_stop(cw_worker_t *w, int exit_code, const char *why);
 
 /* True if the current connection can take another update now. */
@@ -108,6 +108,9 @@ void cw_worker_kick(cw_worker_t *w);
 
 /* get_worker_info: pack the result map (info.c). */
 int cw_worker_pack_info(const cw_worker_t *w, msgpack_packer *pk);
+
+/* Tell systemd (when it watches) what the worker is doing. */
+void cw_worker_status(cw_worker_t *w);
 
 /* Wall-clock time in seconds (line times, elapsed headers). */
 double cw_now(void);

@@ -1,0 +1,602 @@
+"""cworker configuration, migration from buildbot-worker and service integration.
+
+* config file / environment / flags: precedence, `--check-config` output and exit codes,
+  messages naming the bad key and its source, the password rules;
+* `--from-tac` on real buildbot.tac files written by Debian's `buildbot-worker create-worker`
+  with various options, `--write-config`, `cworker create-worker` next to the stock one;
+* end to end on the real master: a worker created by the stock create-worker (msgpack) is
+  switched to cworker with `--from-tac` and runs builds; JSON logs; what build steps see;
+* sd_notify against a datagram socket we bind; umask at start-up;
+* packaging: `meson install --destdir`, `systemd-analyze verify` of the unit, the man pages
+  rendered without warnings, the example config.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+
+import bbmaster
+
+TIMEOUT = 20
+PROTO = '--protocol=msgpack_experimental_v7'
+
+
+def clean_env(extra=None):
+    """Our environment without CWORKER_* settings and proxies, plus extra."""
+    drop = ('http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY',
+            'NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID')
+    env = {k: v for k, v in bbmaster._clean_env().items()
+           if not k.startswith('CWORKER_') and k not in drop}
+    env.update(extra or {})
+    return env
+
+
+def run(cworker_bin, *args, env=None, cwd=None, stdin=subprocess.DEVNULL):
+    return subprocess.run([cworker_bin, *args], capture_output=True, text=True,
+                          env=clean_env(env), timeout=TIMEOUT, stdin=stdin, cwd=cwd)
+
+
+def report(stdout):
+    """--check-config output -> {key: (value, source)}; comment lines skipped."""
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r'^([a-z-]+) = (.*?)\s+# (.*)$', line)
+        if m:
+            out[m.group(1)] = (m.group(2), m.group(3))
+    return out
+
+
+def values(stdout):
+    return {k: v for k, (v, _) in report(stdout).items()}
+
+
+def stock_create(basedir, master, name, password, *opts):
+    r = subprocess.run([bbmaster.PYTHON, bbmaster.BUILDBOT_WORKER, 'create-worker', '-q', *opts,
+                        str(basedir), master, name, password],
+                       env=bbmaster._clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    tac = os.path.join(str(basedir), 'buildbot.tac')
+    assert os.path.exists(tac)
+    return tac
+
+
+@pytest.fixture
+def pwfile(tmp_path):
+    p = tmp_path / 'password'
+    p.write_text('secret\n')
+    p.chmod(0o600)
+    return str(p)
+
+
+def basic(tmp_path, pwfile):
+    return ['--master', '127.0.0.1:9989', '--name', 'w1', '--basedir', str(tmp_path / 'b'),
+            '--password-file', pwfile]
+
+
+# ------------------------------------------------------------------------------------------
+# configuration sources
+
+def test_check_config_prints_effective_configuration(cworker_bin, tmp_path, pwfile):
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--dead-timeout', '12.5',
+            '--log-format', 'json')
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['master'] == ('ws://127.0.0.1:9989/', '--master')
+    assert rep['dead-timeout'] == ('12.5', '--dead-timeout')
+    assert rep['ping-interval'] == ('10', 'default')
+    assert rep['log-format'][0] == 'json'
+    assert rep['password-file'][0] == pwfile
+    assert 'secret' not in r.stdout + r.stderr
+    # nothing was created, nothing connected
+    assert not (tmp_path / 'b').exists()
+
+
+def test_precedence_flags_env_file(cworker_bin, tmp_path, pwfile):
+    conf = tmp_path / 'w.conf'
+    conf.write_text('# a comment\nmaster = file-host:1\nname = file-name\nbasedir = wdir\n'
+                    'password-file = password\ndead-timeout = 40\nping-interval = 7\n'
+                    'kill-grace = 3\n')
+    r = run(cworker_bin, '--config', str(conf), '--check-config', '--dead-timeout', '5',
+            env={'CWORKER_DEAD_TIMEOUT': '20', 'CWORKER_PING_INTERVAL': '8',
+                 'CWORKER_NAME': 'env-name'})
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['dead-timeout'] == ('5', '--dead-timeout')
+    assert rep['ping-interval'] == ('8', 'CWORKER_PING_INTERVAL')
+    assert rep['name'] == ('env-name', 'CWORKER_NAME')
+    assert rep['kill-grace'] == ('3', f'{conf}:8')
+    assert rep['master'] == ('ws://file-host:1/', f'{conf}:2')
+    # relative paths in the file are relative to the file
+    assert rep['basedir'][0] == str(tmp_path / 'wdir')
+    assert rep['password-file'][0] == pwfile
+    # CWORKER_CONFIG names the file too
+    r = run(cworker_bin, '--check-config', env={'CWORKER_CONFIG': str(conf)})
+    assert r.returncode == 0, r
+    assert values(r.stdout)['name'] == 'file-name'
+
+
+@pytest.mark.parametrize('where', ['file', 'env', 'flag'])
+@pytest.mark.parametrize('key,bad', [('dead-timeout', 'soon'), ('umask', '0999'),
+                                     ('log-format', 'xml'), ('master', 'http://x:1'),
+                                     ('max-retries', '-3'), ('proxy', 'socks5://p:1080')])
+def test_bad_value_names_key_and_source(cworker_bin, tmp_path, pwfile, where, key, bad):
+    args = basic(tmp_path, pwfile) if key != 'master' else basic(tmp_path, pwfile)[2:]
+    env = {}
+    if where == 'file':
+        conf = tmp_path / 'w.conf'
+        conf.write_text(f'# line 1\n{key} = {bad}\n')
+        args += ['--config', str(conf)]
+        want = [f'{conf}:2', key, bad]
+    elif where == 'env':
+        var = 'CWORKER_' + key.upper().replace('-', '_')
+        env[var] = bad
+        want = [var, bad]
+    else:
+        args += [f'--{key}', bad]
+        want = [f'--{key}', bad]
+    r = run(cworker_bin, '--check-config', *args, env=env)
+    assert r.returncode == 2, r
+    for w in want:
+        assert w in r.stderr, (w, r.stderr)
+    assert r.stdout == ''
+
+
+def test_config_file_errors(cworker_bin, tmp_path, pwfile):
+    conf = tmp_path / 'w.conf'
+    for text, want in [('master = h:1\nmaster = h:2\n', ':2: \'master\' was already set'),
+                       ('bogus = 1\n', ":1: unknown key 'bogus'"),
+                       ('just words\n', ':1: expected'),
+                       ('name = "unterminated\n', ':1: name')]:
+        conf.write_text(text)
+        r = run(cworker_bin, '--config', str(conf), '--check-config')
+        assert r.returncode == 2, r
+        assert f'{conf}{want}' in r.stderr, r.stderr
+    r = run(cworker_bin, '--config', str(tmp_path / 'missing.conf'), '--check-config')
+    assert r.returncode == 2 and 'missing.conf' in r.stderr, r
+
+
+def test_password_rules(cworker_bin, tmp_path, pwfile):
+    # never a flag
+    r = run(cworker_bin, *basic(tmp_path, pwfile), '--password', 'hunter2')
+    assert r.returncode == 2, r
+    assert 'never taken from the command line' in r.stderr
+    assert 'hunter2' not in r.stderr
+    # a password key in a file others can read: refused, like ssh
+    conf = tmp_path / 'w.conf'
+    conf.write_text(f'master = h:1\nname = w\nbasedir = {tmp_path}/b\npassword = s3cret\n')
+    conf.chmod(0o644)
+    r = run(cworker_bin, '--config', str(conf), '--check-config')
+    assert r.returncode == 2, r
+    assert 'group or others' in r.stderr and 'chmod 600' in r.stderr and ':4' in r.stderr
+    assert 's3cret' not in r.stderr
+    conf.chmod(0o600)
+    r = run(cworker_bin, '--config', str(conf), '--check-config')
+    assert r.returncode == 0, r
+    assert 's3cret' not in r.stdout
+    assert '# password: set, hidden' in r.stdout
+    # an empty password file; an unreadable basedir parent
+    empty = tmp_path / 'empty'
+    empty.write_text('\n')
+    r = run(cworker_bin, '--check-config', '--master', 'h', '--name', 'w', '--basedir',
+            str(tmp_path / 'b'), '--password-file', str(empty))
+    assert r.returncode == 2 and 'empty' in r.stderr, r
+    r = run(cworker_bin, '--check-config', '--master', 'h', '--name', 'w', '--basedir',
+            '/nonexistent/dir/below', '--password-file', pwfile)
+    assert r.returncode == 2 and '/nonexistent/dir/below' in r.stderr and '--basedir' in r.stderr
+
+
+def test_proxy_from_environment(cworker_bin, tmp_path, pwfile):
+    env = {'http_proxy': 'http://proxy.example:3128', 'https_proxy': 'http://sproxy:8443',
+           'no_proxy': '.internal,10.0.0.0/8'}
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), env=env)
+    assert report(r.stdout)['proxy'] == ('http://proxy.example:3128',
+                                         'http_proxy (environment)'), r
+    args = basic(tmp_path, pwfile)
+    args[1] = 'bm.internal:9989'
+    r = run(cworker_bin, '--check-config', *args, env=env)
+    assert values(r.stdout)['proxy'] == 'none', r
+    args[1] = '10.1.2.3:9989'
+    r = run(cworker_bin, '--check-config', *args, env=env)
+    assert values(r.stdout)['proxy'] == 'none', r
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--proxy', 'none', env=env)
+    assert values(r.stdout)['proxy'] == 'none', r
+    # the proxy password is not printed
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--proxy',
+            'http://user:pa55@p:1')
+    assert values(r.stdout)['proxy'] == 'http://user:***@p:1', r
+
+
+def test_help_and_docs_list_every_option(cworker_bin, repo_root):
+    r = run(cworker_bin, '--help')
+    assert r.returncode == 0
+    opts = sorted(set(re.findall(r'^  --([a-z-]+)', r.stdout, re.M)))
+    assert len(opts) >= 20, opts
+    readme = open(os.path.join(repo_root, 'README.md')).read()
+    conf_section = readme.split('## Configuration', 1)[1].split('\n## ', 1)[0]
+    man = open(os.path.join(repo_root, 'man', 'cworker.1')).read().replace('\\-', '-')
+    example = open(os.path.join(repo_root, 'packaging', 'cworker.conf.example')).read()
+    for o in opts + ['password']:
+        if o not in ('config', 'check-config', 'write-config', 'help', 'version'):
+            assert f'`{o}`' in conf_section or f'--{o}' in conf_section, o
+            assert re.search(rf'^#?{o} =', example, re.M), o
+        assert f'--{o}' in man or o == 'password', o
+        env = 'CWORKER_' + o.upper().replace('-', '_')
+        if o not in ('check-config', 'write-config', 'help', 'version'):
+            assert env in r.stdout or f'CWORKER_<NAME>' in r.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# buildbot.tac
+
+TAC_CASES = {
+    'msgpack': ([PROTO], 'localhost:9989', 'w1', 'Secret-One',
+                {'master': 'ws://localhost:9989/', 'name': 'w1', 'umask': 'none',
+                 'max-retries': '0', 'use-tls': 'false', 'delete-leftover-dirs': 'false',
+                 'proxy': 'none'}),
+    'all-options': ([PROTO, '--umask=0o22', '--maxretries=5', '--delete-leftover-dirs',
+                     '--keepalive=60', '--maxdelay=100', '--numcpus=4', '--allow-shutdown=signal',
+                     '--proxy-connection-string', "'tcp:host=proxy.example:port=3128'", '-n'],
+                    'bm.example.org:9990', 'w2', 'pa ss',
+                    {'master': 'ws://bm.example.org:9990/', 'name': 'w2', 'umask': '022',
+                     'max-retries': '5', 'delete-leftover-dirs': 'true',
+                     'proxy': 'http://proxy.example:3128'}),
+    'relocatable-ipv6': (['-r', PROTO, '--umask=18'], '[::1]:1234', "w\u00f6'rk\"er",
+                         'p"a\\ss\'', {'master': 'ws://[::1]:1234/', 'umask': '022',
+                                       'name': "w\u00f6'rk\"er"}),
+    'tls': ([PROTO, '--use-tls'], 'bm.example.org:9443', 'w3', 'Secret-Tls',
+            {'master': 'wss://bm.example.org:9443/', 'use-tls': 'true'}),
+}
+
+
+@pytest.mark.parametrize('case', list(TAC_CASES))
+def test_from_tac_real_files(cworker_bin, tmp_path, case):
+    opts, master, name, password, want = TAC_CASES[case]
+    base = tmp_path / 'worker'
+    tac = stock_create(base, master, name, password, *opts)
+    r = run(cworker_bin, '--from-tac', tac, '--check-config')
+    if case == 'tls' and 'not supported by this build' in r.stderr:
+        pytest.skip('built without TLS')
+    assert r.returncode == 0, r
+    got = report(r.stdout)
+    for k, v in want.items():
+        assert got[k][0] == v, (k, got[k], r.stdout)
+    for k in ('master', 'name', 'basedir'):
+        assert 'buildbot.tac:' in got[k][1], got[k]
+    assert got['basedir'][0] == str(base)
+    assert password not in r.stdout
+    if case == 'all-options':
+        # the settings the msgpack protocol ignores get a note
+        assert 'keepalive' in r.stdout and 'numcpus' in r.stdout and 'allow_shutdown' in r.stdout
+
+    # --write-config gives the same configuration, mode 0600, with the password
+    out = tmp_path / 'w.conf'
+    w = run(cworker_bin, '--from-tac', tac, '--write-config', str(out))
+    assert w.returncode == 0, w
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    text = out.read_text()
+    pw_lines = [ln for ln in text.splitlines() if ln.startswith('password = ')]
+    assert len(pw_lines) == 1
+    assert pw_lines[0][len('password = '):] in (password, json.dumps(password))
+    again = run(cworker_bin, '--config', str(out), '--check-config')
+    assert again.returncode == 0, again
+    assert values(again.stdout) == values(r.stdout)
+    # an existing file is only replaced with --force
+    w = run(cworker_bin, '--from-tac', tac, '--write-config', str(out))
+    assert w.returncode == 2 and '--force' in w.stderr, w
+    w = run(cworker_bin, '--from-tac', tac, '--write-config', str(out), '--force')
+    assert w.returncode == 0, w
+
+
+def test_from_tac_flags_win_and_pb_refused(cworker_bin, tmp_path):
+    tac = stock_create(tmp_path / 'pbw', 'bm.example.org:9989', 'w1', 'pw')   # stock default: pb
+    r = run(cworker_bin, '--from-tac', tac, '--check-config')
+    assert r.returncode == 2, r
+    assert "protocol 'pb'" in r.stderr and 'msgpack_experimental_v7' in r.stderr
+    assert f'{tac}:' in r.stderr
+    # the master given another way: the tac's pb port does not matter; other values still come
+    # from the tac, flags win over it
+    r = run(cworker_bin, '--from-tac', tac, '--check-config', '--master', 'bm.example.org:9990',
+            '--name', 'renamed')
+    assert r.returncode == 0, r
+    got = report(r.stdout)
+    assert got['master'] == ('ws://bm.example.org:9990/', '--master')
+    assert got['name'] == ('renamed', '--name')
+    assert got['basedir'][0] == str(tmp_path / 'pbw')
+    # a tac others can read holds a readable password: refused
+    os.chmod(tac, 0o644)
+    r = run(cworker_bin, '--from-tac', tac, '--check-config', '--master', 'h:1')
+    assert r.returncode == 2 and 'chmod 600' in r.stderr, r
+
+
+def test_from_tac_expression_needs_override(cworker_bin, tmp_path, pwfile):
+    base = tmp_path / 'expr'
+    tac = stock_create(base, 'localhost:9989', 'w1', 'pw', PROTO)
+    text = open(tac).read().replace("workername = 'w1'", "workername = os.environ['WORKER']")
+    with open(tac, 'w') as f:
+        f.write(text)
+    r = run(cworker_bin, '--from-tac', tac, '--check-config')
+    assert r.returncode == 2, r
+    assert '(workername)' in r.stderr and 'does not run Python' in r.stderr
+    r = run(cworker_bin, '--from-tac', tac, '--check-config', env={'CWORKER_NAME': 'w1'})
+    assert r.returncode == 0, r
+
+
+def test_create_worker_like_the_stock_one(cworker_bin, tmp_path):
+    stock = tmp_path / 'stock'
+    stock_create(stock, 'bm.example.org:9989', 'w1', 'pw', PROTO, '--umask=0o22')
+    mine = tmp_path / 'mine'
+    r = run(cworker_bin, 'create-worker', '--umask=0o22', '--maxretries', '3',
+            '--delete-leftover-dirs', '--keepalive', '600', str(mine), 'bm.example.org:9989', 'w1',
+            'p w#d')
+    assert r.returncode == 0, r
+    assert 'worker configured in' in r.stdout and 'cworker --config' in r.stdout
+    assert 'keepalive' in r.stdout      # the note about an ignored option
+    for f in ('info/admin', 'info/host'):
+        assert (mine / f).read_text() == (stock / f).read_text()
+    conf = mine / 'cworker.conf'
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    text = conf.read_text()
+    for line in ('master = ws://bm.example.org:9989/', 'name = w1', 'password = p w#d',
+                 f'basedir = {mine}', 'umask = 022', 'max-retries = 3',
+                 'delete-leftover-dirs = true'):
+        assert line + '\n' in text, (line, text)
+    r = run(cworker_bin, '--config', str(conf), '--check-config')
+    assert r.returncode == 0, r
+    # again: refused without --force; with it, info/ files are kept
+    (mine / 'info' / 'admin').write_text('Me <me@example.org>\n')
+    r = run(cworker_bin, 'create-worker', str(mine), 'bm:1', 'w1', 'pw')
+    assert r.returncode == 2 and '--force' in r.stderr, r
+    r = run(cworker_bin, 'create-worker', '-f', str(mine), 'bm:1', 'w1', 'pw')
+    assert r.returncode == 0, r
+    assert (mine / 'info' / 'admin').read_text() == 'Me <me@example.org>\n'
+    assert 'master = ws://bm:1/' in conf.read_text()
+    # pb is refused with advice
+    r = run(cworker_bin, 'create-worker', '--protocol', 'pb', str(tmp_path / 'pb'), 'bm', 'w', 'p')
+    assert r.returncode == 2 and 'msgpack_experimental_v7' in r.stderr, r
+    assert not (tmp_path / 'pb').exists()
+
+
+# ------------------------------------------------------------------------------------------
+# start-up without a master: umask, JSON logs, sd_notify
+
+def _start(cworker_bin, args, env=None):
+    return subprocess.Popen([cworker_bin, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env(env), stdin=subprocess.DEVNULL)
+
+
+def _stop(p):
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=TIMEOUT)
+    return p.returncode, out, err
+
+
+def test_umask_json_logs_and_sd_notify(cworker_bin, tmp_path, pwfile):
+    sock_path = str(tmp_path / 'notify')
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(5)
+    base = tmp_path / 'newbase'
+    port = bbmaster.free_port()   # nothing listens: the worker keeps retrying
+    p = _start(cworker_bin, ['--master', f'127.0.0.1:{port}', '--name', 'w1', '--basedir',
+                             str(base), '--password-file', pwfile, '--umask', '027',
+                             '--log-format', 'json', '--backoff-max', '1'],
+               env={'NOTIFY_SOCKET': sock_path, 'WATCHDOG_USEC': '1000000'})
+    try:
+        got = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ('READY=1' in got and 'WATCHDOG=1' in got):
+            try:
+                got.append(s.recv(4096).decode())
+            except socket.timeout:
+                break
+        assert 'READY=1' in got, got
+        assert any(m.startswith('STATUS=connecting to master 127.0.0.1:') for m in got), got
+        assert 'WATCHDOG=1' in got, got
+        # the umask applies before the basedir is created
+        assert stat.S_IMODE(base.stat().st_mode) == 0o750
+    finally:
+        rc, out, err = _stop(p)
+        s.close()
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) >= 2, err
+    for ln in lines:
+        obj = json.loads(ln)
+        assert set(obj) >= {'time', 'program', 'level', 'msg'}, obj
+    assert any('cannot connect' in json.loads(ln)['msg'] for ln in lines), err
+
+
+# ------------------------------------------------------------------------------------------
+# end to end on the real master
+
+PROBE = ("[steps.ShellCommand(name='probe', logEnviron=False, "
+         "command=['sh', '-c', 'echo umask=$(umask); echo pwd=$(pwd); env'])]")
+
+
+@pytest.fixture(scope='module')
+def master(master_factory):
+    return master_factory({'probe': PROBE}, workers=(('w1', 'pass1'), ('w2', 'pass2')))
+
+
+class ArgvCWorker(bbmaster.CWorker):
+    """cworker started with exactly the given arguments (no --master/--name/...)."""
+
+    def __init__(self, basedir, master, name, password, args, **kw):
+        super().__init__(basedir, master, name, password, **kw)
+        self.args = list(args)
+
+    def argv(self):
+        return [self.binary] + self.args
+
+
+def _probe(master):
+    b = master.run_build('probe')
+    assert b.result == 'SUCCESS', b.describe()
+    out = b.log('probe').stdout
+    env = dict(ln.split('=', 1) for ln in out.splitlines() if '=' in ln)
+    return out, env
+
+
+def test_switch_stock_worker_to_cworker(master, tmp_path, cworker_bin):
+    base = tmp_path / 'stockw'
+    tac = stock_create(base, f'127.0.0.1:{master.msgpack_port}', 'w1', 'pass1', PROTO,
+                       '--umask=0o27')
+    stock = bbmaster.StockWorker(str(base), master, 'w1', 'pass1')
+    stock._created = True          # keep the tac written above
+    stock.start(timeout=60)
+    try:
+        out, env = _probe(master)
+        assert env['umask'] == '0027' and env['pwd'].startswith(str(base)), out
+    finally:
+        stock.stop()
+        master.wait_worker_disconnected('w1', timeout=30)
+
+    # the same basedir, name and password; nothing changed on the master
+    w = ArgvCWorker(str(base), master, 'w1', 'pass1', ['--from-tac', tac, '--log-format', 'json'],
+                    binary=cworker_bin, env={'NOTIFY_SOCKET': '@cworker-test-unused',
+                                             'WATCHDOG_USEC': '60000000'})
+    w.start(timeout=30)
+    try:
+        out, env = _probe(master)
+        assert env['umask'] == '0027', out
+        assert env['pwd'].startswith(str(base)), out       # same builder directories
+        for var in ('NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'CWORKER_PASSWORD'):
+            assert var not in env, var
+        for ln in w.log_text().splitlines():
+            if ln.strip():
+                json.loads(ln)
+    finally:
+        assert w.stop() == 0
+        master.wait_worker_disconnected('w1', timeout=30)
+
+
+def test_created_worker_runs_from_its_config(master, tmp_path, cworker_bin):
+    base = tmp_path / 'created'
+    r = run(cworker_bin, 'create-worker', '-q', str(base), f'127.0.0.1:{master.msgpack_port}',
+            'w2', 'pass2')
+    assert r.returncode == 0, r
+    w = ArgvCWorker(str(base), master, 'w2', 'pass2',
+                    ['--config', str(base / 'cworker.conf')], binary=cworker_bin,
+                    env={'CWORKER_PING_INTERVAL': '5'})
+    w.start(timeout=30)
+    try:
+        out, env = _probe(master)
+        assert env['pwd'].startswith(str(base)), out
+    finally:
+        assert w.stop() == 0
+        master.wait_worker_disconnected('w2', timeout=30)
+
+
+def test_password_from_environment_not_in_builds(master, tmp_path, cworker_bin):
+    base = tmp_path / 'envpw'
+    w = ArgvCWorker(str(base), master, 'w2', 'pass2',
+                    ['--master', f'127.0.0.1:{master.msgpack_port}', '--name', 'w2',
+                     '--basedir', str(base)], binary=cworker_bin,
+                    env={'CWORKER_PASSWORD': 'pass2'})
+    w.start(timeout=30)
+    try:
+        out, env = _probe(master)
+        assert 'CWORKER_PASSWORD' not in env and 'pass2' not in out, out
+    finally:
+        w.stop()
+        master.wait_worker_disconnected('w2', timeout=30)
+
+
+# ------------------------------------------------------------------------------------------
+# packaging
+
+@pytest.fixture(scope='module')
+def installed(cworker_bin, tmp_path_factory):
+    """`meson install --destdir` of the build cworker_bin comes from -> (destdir, prefix dir)."""
+    builddir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cworker_bin))))
+    if not os.path.exists(os.path.join(builddir, 'build.ninja')):
+        pytest.skip(f'{cworker_bin} is not in a meson build directory')
+    dest = tmp_path_factory.mktemp('destdir')
+    r = subprocess.run(['meson', 'install', '-C', builddir, '--destdir', str(dest),
+                        '--no-rebuild'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r
+    bins = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs if f == 'cworker']
+    assert len(bins) == 1, bins
+    prefix = os.path.dirname(os.path.dirname(bins[0]))
+    return str(dest), prefix
+
+
+def test_meson_install_lists_expected_files(installed):
+    dest, prefix = installed
+    files = sorted(os.path.relpath(os.path.join(d, f), prefix)
+                   for d, _, fs in os.walk(dest) for f in fs)
+    for want in ('bin/cworker', 'bin/cworker-master', 'lib/systemd/system/cworker@.service',
+                 'share/man/man1/cworker.1', 'share/man/man1/cworker-master.1',
+                 'share/doc/cworker/cworker.conf.example'):
+        assert want in files, (want, files)
+    unit = open(os.path.join(prefix, 'lib/systemd/system/cworker@.service')).read()
+    bindir = os.path.relpath(os.path.join(prefix, 'bin'), dest)
+    assert f'ExecStart=/{bindir}/cworker --config /etc/cworker/%i.conf' in unit
+
+
+def test_systemd_unit_verifies(installed, tmp_path):
+    if shutil.which('systemd-analyze') is None:
+        pytest.skip('systemd-analyze not installed (apt-get install systemd)')
+    dest, prefix = installed
+    text = open(os.path.join(prefix, 'lib/systemd/system/cworker@.service')).read()
+    # point ExecStart at the installed copy, man pages at the installed ones
+    text = re.sub(r'^ExecStart=\S+', f'ExecStart={prefix}/bin/cworker', text, flags=re.M)
+    env = dict(os.environ, MANPATH=os.path.join(prefix, 'share', 'man'))
+    for name in ('cworker@.service', 'cworker@w1.service'):
+        (tmp_path / name).write_text(text)
+        r = subprocess.run(['systemd-analyze', 'verify', str(tmp_path / name)],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0 and r.stderr.strip() == '', r
+    for key in ('Type=notify', 'KillMode=mixed', 'TimeoutStopSec=90', 'WatchdogSec=',
+                'Restart=on-failure', 'RestartPreventExitStatus=2'):
+        assert re.search(rf'^{re.escape(key)}', text, re.M), key
+
+
+@pytest.mark.parametrize('page', ['cworker.1', 'cworker-master.1'])
+def test_man_pages_render_without_warnings(repo_root, page):
+    path = os.path.join(repo_root, 'man', page)
+    if shutil.which('groff') is None:
+        pytest.skip('groff not installed')
+    r = subprocess.run(['groff', '-ww', '-z', '-man', path], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == '', r
+    if shutil.which('man'):
+        r = subprocess.run(['man', '-l', path], capture_output=True, text=True,
+                           env=dict(os.environ, MANWIDTH='80', LC_ALL='C.UTF-8', MANPAGER='cat',
+                                    PAGER='cat'))
+        assert r.returncode == 0 and r.stderr == '', r
+        assert 'SYNOPSIS' in r.stdout
+
+
+def test_master_man_page_covers_its_options(repo_root):
+    master_bin = os.environ.get('CWORKER_MASTER_BIN') or os.path.join(
+        os.path.dirname(os.path.dirname(bbmaster.default_cworker_bin())), 'master',
+        'cworker-master')
+    if not os.access(master_bin, os.X_OK):
+        pytest.skip(f'{master_bin} not built')
+    r = subprocess.run([master_bin, '--help'], capture_output=True, text=True)
+    opts = set(re.findall(r'--([a-z][a-z-]+)', r.stdout + r.stderr))
+    man = open(os.path.join(repo_root, 'man', 'cworker-master.1')).read().replace('\\-', '-')
+    for o in opts:
+        assert f'--{o}' in man, o
+
+
+def test_example_config(cworker_bin, repo_root, tmp_path):
+    text = open(os.path.join(repo_root, 'packaging', 'cworker.conf.example')).read()
+    text = text.replace('/var/lib/cworker/NAME', str(tmp_path / 'w')).replace('= NAME', '= w1')
+    conf = tmp_path / 'w1.conf'
+    conf.write_text(text)
+    conf.chmod(0o600)
+    r = run(cworker_bin, '--config', str(conf), '--check-config')
+    assert r.returncode == 0, r
+    assert values(r.stdout)['master'] == 'ws://buildmaster.example.org:9989/'
+    conf.chmod(0o644)   # as installed: the password line makes it refuse
+    r = run(cworker_bin, '--config', str(conf), '--check-config')
+    assert r.returncode == 2 and 'chmod 600' in r.stderr, r
