@@ -85,17 +85,21 @@ static void run_on_update(cw_remote_t *r, cw_str_t key, const msgpack_object *va
 static int run_code(run_one_t *one, bool has_rc, int64_t rc, const char *failure, bool lost)
 {
     cli_t *cli = one->cli;
+    /* with --parallel, say which copy an error belongs to */
+    char tag[24] = "";
+    if (cli->parallel > 1)
+        snprintf(tag, sizeof tag, "[%u] ", one->index);
     if (lost) {
-        cw_error("lost the link to worker '%s' while the command ran: %s", cli->worker_name,
-                 failure ? failure : "?");
+        cw_error("%slost the link to worker '%s' while the command ran: %s", tag,
+                 cli->worker_name, failure ? failure : "?");
         return CLI_EXIT_LINK_LOST;
     }
     if (failure) {
-        cw_error("the command failed on the worker: %s", failure);
+        cw_error("%sthe command failed on the worker: %s", tag, failure);
         return CLI_EXIT_FAILURE;
     }
     if (!has_rc) {
-        cw_error("the worker reported no exit code");
+        cw_error("%sthe worker reported no exit code", tag);
         return CLI_EXIT_FAILURE;
     }
     if (cli->signals && rc < 0)
