@@ -18,6 +18,7 @@
 
 static void cmd_flush(cw_cmd_t *cmd, bool all);
 static void cmd_try_complete(cw_cmd_t *cmd);
+static size_t pause_at(const cw_cmd_t *cmd);
 
 /* The implementation of each command kind; NULL = not available in this
  * build (and then not announced in worker_commands). */
@@ -210,7 +211,7 @@ static void cmd_flush(cw_cmd_t *cmd, bool all)
     cmd->flush_wanted = false;
     if (cw_outbuf_empty(&cmd->out))
         uv_timer_stop(&cmd->flush_timer);
-    if (cmd->paused && cw_outbuf_size(&cmd->out) < cmd->out.buffer_size) {
+    if (cmd->paused && cw_outbuf_size(&cmd->out) < pause_at(cmd) / 2) {
         cmd->paused = false;
         if (cmd->impl->resume && !cmd->finishing)
             cmd->impl->resume(cmd);
@@ -243,11 +244,18 @@ void cw_cmd_output_added(cw_cmd_t *cmd)
     }
 }
 
+/* Unsent output at which a command's producer pauses; it resumes below half of it. */
+static size_t pause_at(const cw_cmd_t *cmd)
+{
+    size_t max = cmd->w->cfg->max_pending_output;
+    return max ? max : 2 * cmd->out.buffer_size;
+}
+
 bool cw_cmd_should_pause(cw_cmd_t *cmd)
 {
     if (cmd->detached)
         return false;
-    if (cw_outbuf_size(&cmd->out) >= 2 * cmd->out.buffer_size) {
+    if (cw_outbuf_size(&cmd->out) >= pause_at(cmd)) {
         cmd->paused = true;
         return true;
     }

@@ -86,6 +86,9 @@ static const optdef_t optdefs[CW_OPT__COUNT] = {
                             "largest message accepted from the master"},
     [CW_OPT_MAX_COMMANDS] = {"max-commands", T_SIZE, 0, "N", "0",
                              "refuse commands beyond N running at once (0 = no limit)"},
+    [CW_OPT_MAX_PENDING_OUTPUT] = {"max-pending-output", T_SIZE, 0, "BYTES", "0",
+                                   "unsent output at which a command stops being read until "
+                                   "the master catches up (0 = twice the master's buffer_size)"},
     [CW_OPT_DRAIN_TIMEOUT] = {"drain-timeout", T_SECONDS, 0, "SECONDS", "60",
                               "on SIGTERM, how long running commands may go on before they "
                               "are interrupted (0 = at once)"},
@@ -2042,6 +2045,15 @@ int cw_config_resolve(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *e
         }
         cfg->max_commands = (size_t)n;
     }
+    if (SRC(CW_OPT_MAX_PENDING_OUTPUT)) {
+        if (parse_u64(v[CW_OPT_MAX_PENDING_OUTPUT].value, &n) < 0 || (n != 0 && n < 4096) ||
+            n > SIZE_MAX / 2) {
+            rc = bad_value(err, errlen, o, CW_OPT_MAX_PENDING_OUTPUT,
+                           "needs a byte count >= 4096 (0 = twice the master's buffer_size)");
+            goto bad;
+        }
+        cfg->max_pending_output = (size_t)n;
+    }
     if (SRC(CW_OPT_MAX_RETRIES)) {
         if (parse_u64(v[CW_OPT_MAX_RETRIES].value, &n) < 0 || n > INT_MAX) {
             rc = bad_value(err, errlen, o, CW_OPT_MAX_RETRIES, "needs a number (0 = never stop)");
@@ -2363,6 +2375,9 @@ static const char *fmt_opt(int id, const cw_config_t *cfg, char *buf, size_t cap
         return buf;
     case CW_OPT_MAX_COMMANDS:
         snprintf(buf, cap, "%zu", cfg->max_commands);
+        return buf;
+    case CW_OPT_MAX_PENDING_OUTPUT:
+        snprintf(buf, cap, "%zu", cfg->max_pending_output);
         return buf;
     case CW_OPT_DRAIN_TIMEOUT:
         fmt_ms(buf, cap, cfg->drain_timeout);

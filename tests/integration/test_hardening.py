@@ -517,3 +517,24 @@ def test_stalled_master_several_producers_bounded_memory(make_aw):
         assert all(ln.startswith(f'flood {i} ') or f'flood {i} '.startswith(ln)
                    for ln in lines), f'foreign lines in block {i}'
     assert_bounded_growth(s, idle)
+
+def test_max_pending_output_small_limit_loses_nothing(make_aw):
+    """--max-pending-output 8192 (a command's pipes pause at 8 KiB of unsent output, resume
+    below 4 KiB): 16 MiB through a master that stalls for 3 s arrive whole and in order,
+    and the worker's memory does not grow with it."""
+    aw = make_aw('--dead-timeout', '0', '--max-pending-output', '8192', *FAST_ARGS)
+    pid = attach(aw)
+    idle = proc_status(pid)
+    gen = 'seq 1 2000000'
+    with RssSampler(pid, 0.1) as s:
+        m = aw.start_master('run', '--', 'sh', '-c', gen, faults='stall_after=20,stall_ms=3000')
+        r = m.wait(300)
+    with open(m.out_path, 'rb') as f:
+        got = f.read()
+    os.unlink(m.out_path)
+    print(f'\n[--max-pending-output 8192, master stalled 3 s] rc={r.rc} in {r.elapsed:.1f} s, '
+          f'{len(got)} bytes; {s.describe()}')
+    assert r.rc == 0, r
+    assert 'fault injection: stalling' in r.stderr, r
+    assert got == b''.join(b'%d\n' % i for i in range(1, 2000001))
+    assert_bounded_growth(s, idle)
