@@ -17,13 +17,24 @@ need_packages() {
         $sudo apt-get update -qq || true
         export CW_APT_UPDATED=1
     fi
+    # nginx and tinyproxy (test peers) must not start as system services listening on every
+    # interface: a policy-rc.d that says "no" keeps invoke-rc.d from starting them
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy" &&
+            made_policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    local rc=$?
+    [ -n "$made_policy" ] && $sudo rm -f "$policy"
+    return $rc
 }
 
 # What building and testing cworker needs.
 BUILD_PACKAGES=(build-essential meson ninja-build pkg-config libuv1-dev libmsgpack-dev libssl-dev
     libarchive-dev libcmocka-dev)
-TEST_PACKAGES=(python3-pytest buildbot buildbot-worker procps)
+TEST_PACKAGES=(python3-pytest buildbot buildbot-worker procps openssl curl nginx-light tinyproxy systemd
+    groff-base man-db)
 
 # Configure (once) and build a tree: build_tree DIR [meson options...]
 build_tree() {

@@ -325,9 +325,17 @@ static void conn_feed_ws(cw_conn_t *c, uint8_t *data, size_t len)
 /* Client: the response head is complete. */
 static void conn_client_head_done(cw_conn_t *c, uint8_t *rest, size_t rest_len)
 {
-    char err[200];
+    char err[300];
     int rc = cw_http_upgrade_check_response(c->head, c->key, err, sizeof err);
     if (rc < 0) {
+        /* what nginx and most TLS front ends answer to plain HTTP on a TLS port */
+        if (c->head->status == 400 && c->tls == NULL)
+            snprintf(err + strlen(err), sizeof err - strlen(err),
+                     " (if the master's port is behind TLS, use wss://)");
+        else if (c->head->status == 400)
+            snprintf(err + strlen(err), sizeof err - strlen(err),
+                     " (TLS front ends such as nginx answer 400 when they require a client "
+                     "certificate that was not sent or not trusted: see --client-cert)");
         cw_conn_close(c, rc, 0, err);
         return;
     }
