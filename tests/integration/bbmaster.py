@@ -261,6 +261,10 @@ def _clean_env(extra=None):
     # the pyenv interpreter's settings must not leak into /usr/bin/python3
     for k in ('PYTHONHOME', 'PYTHONPATH', 'PYTHONSTARTUP', 'VIRTUAL_ENV'):
         env.pop(k, None)
+    # cworker honours the proxy variables: a proxy set on the test machine must not be used
+    # to reach the master on loopback (test_proxy.py sets them where it means to)
+    for k in ('http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'):
+        env.pop(k, None)
     if extra:
         env.update(extra)
     return env
