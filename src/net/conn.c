@@ -190,13 +190,10 @@ static void ws_on_close(void *ud, int code, const char *reason, size_t len)
 /* Route a response to the callback of its request. */
 static void conn_dispatch_response(cw_conn_t *c, const cw_msg_t *m)
 {
-    for (size_t i = 0; i < c->npending; i++) {
-        if (c->pending[i].seq != m->seq)
-            continue;
-        cw_conn_pending_t p = c->pending[i];
-        c->pending[i] = c->pending[--c->npending];
-        if (p.cb)
-            p.cb(c, p.ctx, m);
+    cw_reqtab_entry_t e;
+    if (cw_reqtab_take(&c->pending, m->seq, &e)) {
+        if (e.fn)
+            ((cw_conn_resp_cb)e.fn)(c, e.ctx, m);
         return;
     }
     /* The stock peers drop the link here (KeyError); a stray answer is
@@ -724,28 +721,24 @@ int cw_conn_request(cw_conn_t *c, int64_t seq, cw_buf_t *msg, cw_conn_resp_cb cb
         cw_buf_free(msg);
         return CW_ECLOSED;
     }
-    if (c->npending == c->cap_pending) {
-        size_t cap = c->cap_pending ? c->cap_pending * 2 : 16;
-        cw_conn_pending_t *p = realloc(c->pending, cap * sizeof *p);
-        if (p == NULL) {
-            cw_buf_free(msg);
-            return -ENOMEM;
-        }
-        c->pending = p;
-        c->cap_pending = cap;
+    /* room first: a request that is sent must also be remembered */
+    if (cw_reqtab_reserve(&c->pending) < 0) {
+        cw_buf_free(msg);
+        return -ENOMEM;
     }
     int rc = cw_conn_send(c, msg);
     if (rc < 0)
         return rc;
-    c->pending[c->npending++] = (cw_conn_pending_t){seq, cb, ctx};
+    rc = cw_reqtab_add(&c->pending, seq, (cw_reqtab_fn)cb, ctx);
+    if (rc < 0)
+        cw_error("%s: request %lld sent while an earlier one with that number waits: %s",
+                 c->peer, (long long)seq, cw_strerror(rc));
     return 0;
 }
 
 void cw_conn_forget(cw_conn_t *c, void *ctx)
 {
-    for (size_t i = 0; i < c->npending; i++)
-        if (c->pending[i].ctx == ctx)
-            c->pending[i].cb = NULL;
+    cw_reqtab_forget(&c->pending, ctx);
 }
 
 int cw_conn_respond_nil(cw_conn_t *c, int64_t seq)
@@ -780,13 +773,11 @@ static void conn_handle_closed(uv_handle_t *h)
         return;
     c->state = CW_CONN_CLOSED;
     /* Outstanding requests will never be answered. */
-    while (c->npending > 0) {
-        cw_conn_pending_t p = c->pending[--c->npending];
-        if (p.cb)
-            p.cb(c, p.ctx, NULL);
-    }
-    free(c->pending);
-    c->pending = NULL;
+    cw_reqtab_entry_t e;
+    while (cw_reqtab_pop(&c->pending, &e))
+        if (e.fn)
+            ((cw_conn_resp_cb)e.fn)(c, e.ctx, NULL);
+    cw_reqtab_free(&c->pending);
     free(c->head);
     c->head = NULL;
     free(c->rbuf);

@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "cworker/reqtab.h"
 #include "cworker/buf.h"
 #include "cworker/http.h"
 #include "cworker/msg.h"
@@ -64,12 +65,6 @@ typedef struct cw_conn_callbacks {
      * for counting by fault injection). Return false to drop it. */
     bool (*on_message_seen)(cw_conn_t *c, const cw_msg_t *msg);
 } cw_conn_callbacks_t;
-
-typedef struct cw_conn_pending {
-    int64_t seq;
-    cw_conn_resp_cb cb;
-    void *ctx;
-} cw_conn_pending_t;
 
 typedef struct cw_conn_options {
     size_t max_message;          /* largest WebSocket message accepted (bytes) */
@@ -121,8 +116,7 @@ struct cw_conn {
     cw_conn_client_t client; /* strings owned by the caller, must outlive the handshake */
 
     int64_t next_seq;
-    cw_conn_pending_t *pending;
-    size_t npending, cap_pending;
+    cw_reqtab_t pending; /* our requests waiting for their response */
 
     size_t queued;    /* bytes given to uv_write and not yet written */
     bool above_high;

@@ -460,16 +460,16 @@ static void linger_timer_cb(uv_timer_t *t)
 static void acks_timer_cb(uv_timer_t *t)
 {
     cw_worker_t *w = t->data;
-    if (w->conn && w->conn->npending > 0)
+    if (w->conn && cw_reqtab_count(&w->conn->pending) > 0)
         cw_warn("the master did not acknowledge %zu message(s) within %d s; closing anyway",
-                w->conn->npending, ACKS_WAIT_MS / 1000);
+                cw_reqtab_count(&w->conn->pending), ACKS_WAIT_MS / 1000);
     w->acks_waited = true;
     worker_finish_stop(w);
 }
 
 void cw_worker_acked(cw_worker_t *w)
 {
-    if (w->acks_waiting && !w->acks_waited && (!w->conn || w->conn->npending == 0)) {
+    if (w->acks_waiting && !w->acks_waited && (!w->conn || cw_reqtab_count(&w->conn->pending) == 0)) {
         w->acks_waited = true;
         uv_timer_stop(&w->exit_timer);
         worker_finish_stop(w);
@@ -488,10 +488,10 @@ static void worker_finish_stop(cw_worker_t *w)
     /* A `complete` the master has not answered yet may not have been
      * processed: closing now would make the master see a lost link and
      * retry a build that ended well.  Wait for the answers, briefly. */
-    if (w->conn && w->conn->npending > 0 && !w->acks_waited && !w->abandon) {
+    if (w->conn && cw_reqtab_count(&w->conn->pending) > 0 && !w->acks_waited && !w->abandon) {
         if (!w->acks_waiting) {
             w->acks_waiting = true;
-            cw_info("waiting for the master to acknowledge %zu message(s)", w->conn->npending);
+            cw_info("waiting for the master to acknowledge %zu message(s)", cw_reqtab_count(&w->conn->pending));
             uv_timer_start(&w->exit_timer, acks_timer_cb, ACKS_WAIT_MS, 0);
         }
         return;
