@@ -243,6 +243,7 @@ const char *cw_tls_error(cw_tls_t *t)
 
 #else /* !CW_HAVE_TLS: this build has no TLS; nothing can create a session */
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "cworker/cw.h"

@@ -29,6 +29,9 @@ def pytest_configure(config):
         '("cworker", "stock"); without a marker `worker_kind` is "cworker"')
     config.addinivalue_line(
         'markers', 'slow: long measurements (throughput); CI runs -m "not slow"')
+    config.addinivalue_line(
+        'markers', 'static: needs scripts/build-static; scripts/check runs them in a stage '
+        'of their own')
 
 
 def _selected_kinds():
