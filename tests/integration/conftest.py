@@ -32,6 +32,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'static: needs scripts/build-static; scripts/check runs them in a stage '
         'of their own')
+    config.addinivalue_line(
+        'markers', 'heavy: volume and repetition (100 MiB, 1 GiB, 100 restarts): run in the '
+        'plain pass only; the sanitizer pass covers the same code with smaller tests')
 
 
 def _selected_kinds():
@@ -63,16 +66,18 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     """Under the sanitizers (CW_SANITIZED=1, set by scripts/check for its ASan+UBSan pass)
-    the tests that run only the stock Python worker and the stock master are left out: they
-    execute none of our C code, and the plain pass has already run them."""
+    left out: the tests with the stock Python worker (they exercise little or none of our C
+    code: the plain pass runs them) and the `heavy` ones (volume and repetition, several
+    times slower under ASan; smaller tests take the same code paths).  This keeps
+    scripts/check well inside CI's 30 minutes."""
     if not os.environ.get('CW_SANITIZED'):
         return
     keep, drop = [], []
     for item in items:
         kind = getattr(item, 'callspec', None) and item.callspec.params.get('worker_kind')
-        stock_only = item.module.__name__.endswith('test_harness_stock') or (
-            kind == 'stock' and not item.module.__name__.endswith('test_master_cli'))
-        (drop if stock_only else keep).append(item)
+        stock = item.module.__name__.endswith('test_harness_stock') or kind == 'stock'
+        heavy = item.get_closest_marker('heavy') is not None
+        (drop if stock or heavy else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -108,6 +108,7 @@ def follow_up(aw, pid):
 SERVE_CYCLES = 100
 
 
+@pytest.mark.heavy
 def test_serve_restarted_100_times_idle(tmp_path, cworker_bin):
     """`serve` started and stopped 100 times on one port (odd cycles SIGKILL, even cycles
     SIGTERM, which closes with a Close frame); the same cworker attaches every time. fds and
@@ -239,6 +240,7 @@ def test_drop_during_100mib_upload(make_aw, tmp_path):
 GEN_1GIB = 'yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c 1073741824'
 
 
+@pytest.mark.heavy
 def test_slow_master_1gib_output_bounded_memory(make_aw):
     exp_sha, exp_size = generator_sha256(GEN_1GIB)
     # --dead-timeout 0: the 8 s stall must not make the worker drop the link

@@ -98,6 +98,7 @@ def _snapshot(pid):
 
 # ---- 1. the master stopped and started again, same ports, while the worker is idle ----
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('cycles', [10, pytest.param(100, marks=pytest.mark.slow)])
 def test_master_restarted_while_idle(master, worker_factory, cycles):
     """Master.stop() (SIGTERM) + start() on the same ports `cycles` times; the same cworker

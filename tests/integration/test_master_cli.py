@@ -130,6 +130,7 @@ def test_run_stdout_stderr_apart(w):
     assert cmd_stderr(r) == b'err1\nerr2\n', r
 
 
+@pytest.mark.heavy
 def test_run_100mib_stdout(w, bigfile):
     t0 = time.monotonic()
     r = w.run_master('run', '--', 'cat', bigfile, timeout=300)

@@ -140,6 +140,7 @@ def test_logfiles(pool):
     assert fol in (new, 'sync\n' + new), fol
 
 
+@pytest.mark.heavy
 def test_100mib_stdout_byte_identical(pool):
     w = pool.worker('cworker')
     cpu0 = proc_cpu_seconds(w.pid)
