@@ -13,6 +13,7 @@ The cworker-master counterparts are in test_hardening.py. Numbers are printed (-
 """
 
 import os
+import re
 import signal
 import time
 
