@@ -504,7 +504,19 @@ static void conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n == 0)
         return;
     if (n < 0) {
-        if (n == UV_EOF && c->state == CW_CONN_HANDSHAKE && c->role == CW_CONN_CLIENT)
+        if ((n == UV_EOF || n == UV_ECONNRESET) && c->proxy_pending)
+            cw_conn_close(c, (int)n, 0,
+                          "the HTTP proxy closed the connection without answering CONNECT");
+        /* A peer that does not speak TLS (the stock master's own port) reads the
+         * ClientHello as a bad HTTP request, waits, then closes or resets. */
+        else if ((n == UV_EOF || n == UV_ECONNRESET) && c->state == CW_CONN_HANDSHAKE &&
+                 c->role == CW_CONN_CLIENT && c->tls && !c->tls_up)
+            cw_conn_close(c, (int)n, 0,
+                          n == UV_EOF ? "connection closed by peer during the TLS handshake "
+                                        "(is the other end speaking TLS on this port?)"
+                                      : "connection reset by peer during the TLS handshake "
+                                        "(is the other end speaking TLS on this port?)");
+        else if (n == UV_EOF && c->state == CW_CONN_HANDSHAKE && c->role == CW_CONN_CLIENT)
             cw_conn_close(c, UV_EOF, 0,
                           c->tls ? "connection closed by peer during the TLS/WebSocket handshake"
                                  : "connection closed by peer before it answered the WebSocket "

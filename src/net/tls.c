@@ -173,6 +173,12 @@ static void handshake_error(cw_tls_t *t)
         ERR_GET_REASON(e) == SSL_R_PACKET_LENGTH_TOO_LONG)
         ssl_errors(t->err, sizeof t->err,
                    "TLS handshake failed (is the other end speaking TLS on this port?)");
+    else if (ERR_GET_REASON(e) == SSL_R_TLSV1_ALERT_PROTOCOL_VERSION ||
+             ERR_GET_REASON(e) == SSL_R_UNSUPPORTED_PROTOCOL ||
+             ERR_GET_REASON(e) == SSL_R_NO_PROTOCOLS_AVAILABLE)
+        ssl_errors(t->err, sizeof t->err,
+                   "TLS handshake failed (no common TLS version: cworker requires TLS 1.2 or "
+                   "later)");
     else
         ssl_errors(t->err, sizeof t->err, "TLS handshake failed");
 }

@@ -25,6 +25,7 @@ typedef struct metrics_client {
     cw_http_head_t head;
     int closing;
     bool answered;
+    bool head_only; /* a HEAD request: the headers of the GET answer, no body */
 } metrics_client_t;
 
 struct cw_metrics {
@@ -74,7 +75,7 @@ static void client_respond(metrics_client_t *c, int status, const char *reason,
     cw_buf_printf(&b,
                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                   "Connection: close\r\n\r\n%s",
-                  status, reason, ctype, strlen(body), body);
+                  status, reason, ctype, strlen(body), c->head_only ? "" : body);
     uv_write_t *req = malloc(sizeof *req + b.len);
     if (req == NULL) {
         cw_buf_free(&b);
@@ -135,6 +136,7 @@ static void client_request(metrics_client_t *c)
         client_respond(c, 405, "Method Not Allowed", "text/plain", "GET only\n");
         return;
     }
+    c->head_only = strcmp(h->method, "HEAD") == 0;
     /* the path without a query string */
     size_t plen = strcspn(h->target, "?");
     if (plen == 8 && strncmp(h->target, "/healthz", 8) == 0) {

@@ -305,7 +305,15 @@ static void on_tcp_connected(uv_connect_t *req, int status)
     cw_worker_t *w = req->data;
     cw_conn_t *c = w->conn;
     if (status < 0) {
-        cw_conn_close(c, status, 0, uv_strerror(status));
+        if (w->proxy.host) {
+            /* the TCP connection goes to the proxy: say so, not just "refused" */
+            char why[300];
+            snprintf(why, sizeof why, "cannot reach the HTTP proxy %s:%d: %s", w->proxy.host,
+                     w->proxy.port, uv_strerror(status));
+            cw_conn_close(c, status, 0, why);
+        } else {
+            cw_conn_close(c, status, 0, uv_strerror(status));
+        }
         return;
     }
     if (w->exiting) {
@@ -359,8 +367,8 @@ static void on_resolved(cw_resolve_t *r, int status, const cw_addr_t *addrs, siz
     }
     if (status < 0) {
         char msg[320];
-        snprintf(msg, sizeof msg, "cannot resolve host '%s': %s", w->dial_host,
-                 uv_strerror(status));
+        snprintf(msg, sizeof msg, "cannot resolve %shost '%s': %s",
+                 w->proxy.host ? "the HTTP proxy's " : "", w->dial_host, uv_strerror(status));
         worker_schedule_retry(w, msg);
         return;
     }
@@ -380,7 +388,8 @@ static void worker_connect(cw_worker_t *w)
     int rc = cw_resolve_start(&w->resolver, w->loop, w->dial_host, w->dial_port, on_resolved);
     if (rc < 0) {
         char msg[200];
-        snprintf(msg, sizeof msg, "cannot resolve host '%s': %s", w->dial_host, uv_strerror(rc));
+        snprintf(msg, sizeof msg, "cannot resolve %shost '%s': %s",
+                 w->proxy.host ? "the HTTP proxy's " : "", w->dial_host, uv_strerror(rc));
         worker_schedule_retry(w, msg);
     }
 }

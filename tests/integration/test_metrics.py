@@ -11,11 +11,14 @@ import time
 import pytest
 
 import bbmaster
-from cwhelpers import describe_build
+from cwhelpers import describe_build, write_random_file
 
 BUILDERS = {'hello': {'steps': "[steps.ShellCommand(command='echo hello world')]",
                       'workernames': ['mw']},
-            'fail': {'steps': "[steps.ShellCommand(command='exit 3')]", 'workernames': ['mw']}}
+            'fail': {'steps': "[steps.ShellCommand(command='exit 3')]", 'workernames': ['mw']},
+            'up': {'steps': "[steps.FileUpload(workersrc=util.Property('src'), "
+                            "masterdest=util.Interpolate('%(prop:dest)s'))]",
+                   'workernames': ['mw']}}
 WORKERS = (('mw', 'metrics-pass'),)
 
 
@@ -48,7 +51,7 @@ def mworker(master, worker_factory):
     return w
 
 
-def test_healthz_and_counters_follow_builds(master, mworker):
+def test_healthz_and_counters_follow_builds(master, mworker, tmp_path):
     code, body = curl(mworker.url + '/healthz')
     assert code == 200, body
     code, before = curl(mworker.url + '/metrics')
@@ -59,6 +62,10 @@ def test_healthz_and_counters_follow_builds(master, mworker):
     assert b.result == 'SUCCESS', describe_build(b)
     b = master.run_build('fail')
     assert b.result == 'FAILURE', describe_build(b)
+    write_random_file(str(tmp_path / 'one.bin'), 1 << 20)
+    b = master.run_build('up', props={'src': str(tmp_path / 'one.bin'),
+                                      'dest': str(tmp_path / 'one.up')})
+    assert b.result == 'SUCCESS', describe_build(b)
     code, after = curl(mworker.url + '/metrics')
     assert code == 200
     print('\n' + '\n'.join(ln for ln in after.splitlines() if not ln.startswith('#')))
@@ -68,13 +75,34 @@ def test_healthz_and_counters_follow_builds(master, mworker):
         metric(before, 'cworker_commands_failed_total') + 1
     assert metric(after, 'cworker_output_bytes_total') >= \
         metric(before, 'cworker_output_bytes_total') + len('hello world\n')
+    assert metric(after, 'cworker_transfer_bytes_total') >= \
+        metric(before, 'cworker_transfer_bytes_total') + (1 << 20)
+    assert metric(after, 'cworker_connects_total') == metric(before, 'cworker_connects_total')
     assert metric(after, 'cworker_commands_running') == 0
+
+
+def _raw(host, port, request):
+    """Send `request` on a fresh connection, return everything until the server closes."""
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        out = b''
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return out
+            out += d
 
 
 def test_bad_clients_do_not_hurt(master, mworker):
     code, body = curl(mworker.url + '/nothing-here')
     assert code == 404, body
     host, port = mworker.url[len('http://'):].split(':')
+    # HEAD: the GET answer's head, no body; other methods: 405
+    head = _raw(host, port, b'HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 200 '), head
+    assert head.endswith(b'\r\n\r\n'), head
+    post = _raw(host, port, b'POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
+    assert post.startswith(b'HTTP/1.1 405 '), post
     # a request line of 64 KiB: refused (400) or cut off, never buffered without bound
     s = socket.create_connection((host, int(port)), timeout=10)
     try:
@@ -109,3 +137,6 @@ def test_healthz_503_while_the_master_is_down(master, mworker):
         master.start()
     mworker.wait_connected(30)
     assert curl(mworker.url + '/healthz')[0] == 200
+    code, text = curl(mworker.url + '/metrics')
+    assert metric(text, 'cworker_connected') == 1
+    assert metric(text, 'cworker_reconnects_total') >= 1, text

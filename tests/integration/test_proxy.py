@@ -13,6 +13,7 @@ import pytest
 
 import bbmaster
 from cwhelpers import describe_build
+from tlsutil import CA, Nginx
 
 BUILDERS = {'hello': {'steps': "[steps.ShellCommand(command='echo hello world')]",
                       'workernames': ['pw']}}
@@ -60,8 +61,8 @@ class Tinyproxy:
         except OSError:
             return ''
 
-    def connects(self, port):
-        return len(re.findall(rf'CONNECT 127\.0\.0\.1:{port} HTTP', self.log()))
+    def connects(self, port, host='127.0.0.1'):
+        return len(re.findall(rf'CONNECT {re.escape(host)}:{port} HTTP', self.log()))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -151,6 +152,12 @@ def test_refused_connect_is_named_and_retried(master, proxies, pworker):
     _fails_and_retries(w, r'the proxy refused CONNECT: HTTP 403')
 
 
+def test_proxy_down_is_named_and_retried(master, pworker):
+    port = bbmaster.free_port()   # nothing listens there
+    w = pworker('--proxy', f'http://127.0.0.1:{port}', wait=False)
+    _fails_and_retries(w, rf'cannot reach the HTTP proxy 127\.0\.0\.1:{port}: connection refused')
+
+
 def test_proxy_basic_auth(master, proxies, pworker, worker_factory):
     p = proxies([master.msgpack_port], auth=('alice', 's3cret'))
     w = pworker('--proxy', p.url, wait=False)
@@ -159,3 +166,44 @@ def test_proxy_basic_auth(master, proxies, pworker, worker_factory):
     pworker('--proxy', f'http://alice:s3cret@127.0.0.1:{p.port}')
     _hello(master)
     assert p.connects(master.msgpack_port) >= 1
+
+
+class WssWorker(bbmaster.CWorker):
+    """cworker given a wss:// URL (the nginx in front of the master) instead of host:port."""
+
+    def __init__(self, basedir, master, url, binary, extra_args=(), env=None):
+        super().__init__(basedir, master, 'pw', 'proxy-pass', binary=binary,
+                         extra_args=list(extra_args), env=env)
+        self.url = url
+
+    def argv(self):
+        return [self.binary, '--master', self.url, '--name', self.worker_name,
+                '--basedir', self.basedir, '--password-file', self.password_file,
+                '--backoff-max', '1'] + self.extra_args
+
+
+def test_wss_through_https_proxy_variable(master, proxies, cworker_bin, tmp_path):
+    """The usual deployment behind a corporate proxy: wss:// through CONNECT, chosen by
+    https_proxy (http_proxy, pointing nowhere, must not be used for wss)."""
+    ca = CA(str(tmp_path / 'ca'), 'proxy test CA')
+    cert, key = ca.leaf('srv', dns=['localhost'], ips=['127.0.0.1'])
+    port = bbmaster.free_port()
+    ng = Nginx(str(tmp_path / 'nginx'), [dict(port=port, cert=cert, key=key,
+                                                upstream=master.msgpack_port)]).start()
+    w = None
+    try:
+        p = proxies([port])
+        w = WssWorker(str(tmp_path / 'w'), master, f'wss://localhost:{port}/', cworker_bin,
+                      ['--ca-file', ca.cert],
+                      env={'https_proxy': p.url, 'http_proxy': 'http://127.0.0.1:1'})
+        w.start()
+        _hello(master)
+        assert p.connects(port, host='localhost') == 1, p.log()
+        assert re.search(r'through the HTTP proxy 127\.0\.0\.1:%d' % p.port, w.log_text()), \
+            w.log_text()
+    finally:
+        if w is not None:
+            w.stop()
+            bbmaster.wait_for(lambda: not master.worker_connected('pw'), 15,
+                              'the worker to leave')
+        ng.stop()

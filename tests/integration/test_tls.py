@@ -122,15 +122,24 @@ def test_ip_address_url_verified_against_ip_san(nginx, pki, tls_worker, master):
 def test_50mib_upload_over_wss(nginx, pki, tls_worker, master, tmp_path):
     src = tmp_path / 'big.bin'
     write_random_file(str(src), 50 << 20)
-    dest = tmp_path / 'dest' / 'big.bin'
-    dest.parent.mkdir()
-    tls_worker(f'wss://localhost:{nginx.ports["good"]}/', '--ca-file', pki['ca'].cert)
-    t0 = time.monotonic()
-    b = master.run_build('up', props={'src': str(src), 'dest': str(dest)}, timeout=180)
-    dt = time.monotonic() - t0
-    print(f'\n[wss through nginx] 50 MiB FileUpload build: {dt:.2f} s')
-    assert b.result == 'SUCCESS', describe_build(b)
-    assert sha256_file(str(dest)) == sha256_file(str(src))
+    (tmp_path / 'dest').mkdir()
+    times = {}
+    # the same upload straight to the master's port over ws:// first, for comparison
+    for scheme, url, args in (
+            ('ws', f'ws://127.0.0.1:{master.msgpack_port}/', ()),
+            ('wss', f'wss://localhost:{nginx.ports["good"]}/', ('--ca-file', pki['ca'].cert))):
+        dest = tmp_path / 'dest' / f'{scheme}.bin'
+        w = tls_worker(url, *args)
+        t0 = time.monotonic()
+        b = master.run_build('up', props={'src': str(src), 'dest': str(dest)}, timeout=180)
+        times[scheme] = time.monotonic() - t0
+        assert b.result == 'SUCCESS', describe_build(b)
+        assert sha256_file(str(dest)) == sha256_file(str(src)), scheme
+        w.stop()
+        bbmaster.wait_for(lambda: not master.worker_connected('tw'), 15,
+                          'the master to notice the worker left')
+    print(f'\n[50 MiB FileUpload build] ws direct: {times["ws"]:.2f} s, '
+          f'wss through nginx: {times["wss"]:.2f} s')
 
 
 def _fails_and_retries(w, pattern, attempts=2, timeout=20):
@@ -164,6 +173,44 @@ def test_plain_ws_against_the_tls_port(nginx, pki, tls_worker):
     _fails_and_retries(w, r'cannot connect to master .*HTTP 400 .*use wss://')
 
 
+def test_wss_against_the_plain_master_port(master, tls_worker, pki):
+    w = tls_worker(f'wss://127.0.0.1:{master.msgpack_port}/', '--ca-file', pki['ca'].cert,
+                   wait=False)
+    # the stock master reads the ClientHello as a bad request, and drops the link after 5 s
+    _fails_and_retries(w, r'cannot connect to master .*(closed|reset) by peer during the TLS '
+                          r'handshake \(is the other end speaking TLS on this port\?\)',
+                       timeout=30)
+
+
+def test_server_offering_only_tls_1_1_is_refused(pki, tls_worker, tmp_path):
+    """A server that only speaks TLS 1.1 (openssl s_server, security level lowered so it
+    may): cworker refuses it, says why, and retries."""
+    cert, key = pki['good']
+    port = free_port()
+    log = open(tmp_path / 's_server.log', 'wb')
+    srv = subprocess.Popen(['openssl', 's_server', '-accept', f'127.0.0.1:{port}', '-cert', cert,
+                            '-key', key, '-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-quiet'],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        bbmaster.wait_for(lambda: _listening(port), 10, 'openssl s_server to listen')
+        w = tls_worker(f'wss://localhost:{port}/', '--ca-file', pki['ca'].cert, wait=False)
+        _fails_and_retries(w, r'TLS handshake failed \(no common TLS version: cworker requires '
+                              r'TLS 1\.2 or later\)')
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        log.close()
+
+
+def _listening(port):
+    import socket
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_client_certificate_required(nginx, pki, tls_worker, master):
     url = f'wss://localhost:{nginx.ports["mtls"]}/'
     bad = tls_worker(url, '--ca-file', pki['ca'].cert, wait=False)
@@ -189,7 +236,7 @@ def test_tls_at_both_ends_with_cworker_master(pki, cworker_bin, tmp_path):
     w = subprocess.Popen([cworker_bin, '--master', f'wss://localhost:{port}/', '--name', 'cm',
                           '--basedir', str(tmp_path / 'wb'), '--password-file', str(pw),
                           '--ca-file', pki['ca'].cert, '--backoff-max', '1'],
-                         stdout=log, stderr=subprocess.STDOUT)
+                         stdout=log, stderr=subprocess.STDOUT, env=bbmaster._clean_env())
     try:
         r = subprocess.run([mastercli.MASTER_BIN, 'run', '--listen', f'127.0.0.1:{port}',
                             '--worker', 'cm', '--password-file', str(pw), '--wait', '30',
