@@ -44,6 +44,7 @@ sys.path.insert(0, HERE)
 import bbmaster  # noqa: E402
 import mastercli  # noqa: E402
 import footprint  # noqa: E402
+from hardening_util import proc_status  # noqa: E402
 
 MIB = 1 << 20
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -54,15 +55,7 @@ POLL = 0.005  # seconds between database polls (attach and build completion)
 # --------------------------------------------------------------------------------------------
 # /proc readings
 
-def proc_status(pid):
-    """{key: KiB} for the kB lines of /proc/PID/status."""
-    out = {}
-    with open(f'/proc/{pid}/status') as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == 'kB':
-                out[parts[0].rstrip(':')] = int(parts[1])
-    return out
+# proc_status(pid) -> {key: KiB}: the tests' reader of /proc/PID/status (imported above)
 
 
 class Cpu:
