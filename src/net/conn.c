@@ -329,10 +329,26 @@ static void conn_client_head_done(cw_conn_t *c, uint8_t *rest, size_t rest_len)
         if (c->head->status == 400 && c->tls == NULL)
             snprintf(err + strlen(err), sizeof err - strlen(err),
                      " (if the master's port is behind TLS, use wss://)");
-        else if (c->head->status == 400)
+        /* nginx's ssl_verify_client: the handshake succeeds, the request gets a 400 */
+        else if (c->head->status == 400 && cw_tls_cert_requested(c->tls))
+            snprintf(err + strlen(err), sizeof err - strlen(err), "%s",
+                     cw_tls_has_client_cert(c->tls)
+                         ? " (the server asked for a client certificate and, like nginx, "
+                           "answers 400 when it does not accept the one sent: check "
+                           "--client-cert and the CA the server trusts)"
+                         : " (the server asked for a client certificate and none is "
+                           "configured; TLS front ends like nginx then answer 400: use "
+                           "--client-cert and --client-key)");
+        /* only a reverse proxy answers these: the master behind it is not there */
+        else if (c->head->status == 502 || c->head->status == 504)
             snprintf(err + strlen(err), sizeof err - strlen(err),
-                     " (TLS front ends such as nginx answer 400 when they require a client "
-                     "certificate that was not sent or not trusted: see --client-cert)");
+                     " (from a reverse proxy in front of the master: the master behind it is "
+                     "down or unreachable)");
+        /* e.g. a plain GET answered by the master's web page: the upgrade was lost */
+        else if (c->head->status >= 200 && c->head->status < 300)
+            snprintf(err + strlen(err), sizeof err - strlen(err),
+                     " (not a WebSocket answer: a reverse proxy in front of the master must pass "
+                     "on the Upgrade and Connection headers)");
         cw_conn_close(c, rc, 0, err);
         return;
     }

@@ -125,7 +125,7 @@ struct cw_conn {
     uint64_t opened_at;
 
     int close_err;
-    char close_why[160];
+    char close_why[400];
     int handles_open;
     bool reading_paused;
 

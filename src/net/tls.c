@@ -19,8 +19,18 @@ struct cw_tls {
     BIO *rbio; /* ciphertext from the peer */
     BIO *wbio; /* ciphertext to the peer */
     bool server;
-    char err[300];
+    bool cert_requested; /* client: the server sent a CertificateRequest */
+    char err[400];
 };
+
+/* Client: called when the server asks for our certificate (TLS 1.2 and 1.3),
+ * whether or not we have one; remembered to explain a refusal. */
+static int tls_cert_requested(SSL *ssl, void *arg)
+{
+    (void)ssl;
+    ((cw_tls_t *)arg)->cert_requested = true;
+    return 1;
+}
 
 /* The OpenSSL error queue as one line (and clear it). */
 static void ssl_errors(char *out, size_t n, const char *prefix)
@@ -115,6 +125,7 @@ cw_tls_t *cw_tls_new(cw_tls_ctx_t *ctx, bool server, const char *host)
         SSL_set_accept_state(t->ssl);
     } else {
         SSL_set_connect_state(t->ssl);
+        SSL_set_cert_cb(t->ssl, tls_cert_requested, t);
         if (host) {
             /* an IP address is checked as one; a name gets SNI too */
             X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
@@ -149,6 +160,54 @@ int cw_tls_feed(cw_tls_t *t, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* Client: an alert from the server about our certificate (only the server
+ * verifies ours), or a refusal after it asked for one we do not have.  NULL
+ * when the error is something else. */
+static const char *client_cert_hint(cw_tls_t *t, unsigned long e)
+{
+    if (t->server || ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return NULL;
+    bool have_cert = cw_tls_has_client_cert(t);
+    switch (ERR_GET_REASON(e)) {
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+        return "the server requires a client certificate: use --client-cert and --client-key";
+    case SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE:
+        if (t->cert_requested && !have_cert)
+            return "the server asked for a client certificate and none is configured: use "
+                   "--client-cert and --client-key";
+        return NULL;
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+        if (!t->cert_requested)
+            return NULL;
+        return have_cert ? "the server refused our client certificate: check --client-cert and "
+                           "the CA the server trusts"
+                         : "the server requires a client certificate: use --client-cert and "
+                           "--client-key";
+    default:
+        return NULL;
+    }
+}
+
+/* The error queue as one line under `what`, with the client-certificate
+ * hint when it applies. */
+static void tls_failure(cw_tls_t *t, const char *what)
+{
+    const char *hint = client_cert_hint(t, ERR_peek_last_error());
+    if (hint) {
+        char m[200];
+        snprintf(m, sizeof m, "%s (%s)", what, hint);
+        ssl_errors(t->err, sizeof t->err, m);
+    } else {
+        ssl_errors(t->err, sizeof t->err, what);
+    }
+}
+
 /* Turn a failed handshake into a sentence naming the cause. */
 static void handshake_error(cw_tls_t *t)
 {
@@ -180,7 +239,7 @@ static void handshake_error(cw_tls_t *t)
                    "TLS handshake failed (no common TLS version: cworker requires TLS 1.2 or "
                    "later)");
     else
-        ssl_errors(t->err, sizeof t->err, "TLS handshake failed");
+        tls_failure(t, "TLS handshake failed");
 }
 
 int cw_tls_handshake(cw_tls_t *t)
@@ -205,7 +264,9 @@ int cw_tls_read(cw_tls_t *t, uint8_t *out, size_t cap)
         return 0;
     if (e == SSL_ERROR_ZERO_RETURN)
         return CW_ECLOSED;
-    ssl_errors(t->err, sizeof t->err, "TLS error");
+    /* TLS 1.3: a server refusing our certificate says so after our handshake
+     * is done, so it shows here */
+    tls_failure(t, "TLS error");
     return CW_ETLS;
 }
 
@@ -240,6 +301,16 @@ size_t cw_tls_take_out(cw_tls_t *t, uint8_t **out)
     }
     *out = p;
     return (size_t)got;
+}
+
+bool cw_tls_cert_requested(cw_tls_t *t)
+{
+    return t->cert_requested;
+}
+
+bool cw_tls_has_client_cert(cw_tls_t *t)
+{
+    return !t->server && SSL_get_certificate(t->ssl) != NULL;
 }
 
 const char *cw_tls_error(cw_tls_t *t)
@@ -304,6 +375,16 @@ size_t cw_tls_take_out(cw_tls_t *t, uint8_t **out)
 {
     *out = NULL;
     return 0;
+}
+
+bool cw_tls_cert_requested(cw_tls_t *t)
+{
+    return false;
+}
+
+bool cw_tls_has_client_cert(cw_tls_t *t)
+{
+    return false;
 }
 
 const char *cw_tls_error(cw_tls_t *t)

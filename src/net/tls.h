@@ -42,6 +42,10 @@ int cw_tls_write(cw_tls_t *t, const uint8_t *data, size_t len);
 /* Take pending ciphertext as a heap buffer the caller frees; returns its
  * length, 0 if none. */
 size_t cw_tls_take_out(cw_tls_t *t, uint8_t **out);
+/* Client: whether the server asked for a client certificate, and whether we
+ * have one to send (to explain an HTTP refusal by a TLS front end). */
+bool cw_tls_cert_requested(cw_tls_t *t);
+bool cw_tls_has_client_cert(cw_tls_t *t);
 /* Why the last operation failed, in words a user can act on (certificate
  * expired, host name mismatch, unknown CA, not TLS at all...). */
 const char *cw_tls_error(cw_tls_t *t);

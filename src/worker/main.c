@@ -120,7 +120,7 @@ static int run_worker(cw_config_t *cfg, cw_opts_t *o)
     cw_worker_t w;
     int rc = cw_worker_init(&w, loop, cfg);
     if (rc < 0) {
-        cw_error("cannot start: %s", uv_strerror(rc));
+        cw_error("cannot start: %s", cw_strerror(rc));
         return 1;
     }
     cw_notify_ready();

@@ -32,7 +32,9 @@ struct cw_metrics {
     cw_worker_t *w;
     uv_tcp_t server;
     metrics_client_t *clients;
-    int nclients;
+    int nclients; /* in the list, closing or not */
+    int nclosing; /* of which being closed */
+    bool server_gone; /* the listening handle is closed: the last one out frees m */
 };
 
 static void client_closed(uv_handle_t *h)
@@ -47,7 +49,10 @@ static void client_closed(uv_handle_t *h)
             break;
         }
     m->nclients--;
+    m->nclosing--;
     free(c);
+    if (m->server_gone && m->nclients == 0)
+        free(m);
 }
 
 static void client_close(metrics_client_t *c)
@@ -55,6 +60,7 @@ static void client_close(metrics_client_t *c)
     if (c->closing)
         return;
     c->closing = 2;
+    c->m->nclosing++;
     uv_close((uv_handle_t *)&c->tcp, client_closed);
     uv_close((uv_handle_t *)&c->timer, client_closed);
 }
@@ -200,16 +206,44 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(server->loop, &c->tcp);
     uv_timer_init(server->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        c->next = m->clients;
+        m->clients = c;
+        m->nclients++;
+        client_close(c);
+        return;
+    }
+    /* Full: make room by dropping the client that has been waiting longest
+     * without finishing its request (the list is newest first), so clients
+     * that connect and send nothing cannot lock out the health checker. */
+    if (m->nclients - m->nclosing >= METRICS_MAX_CLIENTS) {
+        metrics_client_t *oldest = NULL;
+        for (metrics_client_t *o = m->clients; o; o = o->next)
+            if (!o->closing && !o->answered)
+                oldest = o;
+        if (oldest)
+            client_close(oldest);
+    }
     c->next = m->clients;
     m->clients = c;
     m->nclients++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || m->nclients > METRICS_MAX_CLIENTS) {
-        client_close(c);
+    if (m->nclients - m->nclosing > METRICS_MAX_CLIENTS) {
+        client_close(c); /* all slots are answers still being written */
         return;
     }
     cw_http_head_init(&c->head, true);
     uv_timer_start(&c->timer, client_timeout, METRICS_TIMEOUT_MS, 0);
     uv_read_start((uv_stream_t *)&c->tcp, client_alloc, client_read);
+}
+
+/* libuv finishes closes in no particular order: m goes when both the server
+ * and every client are closed. */
+static void server_closed(uv_handle_t *h)
+{
+    struct cw_metrics *m = h->data;
+    m->server_gone = true;
+    if (m->nclients == 0)
+        free(m);
 }
 
 int cw_metrics_start(cw_worker_t *w)
@@ -237,8 +271,7 @@ int cw_metrics_start(cw_worker_t *w)
         rc = uv_listen((uv_stream_t *)&m->server, 16, on_connection);
     if (rc < 0) {
         cw_error("cannot listen for metrics on %s: %s", w->cfg->metrics_listen, uv_strerror(rc));
-        uv_close((uv_handle_t *)&m->server, NULL);
-        w->metrics = m; /* freed by cw_metrics_stop */
+        uv_close((uv_handle_t *)&m->server, server_closed); /* frees m */
         free(host);
         return rc;
     }
@@ -248,10 +281,6 @@ int cw_metrics_start(cw_worker_t *w)
     return 0;
 }
 
-static void server_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
 
 void cw_metrics_stop(cw_worker_t *w)
 {
@@ -261,8 +290,5 @@ void cw_metrics_stop(cw_worker_t *w)
     w->metrics = NULL;
     for (metrics_client_t *c = m->clients; c; c = c->next)
         client_close(c);
-    if (!uv_is_closing((uv_handle_t *)&m->server))
-        uv_close((uv_handle_t *)&m->server, server_closed);
-    else
-        free(m); /* closed after a failed listen; the callback was NULL */
+    uv_close((uv_handle_t *)&m->server, server_closed);
 }

@@ -267,14 +267,14 @@ static void conn_on_close(cw_conn_t *c, int err, const char *why)
         return;
     }
     if (was_open) {
-        char msg[320];
+        char msg[600];
         snprintf(msg, sizeof msg, "connection to master lost: %s", reason);
         w->attempt = w->attempt ? w->attempt : 0;
         worker_schedule_retry(w, msg);
         return;
     }
     if (code == CW_EAUTH) {
-        char msg[320];
+        char msg[600];
         snprintf(msg, sizeof msg, "master refused worker '%s': %s", w->cfg->name, reason);
         w->naddrs = w->next_addr = 0;
         worker_schedule_retry(w, msg);
@@ -286,7 +286,7 @@ static void conn_on_close(cw_conn_t *c, int err, const char *why)
         return;
     }
     w->naddrs = w->next_addr = 0;
-    char msg[320];
+    char msg[600];
     snprintf(msg, sizeof msg, "cannot connect to master %s:%d: %s", w->cfg->master_host,
              w->cfg->master_port, reason);
     worker_schedule_retry(w, msg);
@@ -366,7 +366,7 @@ static void on_resolved(cw_resolve_t *r, int status, const cw_addr_t *addrs, siz
         return;
     }
     if (status < 0) {
-        char msg[320];
+        char msg[600];
         snprintf(msg, sizeof msg, "cannot resolve %shost '%s': %s",
                  w->proxy.host ? "the HTTP proxy's " : "", w->dial_host, uv_strerror(status));
         worker_schedule_retry(w, msg);
@@ -387,7 +387,7 @@ static void worker_connect(cw_worker_t *w)
     cw_debug("resolving %s:%d", w->dial_host, w->dial_port);
     int rc = cw_resolve_start(&w->resolver, w->loop, w->dial_host, w->dial_port, on_resolved);
     if (rc < 0) {
-        char msg[200];
+        char msg[400];
         snprintf(msg, sizeof msg, "cannot resolve %shost '%s': %s",
                  w->proxy.host ? "the HTTP proxy's " : "", w->dial_host, uv_strerror(rc));
         worker_schedule_retry(w, msg);

@@ -140,3 +140,43 @@ def test_healthz_503_while_the_master_is_down(master, mworker):
     code, text = curl(mworker.url + '/metrics')
     assert metric(text, 'cworker_connected') == 1
     assert metric(text, 'cworker_reconnects_total') >= 1, text
+
+
+def test_more_silent_clients_than_slots_do_not_lock_out_the_health_check(master, mworker):
+    """40 connections that never send a byte (the server serves 16 at once): each new
+    client pushes out the one that has waited longest without finishing its request, so
+    a health checker still gets its answer at once, and builds go on."""
+    host, port = mworker.url[len('http://'):].split(':')
+    silent = []
+    try:
+        for _ in range(40):
+            silent.append(socket.create_connection((host, int(port)), timeout=10))
+        t0 = time.monotonic()
+        code, body = curl(mworker.url + '/healthz')
+        took = time.monotonic() - t0
+        assert code == 200, body
+        assert took < 2, f'/healthz took {took:.2f} s behind 40 silent clients'
+        # the oldest silent clients were dropped (EOF), the newest still hold a slot
+        silent[0].settimeout(5)
+        assert silent[0].recv(1) == b''
+        b = master.run_build('hello')
+        assert b.result == 'SUCCESS', describe_build(b)
+        print(f'\n  /healthz answered in {took * 1000:.0f} ms behind 40 silent clients')
+    finally:
+        for c in silent:
+            c.close()
+    assert mworker.running()
+
+
+def test_worker_stops_cleanly_with_metrics_clients_connected(master, mworker):
+    """SIGTERM while scrapers are mid-request: the endpoint's connections are closed with
+    the worker and it exits 0 (under ASan: without touching freed memory)."""
+    host, port = mworker.url[len('http://'):].split(':')
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+    try:
+        held[0].sendall(b'GET /metr')
+        time.sleep(0.2)
+        assert mworker.stop() == 0, mworker.log_text()[-3000:]
+    finally:
+        for c in held:
+            c.close()

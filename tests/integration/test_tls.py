@@ -5,8 +5,6 @@ certificate is wrong: each failure is named in cworker's log and cworker keeps r
 Plus TLS at both ends in C: cworker against `cworker-master --tls-cert/--tls-key`.
 """
 
-import hashlib
-import os
 import re
 import subprocess
 import time
@@ -75,6 +73,9 @@ def nginx(tmp_path_factory, pki, master):
     cert, key = pki['good']
     servers.append(dict(port=ports['mtls'], cert=cert, key=key, upstream=master.msgpack_port,
                         client_ca=pki['ca'].cert))
+    ports['noupgrade'] = free_port()
+    servers.append(dict(port=ports['noupgrade'], cert=cert, key=key,
+                        upstream=master.msgpack_port, upgrade=False))
     ng = Nginx(str(tmp_path_factory.mktemp('nginx')), servers).start()
     ng.ports = ports
     yield ng
@@ -142,14 +143,15 @@ def test_50mib_upload_over_wss(nginx, pki, tls_worker, master, tmp_path):
           f'wss through nginx: {times["wss"]:.2f} s')
 
 
-def _fails_and_retries(w, pattern, attempts=2, timeout=20):
+def _fails_and_retries(w, pattern, attempts=2, timeout=20, check_never_attached=True):
     """The worker stays up, names the failure in its log at least `attempts` times."""
     def enough():
         assert w.running(), f'cworker exited: {w.log_text()[-2000:]}'
         return len(re.findall(pattern, w.log_text())) >= attempts
     bbmaster.wait_for(enough, timeout, f'{attempts} failures matching {pattern!r}')
     assert w.running()
-    assert 'attached to master' not in w.log_text()
+    if check_never_attached:
+        assert 'attached to master' not in w.log_text()
     line = next(ln for ln in w.log_text().splitlines() if re.search(pattern, ln))
     print(f'\n  cworker: {line}')
     return line
@@ -182,9 +184,43 @@ def test_wss_against_the_plain_master_port(master, tls_worker, pki):
                        timeout=30)
 
 
+def _offers_tls_1_1(port):
+    """openssl s_client completes a TLS 1.1 handshake with the server on `port`."""
+    r = subprocess.run(['openssl', 's_client', '-connect', f'127.0.0.1:{port}', '-tls1_1',
+                        '-cipher', 'DEFAULT:@SECLEVEL=0'],
+                       input=b'', capture_output=True, timeout=20)
+    return r.returncode == 0 and re.search(rb'Protocol\s*: TLSv1\.1', r.stdout) is not None
+
+
+TLS11_REFUSED = (r'TLS handshake failed \(no common TLS version: cworker requires TLS 1\.2 or '
+                 r'later\)')
+
+
+def test_nginx_offering_only_tls_1_1_is_refused(pki, tls_worker, master, tmp_path):
+    """nginx limited to TLS 1.0/1.1 (Debian's OpenSSL 3 allows it at security level 0):
+    s_client proves the server really speaks TLS 1.1; cworker refuses it and says why."""
+    cert, key = pki['good']
+    port = free_port()
+    ng = Nginx(str(tmp_path / 'nginx11'), [dict(port=port, cert=cert, key=key,
+                                                upstream=master.msgpack_port,
+                                                protocols='TLSv1 TLSv1.1',
+                                                ciphers='DEFAULT:@SECLEVEL=0')])
+    try:
+        ng.start()
+    except RuntimeError as e:
+        pytest.skip(f'this nginx/OpenSSL cannot be configured for TLS 1.1 only: {e}')
+    try:
+        if not _offers_tls_1_1(port):
+            pytest.skip('nginx started with ssl_protocols TLSv1 TLSv1.1 but OpenSSL will not '
+                        'complete a TLS 1.1 handshake with it (disabled in this OpenSSL build)')
+        w = tls_worker(f'wss://localhost:{port}/', '--ca-file', pki['ca'].cert, wait=False)
+        _fails_and_retries(w, TLS11_REFUSED)
+    finally:
+        ng.stop()
+
+
 def test_server_offering_only_tls_1_1_is_refused(pki, tls_worker, tmp_path):
-    """A server that only speaks TLS 1.1 (openssl s_server, security level lowered so it
-    may): cworker refuses it, says why, and retries."""
+    """The same with openssl s_server -tls1_1 (no nginx involved)."""
     cert, key = pki['good']
     port = free_port()
     log = open(tmp_path / 's_server.log', 'wb')
@@ -194,8 +230,7 @@ def test_server_offering_only_tls_1_1_is_refused(pki, tls_worker, tmp_path):
     try:
         bbmaster.wait_for(lambda: _listening(port), 10, 'openssl s_server to listen')
         w = tls_worker(f'wss://localhost:{port}/', '--ca-file', pki['ca'].cert, wait=False)
-        _fails_and_retries(w, r'TLS handshake failed \(no common TLS version: cworker requires '
-                              r'TLS 1\.2 or later\)')
+        _fails_and_retries(w, TLS11_REFUSED)
     finally:
         srv.terminate()
         srv.wait(10)
@@ -213,18 +248,100 @@ def _listening(port):
 
 def test_client_certificate_required(nginx, pki, tls_worker, master):
     url = f'wss://localhost:{nginx.ports["mtls"]}/'
+    # nginx completes the handshake either way and answers the request with 400
     bad = tls_worker(url, '--ca-file', pki['ca'].cert, wait=False)
-    _fails_and_retries(bad, r'cannot connect to master .*HTTP 400 .*client certificate')
+    _fails_and_retries(bad, r'cannot connect to master .*HTTP 400 Bad Request \(the server asked '
+                            r'for a client certificate and none is configured.*use '
+                            r'--client-cert and --client-key\)')
     bad.stop()
     rogue_cert, rogue_key = pki['rogue_client']
     rogue = tls_worker(url, '--ca-file', pki['ca'].cert, '--client-cert', rogue_cert,
                        '--client-key', rogue_key, wait=False)
-    _fails_and_retries(rogue, r'cannot connect to master .*HTTP 400 .*client certificate')
+    _fails_and_retries(rogue, r'cannot connect to master .*HTTP 400 Bad Request \(the server '
+                              r'asked for a client certificate and, like nginx, answers 400 when '
+                              r'it does not accept the one sent: check --client-cert')
     rogue.stop()
     cert, key = pki['client']
     tls_worker(url, '--ca-file', pki['ca'].cert, '--client-cert', cert, '--client-key', key)
     b = master.run_build('hello')
     assert b.result == 'SUCCESS', describe_build(b)
+
+
+@pytest.mark.parametrize('version', ['-tls1_2', '-tls1_3'])
+def test_client_certificate_refused_in_the_tls_handshake(pki, tls_worker, tmp_path, version):
+    """A TLS server that enforces client certificates in the handshake itself (unlike nginx,
+    which answers HTTP 400): openssl s_server -Verify 1 -verify_return_error.  In TLS 1.2
+    the refusal ends the handshake; in TLS 1.3 it arrives after ours has finished."""
+    cert, key = pki['good']
+    port = free_port()
+    log = open(tmp_path / 's_server.log', 'wb')
+    srv = subprocess.Popen(['openssl', 's_server', '-accept', f'127.0.0.1:{port}', '-cert', cert,
+                            '-key', key, version, '-Verify', '1', '-verify_return_error',
+                            '-CAfile', pki['ca'].cert, '-quiet'],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        bbmaster.wait_for(lambda: _listening(port), 10, 'openssl s_server to listen')
+        url = f'wss://localhost:{port}/'
+        none = tls_worker(url, '--ca-file', pki['ca'].cert, wait=False)
+        _fails_and_retries(none, r'cannot connect to master .*\(the server (requires|asked for) a '
+                                 r'client certificate.*use --client-cert and --client-key\)')
+        none.stop()
+        rogue_cert, rogue_key = pki['rogue_client']
+        rogue = tls_worker(url, '--ca-file', pki['ca'].cert, '--client-cert', rogue_cert,
+                           '--client-key', rogue_key, wait=False)
+        _fails_and_retries(rogue, r'cannot connect to master .*\(the server refused our client '
+                                  r'certificate: check --client-cert .*\).*unknown ca')
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        log.close()
+
+
+def test_reverse_proxy_without_upgrade_headers_is_named(nginx, pki, tls_worker):
+    """nginx without proxy_set_header Upgrade/Connection: the master gets a plain GET and
+    answers with a web page."""
+    w = tls_worker(f'wss://localhost:{nginx.ports["noupgrade"]}/', '--ca-file', pki['ca'].cert,
+                   wait=False)
+    _fails_and_retries(w, r'cannot connect to master .*HTTP 200 .*\(not a WebSocket answer: a '
+                          r'reverse proxy in front of the master must pass on the Upgrade and '
+                          r'Connection headers\)')
+
+
+def test_master_down_behind_nginx_is_named_then_reattached(nginx, pki, tls_worker, master):
+    w = tls_worker(f'wss://localhost:{nginx.ports["good"]}/', '--ca-file', pki['ca'].cert)
+    master.stop()
+    try:
+        _fails_and_retries(w, r'cannot connect to master .*HTTP 502 Bad Gateway \(from a reverse '
+                              r'proxy in front of the master: the master behind it is down or '
+                              r'unreachable\)', check_never_attached=False)
+    finally:
+        master.start()
+    w.wait_connected(30)
+    b = master.run_build('hello')
+    assert b.result == 'SUCCESS', describe_build(b)
+
+
+def test_pings_keep_an_idle_link_through_a_short_nginx_timeout(pki, tls_worker, master,
+                                                             tmp_path):
+    """nginx closes a proxied WebSocket after proxy_read_timeout without traffic (60 s by
+    default, 2 s here); cworker's pings (--ping-interval 1 here, 10 s by default) and the
+    master's pongs keep an idle link open, through TLS both ways."""
+    cert, key = pki['good']
+    port = free_port()
+    ng = Nginx(str(tmp_path / 'nginx-short'), [dict(port=port, cert=cert, key=key,
+                                                     upstream=master.msgpack_port,
+                                                     read_timeout='2s')]).start()
+    try:
+        w = tls_worker(f'wss://localhost:{port}/', '--ca-file', pki['ca'].cert,
+                       '--ping-interval', '1', '--dead-timeout', '5')
+        time.sleep(6)
+        assert w.log_text().count('attached to master') == 1, w.log_text()[-3000:]
+        assert 'connection to master lost' not in w.log_text(), w.log_text()[-3000:]
+        b = master.run_build('hello')
+        assert b.result == 'SUCCESS', describe_build(b)
+        assert w.log_text().count('attached to master') == 1, w.log_text()[-3000:]
+    finally:
+        ng.stop()
 
 
 def test_tls_at_both_ends_with_cworker_master(pki, cworker_bin, tmp_path):
@@ -244,6 +361,25 @@ def test_tls_at_both_ends_with_cworker_master(pki, cworker_bin, tmp_path):
                            capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout == b'hello tls\n'
+        # 20 MiB each way: the worker's TLS read path carries the whole file on put
+        src = tmp_path / 'src.bin'
+        write_random_file(str(src), 20 << 20)
+        common = ['--listen', f'127.0.0.1:{port}', '--worker', 'cm', '--password-file', str(pw),
+                  '--wait', '30', '--tls-cert', cert, '--tls-key', key]
+        t0 = time.monotonic()
+        r = subprocess.run([mastercli.MASTER_BIN, 'put', *common, str(src), 'copy.bin'],
+                           capture_output=True, timeout=60)
+        t_put = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr.decode()
+        assert sha256_file(str(tmp_path / 'wb' / 'copy.bin')) == sha256_file(str(src))
+        t0 = time.monotonic()
+        r = subprocess.run([mastercli.MASTER_BIN, 'get', *common, 'copy.bin',
+                            str(tmp_path / 'back.bin')], capture_output=True, timeout=60)
+        t_get = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr.decode()
+        assert sha256_file(str(tmp_path / 'back.bin')) == sha256_file(str(src))
+        print(f'\n[cworker-master over TLS, 20 MiB, including the attach] put {t_put:.2f} s, '
+              f'get {t_get:.2f} s')
     finally:
         w.terminate()
         w.wait(15)

@@ -8,7 +8,8 @@ started in the foreground by us and stopped by PID.
     ca.leaf('client', client=True)
 
     with Nginx(dir, servers=[dict(port=.., cert=.., key=.., upstream=master_port,
-                                  client_ca=None)]) as ng: ...
+                                  client_ca=None, protocols=None, ciphers=None,
+                                  upgrade=True, read_timeout='3600s')]) as ng: ...
 """
 
 import os
@@ -89,19 +90,23 @@ class Nginx:
         for s in self.servers:
             client = (f'        ssl_client_certificate {s["client_ca"]};\n'
                       '        ssl_verify_client on;\n') if s.get('client_ca') else ''
+            ciphers = f'        ssl_ciphers {s["ciphers"]};\n' if s.get('ciphers') else ''
+            # upgrade=False: the classic mistake, a reverse proxy that drops the WebSocket
+            # upgrade headers (hop-by-hop, so nginx does not forward them by itself)
+            upgrade = ('            proxy_set_header Upgrade $http_upgrade;\n'
+                       '            proxy_set_header Connection "upgrade";\n'
+                       if s.get('upgrade', True) else '')
             blocks.append(f"""
     server {{
         listen 127.0.0.1:{s['port']} ssl;
         ssl_certificate {s['cert']};
         ssl_certificate_key {s['key']};
         ssl_protocols {s.get('protocols', 'TLSv1.2 TLSv1.3')};
-{client}        location / {{
+{ciphers}{client}        location / {{
             proxy_pass http://127.0.0.1:{s['upstream']};
             proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
+{upgrade}            proxy_read_timeout {s.get('read_timeout', '3600s')};
+            proxy_send_timeout {s.get('read_timeout', '3600s')};
             proxy_buffering off;
         }}
     }}""")
