@@ -33,6 +33,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
+#include <langinfo.h>
 #endif
 
 /* Chunks the tar thread may have ready ahead of the network. */
@@ -60,6 +61,7 @@ typedef struct tar_producer {
     size_t blocksize;
     char *root;
     cw_compress_t compress;
+    bool utf8_names; /* the locale is UTF-8: libarchive can convert names */
 } tar_producer_t;
 #endif
 
@@ -438,7 +440,7 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
     archive_entry_clear(e);
     /* names are bytes; pax stores them as UTF-8 (or marked binary when
      * they are not), independent of the worker's locale */
-    if (cw_utf8_valid((const uint8_t *)rel, strlen(rel)))
+    if (t->utf8_names && cw_utf8_valid((const uint8_t *)rel, strlen(rel)))
         archive_entry_update_pathname_utf8(e, rel);
     else
         archive_entry_copy_pathname(e, rel);
@@ -451,7 +453,7 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
             return -1;
         }
         target[n] = '\0';
-        if (cw_utf8_valid((const uint8_t *)target, (size_t)n))
+        if (t->utf8_names && cw_utf8_valid((const uint8_t *)target, (size_t)n))
             archive_entry_update_symlink_utf8(e, target);
         else
             archive_entry_copy_symlink(e, target);
@@ -571,6 +573,20 @@ static void tar_thread(void *arg)
     }
     if (rc == 0) {
         archive_write_set_format_pax_restricted(ar);
+        /* Without a UTF-8 locale (main.c asks for C.UTF-8, which a small device or
+         * an emulated big-endian one may lack) libarchive 3.6 cannot convert a
+         * non-ASCII name: it writes an empty one, or crashes on a NULL name.  There
+         * every name is written as its bytes and marked hdrcharset=BINARY, which the
+         * master's tarfile decodes with its file system encoding (UTF-8): the same
+         * names as the UTF-8 path, at the cost of a pax header on every entry. */
+        t->utf8_names = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
+        if (!t->utf8_names &&
+            archive_write_set_format_option(ar, "pax", "hdrcharset", "BINARY") != ARCHIVE_OK) {
+            tar_fail(t, "tar: %s%s", archive_error_string(ar), "");
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
         if (t->compress == CW_COMPRESS_GZ)
             rc = archive_write_add_filter_gzip(ar);
         else if (t->compress == CW_COMPRESS_BZ2)

@@ -12,3 +12,12 @@ _spec = importlib.util.spec_from_file_location('cw_integration_conftest',
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 globals().update({k: v for k, v in vars(_mod).items() if not k.startswith('__')})
+
+_integration_configure = _mod.pytest_configure
+
+
+def pytest_configure(config):
+    _integration_configure(config)
+    config.addinivalue_line(
+        'markers', 'over4gib: a FileUpload past 4 GiB (about a minute under qemu); '
+        'scripts/check-cross runs it for the 32-bit target only')

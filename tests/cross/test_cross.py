@@ -12,6 +12,9 @@ Checks, each against what the master STORED:
 * DirectoryUpload, by sha256 of every file: a binary with libarchive (CW_EXPECT_ARCHIVE=1)
   must deliver the tree; one without (CW_EXPECT_ARCHIVE=0) announces no upload_directory, so
   the master must refuse the step as "too old"; either way the worker stays attached.
+* (marker over4gib, run for armhf) a FileUpload of 4 GiB + 3 MiB: sizes and offsets past 2^32
+  on a 32-bit worker; pieces of random data at the start, across the 4 GiB boundary and at
+  the end (the rest is a hole), compared by sha256.
 Prints the emulated worker's idle RSS (the qemu process: guest memory + translator).
 """
 
@@ -103,6 +106,33 @@ def test_file_upload_by_sha256(pool, tmp_path):
     b = _run(pool, 'up', props={'src': str(src), 'dest': str(dest)})
     assert b.result == 'SUCCESS', describe_build(b)
     assert sha256_file(str(dest)) == digest
+
+
+@pytest.mark.over4gib
+def test_file_upload_over_4gib(pool, tmp_path):
+    size = (4 << 30) + (3 << 20)
+    src = tmp_path / 'huge.bin'
+    rnd = random.Random(11)
+    with open(src, 'wb') as f:
+        for off in (0, (4 << 30) - (1 << 20), size - (1 << 20)):
+            f.seek(off)
+            f.write(rnd.randbytes(1 << 20))
+    assert os.path.getsize(src) == size
+    digest = sha256_file(str(src))
+    dest = tmp_path / 'dest' / 'huge.bin'
+    dest.parent.mkdir()
+    t0 = time.monotonic()
+    try:
+        b = _run(pool, 'up', props={'src': str(src), 'dest': str(dest)}, timeout=900)
+        took = time.monotonic() - t0
+        assert b.result == 'SUCCESS', describe_build(b)
+        assert os.path.getsize(dest) == size
+        assert sha256_file(str(dest)) == digest
+        print(f'\n[{ARCH}] FileUpload of {size} bytes in {took:.1f} s')
+    finally:
+        for p in (src, dest):
+            if p.exists():
+                p.unlink()
 
 
 def test_directory_upload(pool, tmp_path):

@@ -300,6 +300,45 @@ def test_directory_upload_tree(pool, worker_kind, tmp_path, compress, mtmp):
     assert leftovers(mtmp, '*') == [], 'master temp files left after the unpack'
 
 
+def test_directory_upload_without_utf8_locale(pool, tmp_path, mtmp):
+    # A device without the C.UTF-8 locale files (or an emulated big-endian one reading the
+    # build machine's): cworker then runs in the C locale, where libarchive 3.6 crashed on
+    # a non-ASCII name (or wrote an empty one).  Names go out as bytes marked
+    # hdrcharset=BINARY there; the master must store exactly the same tree.
+    # The worker runs in a mount namespace of its own with an empty tmpfs over the
+    # locale directory (the harness runs as root: see tests/integration/README.md).
+    w = pool.worker('cworker')
+    w.stop()
+    saved = w.env, w.binary
+    wrapper = tmp_path / 'cworker-no-locales'
+    wrapper.write_text('#!/bin/sh\n'
+                       'exec unshare --mount --propagation private sh -c '
+                       '\'mount -t tmpfs none /usr/lib/locale && exec "$0" "$@"\' '
+                       f'{w.binary} "$@"\n')
+    wrapper.chmod(0o755)
+    w.env = dict(saved[0] or {}, LC_ALL='C', LANG='C')
+    w.binary = str(wrapper)
+    try:
+        w.start(timeout=60)
+        src, dest = _dirs(tmp_path)
+        tree = src / 'tree'
+        tree.mkdir()
+        _make_tree(tree)
+        (tree / os.fsdecode(b'not-utf8-\xff\xfe.bin')).write_bytes(b'latin-1 name\n')
+        os.symlink('with space caf\u00e9 \u20ac \u00fc.txt', tree / 'link-to-caf\u00e9')
+        out = dest / 'unpacked'
+        b = pool.run('cworker', 'dirup_gz', props=_props(tree, out))
+        assert b.result == 'SUCCESS', b.describe()
+        snap = assert_same_tree(tree, out, mtimes=True)
+        assert snap['link-to-caf\u00e9'] == ('link', 'with space caf\u00e9 \u20ac \u00fc.txt')
+        assert (out / os.fsdecode(b'not-utf8-\xff\xfe.bin')).read_bytes() == b'latin-1 name\n'
+        assert leftovers(mtmp, '*') == []
+    finally:
+        w.stop()
+        w.env, w.binary = saved
+        w.start(timeout=60)
+
+
 def test_directory_upload_missing_dir(pool, tmp_path, mtmp):
     src, dest = _dirs(tmp_path)
     b = pool.run('cworker', 'dirup_none', props=_props(src / 'nope', dest / 'out'))
