@@ -1,6 +1,6 @@
 /* Helpers of config.c shared with the other parts of the configuration
- * code: tac.c (buildbot.tac import).  Not for other callers: they use
- * config.h.
+ * code: tac.c (buildbot.tac import) and create_worker.c (`cworker
+ * create-worker`).  Not for other callers: they use config.h.
  *
  * Messages go into err (errlen bytes); functions that take err return 0 or
  * a negative code, like the cw_opts_* stages. */
@@ -37,6 +37,9 @@ int set_bad(cw_opts_t *o, int id, const char *where, cw_src_t src, const char *w
 
 /* dirname(file) + "/" + rel, for relative paths inside a file; heap string. */
 char *path_relative_to(const char *file, const char *rel);
+/* An absolute version of path (relative to the current directory); heap
+ * string, NULL on failure. */
+char *absolute(const char *path);
 
 /* Decimal digits only, into an unsigned 64-bit value; 0 or -1. */
 int parse_u64(const char *s, uint64_t *out);
