@@ -138,17 +138,11 @@ static void cares_after_call(cares_req_t *q)
 
 static void cares_arm_timer(cares_req_t *q);
 
-static void cares_poll_cb(uv_poll_t *p, int status, int events)
+/* Let c-ares work on a ready socket (rfd/wfd, ARES_SOCKET_BAD for none: then
+ * only its timeouts), deliver the result if that ended the resolution, else
+ * re-arm the timer for its next deadline. */
+static void cares_process(cares_req_t *q, ares_socket_t rfd, ares_socket_t wfd)
 {
-    cares_sock_t *s = p->data;
-    cares_req_t *q = s->req;
-    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
-    /* on a poll error let c-ares see the socket as readable: its read fails
-     * and it moves on to the next server */
-    if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)))
-        rfd = s->fd;
-    if (status == 0 && (events & UV_WRITABLE))
-        wfd = s->fd;
     q->in_ares = true;
     ares_process_fd(q->channel, rfd, wfd);
     cares_after_call(q);
@@ -156,14 +150,22 @@ static void cares_poll_cb(uv_poll_t *p, int status, int events)
         cares_arm_timer(q);
 }
 
+static void cares_poll_cb(uv_poll_t *p, int status, int events)
+{
+    cares_sock_t *s = p->data;
+    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
+    /* on a poll error let c-ares see the socket as readable: its read fails
+     * and it moves on to the next server */
+    if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)))
+        rfd = s->fd;
+    if (status == 0 && (events & UV_WRITABLE))
+        wfd = s->fd;
+    cares_process(s->req, rfd, wfd);
+}
+
 static void cares_timer_cb(uv_timer_t *t)
 {
-    cares_req_t *q = t->data;
-    q->in_ares = true;
-    ares_process_fd(q->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-    cares_after_call(q);
-    if (!q->torn_down)
-        cares_arm_timer(q);
+    cares_process(t->data, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
 }
 
 static void cares_arm_timer(cares_req_t *q)
