@@ -8,7 +8,8 @@
  * The file format and every option are described in README.md
  * ("Configuration") and man/cworker.1.
  *
- * Plain C (no libuv), so the unit tests and the fuzzer link it alone.
+ * Plain C (no libuv), so the unit tests and the fuzzer link it alone:
+ * config.c, tac.c (buildbot.tac) and create_worker.c (create-worker).
  *
  * Stages (main() runs them in this order; the fuzzer runs the pure ones):
  *   cw_opts_parse_argv, cw_opts_parse_env    raw strings, no I/O
