@@ -48,6 +48,16 @@ const char *cw_strerror(int err);
  * /dev/urandom).  Returns 0 or a negative errno. */
 int cw_random_bytes(void *buf, size_t len);
 
+/* A length or size from the wire (int64_t) as a size_t no larger than max.
+ * Clamp before narrowing: on a 32-bit target a plain (size_t) cast turns
+ * 4 GiB + 1 into 1.  Negative gives 0. */
+static inline size_t cw_clamp_size(int64_t v, size_t max)
+{
+    if (v <= 0)
+        return 0;
+    return (uint64_t)v > (uint64_t)max ? max : (size_t)v;
+}
+
 /* A counted string that is not NUL-terminated; it points into storage owned
  * by someone else (usually a msgpack zone) and lives as long as that. */
 typedef struct cw_str {

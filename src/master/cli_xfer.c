@@ -162,9 +162,9 @@ static void put_on_transfer(cw_remote_t *r, const cw_msg_t *m)
 {
     xfer_t *x = r->data;
     if (m->op == CW_OP_READ_FILE) {
-        size_t len = (size_t)m->u.read_file.length;
-        if (len > 16u << 20)
-            len = 16u << 20;
+        /* clamped as int64_t: on 32 bits a 4 GiB + n request must not
+         * become an n-byte read (a short answer reads as end of file) */
+        size_t len = cw_clamp_size(m->u.read_file.length, (size_t)16 << 20);
         if (len > x->buflen) {
             uint8_t *nb = realloc(x->buf, len);
             if (nb == NULL) {

@@ -74,7 +74,7 @@ int cw_master_faults_parse(cw_master_faults_t *f, const char *spec)
         else if (strcmp(tok, "raw_hex") == 0)
             rc = hex_decode(val, &f->send_raw, &f->send_raw_len);
         else if (strcmp(tok, "oversize") == 0)
-            f->oversize = strtoull(val, NULL, 10);
+            f->oversize = cw_clamp_size(strtoll(val, NULL, 10), SIZE_MAX);
         else if (strcmp(tok, "skip_attach") == 0)
             f->skip_attach = true;
         else

@@ -2,6 +2,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -70,7 +71,9 @@ static void conn_tune_socket(cw_conn_t *c)
 #ifdef TCP_USER_TIMEOUT
     uv_os_fd_t fd;
     if (c->opt.dead_timeout && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
-        unsigned int ms = (unsigned int)c->opt.dead_timeout;
+        /* unsigned int is 32 bits: saturate rather than wrap (~49 days) */
+        unsigned int ms = c->opt.dead_timeout > UINT_MAX ? UINT_MAX
+                                                         : (unsigned int)c->opt.dead_timeout;
         setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
     }
 #endif

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cworker/args.h"
 #include "cworker/msg.h"
 
 /* Per-test state: an output buffer with its packer, a reusable unpacked
@@ -1902,6 +1903,65 @@ static void test_unpacked_reuse(void **state)
     }
 }
 
+/* ---- sizes beyond 4 GiB (32-bit targets: size_t and long are 32 bits) ---- */
+
+/* Transfer arguments: maxsize is carried as int64_t unchanged; blocksize is
+ * capped (16 MiB) before anything narrows it. */
+static void test_transfer_sizes_64bit(void **state)
+{
+    ctx_t *c = *state;
+    const int64_t big = ((int64_t)5 << 30) + 1; /* 5 GiB + 1: the low 32 bits are 1 */
+    msgpack_pack_map(&c->pk, 5);
+    cw_pack_str(&c->pk, "compress");
+    msgpack_pack_nil(&c->pk);
+    cw_pack_str(&c->pk, "mode");
+    msgpack_pack_nil(&c->pk);
+    cw_pack_str(&c->pk, "path");
+    cw_pack_str(&c->pk, "out.bin");
+    cw_pack_str(&c->pk, "maxsize");
+    msgpack_pack_int64(&c->pk, big);
+    cw_pack_str(&c->pk, "blocksize");
+    msgpack_pack_int64(&c->pk, big);
+    msgpack_unpacked_destroy(&c->up);
+    msgpack_unpacked_init(&c->up);
+    assert_int_equal(msgpack_unpack_next(&c->up, (const char *)c->buf.data, c->buf.len, NULL),
+                     MSGPACK_UNPACK_SUCCESS);
+    for (cw_cmd_kind_t k = CW_CMD_UPLOAD_FILE; k <= CW_CMD_DOWNLOAD_FILE; k++) {
+        cw_args_t a;
+        assert_int_equal(cw_args_parse(&a, k, &c->up.data, c->err, sizeof c->err), 0);
+        assert_true(a.maxsize == big);
+        assert_true(a.blocksize == (16 << 20));
+        cw_args_free(&a);
+    }
+}
+
+/* update_read_file lengths beyond 4 GiB decode unchanged, and the clamp a
+ * reader applies before narrowing never yields the low 32 bits. */
+static void test_read_file_length_64bit(void **state)
+{
+    ctx_t *c = *state;
+    const int64_t big = ((int64_t)4 << 30) + 1; /* 4 GiB + 1 */
+    cw_str_t id = {"7", 1};
+    assert_int_equal(cw_pack_read_file(&c->pk, 3, id, big), 0);
+    assert_int_equal(dec(c, CW_SIDE_MASTER), 0);
+    assert_true(c->m.u.read_file.length == big);
+
+    const size_t cap = (size_t)16 << 20;
+    assert_true(cw_clamp_size(big, cap) == cap);
+    assert_true(cw_clamp_size(((int64_t)1 << 32) + 10, cap) == cap);
+    assert_true(cw_clamp_size(10, cap) == 10);
+    assert_true(cw_clamp_size(0, cap) == 0);
+    assert_true(cw_clamp_size(-5, cap) == 0);
+    assert_true(cw_clamp_size(INT64_MAX, SIZE_MAX) == (SIZE_MAX < (uint64_t)INT64_MAX
+                                                           ? SIZE_MAX
+                                                           : (size_t)INT64_MAX));
+    /* a 64-bit size_t carries it whole; a 32-bit one saturates, never wraps */
+    if (SIZE_MAX > UINT32_MAX)
+        assert_true(cw_clamp_size(big, SIZE_MAX) == (size_t)big);
+    else
+        assert_true(cw_clamp_size(big, SIZE_MAX) == SIZE_MAX);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1949,6 +2009,8 @@ int main(void)
         T(test_encoder_errors),
         T(test_encoder_misuse),
         T(test_unpacked_reuse),
+        T(test_transfer_sizes_64bit),
+        T(test_read_file_length_64bit),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
