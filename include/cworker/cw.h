@@ -44,9 +44,17 @@ const char *cw_errstr(int errnum, char *buf, size_t len);
 /* Human-readable name of an error code (ours, or a negated errno). Never NULL. */
 const char *cw_strerror(int err);
 
-/* Fill buf with len bytes from the kernel's CSPRNG (getrandom, or
- * /dev/urandom).  Returns 0 or a negative errno. */
+/* Fill buf with len bytes from the kernel's CSPRNG (getrandom, else
+ * arc4random_buf where libc has it, else /dev/urandom).  Returns 0 or a
+ * negative errno. */
 int cw_random_bytes(void *buf, size_t len);
+
+/* memrchr(3), which macOS lacks: the last byte c in s[0..n), or NULL. */
+const void *cw_memrchr(const void *s, int c, size_t n);
+
+/* mkostemp(tmpl, O_CLOEXEC), or mkstemp + FD_CLOEXEC where libc has no
+ * mkostemp.  Returns the descriptor or -1 (errno set). */
+int cw_mkstemp_cloexec(char *tmpl);
 
 /* A length or size from the wire (int64_t) as a size_t no larger than max.
  * Clamp before narrowing: on a 32-bit target a plain (size_t) cast turns

@@ -678,7 +678,7 @@ static void get_start(cli_t *cli, cw_mworker_t *w)
         if (x->final && asprintf(&x->tmp, "%s.cwm-XXXXXX", x->final) < 0)
             x->tmp = NULL;
     }
-    if (x->tmp == NULL || (x->fd = mkostemp(x->tmp, O_CLOEXEC)) < 0) {
+    if (x->tmp == NULL || (x->fd = cw_mkstemp_cloexec(x->tmp)) < 0) {
         xfer_fail(x, "cannot create a file beside '%s': %s", cli->local, strerror(errno));
         free(x->tmp);
         x->tmp = NULL;

@@ -3,12 +3,14 @@
 
 #include "cworker/buf.h"
 
+#include "cw_config.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
-#ifdef __linux__
+#if CW_HAVE_GETRANDOM
 #include <sys/random.h>
 #endif
 #include <string.h>
@@ -140,7 +142,8 @@ int cw_utf8_repair(const uint8_t *p, size_t len, cw_buf_t *out)
 int cw_random_bytes(void *buf, size_t len)
 {
     uint8_t *p = buf;
-#ifdef __linux__
+#if CW_HAVE_GETRANDOM
+    /* Linux, FreeBSD >= 12 */
     while (len > 0) {
         ssize_t n = getrandom(p, len, 0);
         if (n < 0 && errno == EINTR)
@@ -152,6 +155,10 @@ int cw_random_bytes(void *buf, size_t len)
     }
     if (len == 0)
         return 0;
+#elif CW_HAVE_ARC4RANDOM_BUF
+    /* macOS, older BSDs: the kernel-seeded CSPRNG of libc; it cannot fail */
+    arc4random_buf(p, len);
+    return 0;
 #endif
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -169,6 +176,33 @@ int cw_random_bytes(void *buf, size_t len)
     }
     close(fd);
     return 0;
+}
+
+const void *cw_memrchr(const void *s, int c, size_t n)
+{
+#if CW_HAVE_MEMRCHR
+    return memrchr(s, c, n);
+#else
+    const unsigned char *p = s;
+    while (n > 0)
+        if (p[--n] == (unsigned char)c)
+            return p + n;
+    return NULL;
+#endif
+}
+
+int cw_mkstemp_cloexec(char *tmpl)
+{
+#if CW_HAVE_MKOSTEMP
+    return mkostemp(tmpl, O_CLOEXEC);
+#else
+    /* not atomic, but only a fork in another thread could leak it, and
+     * children mark every descriptor above 2 close-on-exec anyway */
+    int fd = mkstemp(tmpl);
+    if (fd >= 0)
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+#endif
 }
 
 const char *cw_errstr(int errnum, char *buf, size_t len)

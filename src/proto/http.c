@@ -19,7 +19,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "cworker/sha1.h"
 
@@ -369,7 +368,7 @@ int cw_http_head_feed(cw_http_head_t *h, const uint8_t *data, size_t len, size_t
     if (data == NULL && len > 0)
         return CW_EBADARG;
 
-    const char *nl = memrchr(h->buf, '\n', h->len);
+    const char *nl = cw_memrchr(h->buf, '\n', h->len);
     size_t ls = nl ? (size_t)(nl - h->buf) + 1 : 0;
     for (size_t i = 0; i < len; i++) {
         int rc = head_byte(h, &ls, data[i]);

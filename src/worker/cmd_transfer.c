@@ -360,8 +360,8 @@ static void upload_open_cb(uv_fs_t *req)
             xfer_end(x, 1, msg, NULL);
             return;
         }
-        x->atime = (double)st.st_atim.tv_sec + (double)st.st_atim.tv_nsec / 1e9;
-        x->mtime = (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec / 1e9;
+        x->atime = (double)CW_ST_ATIM(&st).tv_sec + (double)CW_ST_ATIM(&st).tv_nsec / 1e9;
+        x->mtime = (double)CW_ST_MTIM(&st).tv_sec + (double)CW_ST_MTIM(&st).tv_nsec / 1e9;
     }
     cw_cmd_header(x->cmd, "sending %s", a->path);
     upload_read_next(x);
@@ -950,7 +950,7 @@ static int download_start(xfer_t *x)
     cw_buf_append(&tmp, "", 1);
     x->tmp_path = (char *)cw_buf_steal(&tmp, NULL);
     /* small and local: mkstemp on the loop thread is fine */
-    x->fd = mkostemp(x->tmp_path, O_CLOEXEC);
+    x->fd = cw_mkstemp_cloexec(x->tmp_path);
     if (x->fd < 0) {
         snprintf(msg, sizeof msg, "Cannot open file '%s' for download: %s", a->path,
                  strerror(errno));

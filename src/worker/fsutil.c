@@ -976,7 +976,7 @@ static void cp_attrs(cp_ctx_t *c, int fd, int dfd, const char *dname, const stru
         if (r < 0)
             cp_fail(c, errno, true, "preserving permissions for %s", CP_DST(c), NULL);
     }
-    struct timespec ts[2] = {st->st_atim, st->st_mtim};
+    struct timespec ts[2] = {CW_ST_ATIM(st), CW_ST_MTIM(st)};
     r = fd >= 0 ? futimens(fd, ts) : utimensat(dfd, dname, ts, AT_SYMLINK_NOFOLLOW);
     if (r < 0)
         cp_fail(c, errno, true, "preserving times for %s", CP_DST(c), NULL);
@@ -990,6 +990,7 @@ static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **b
     off_t done = 0;
     while (done < len) {
         size_t want = (size_t)(len - done < (1 << 30) ? len - done : (1 << 30));
+#if CW_HAVE_COPY_FILE_RANGE
         if (*cfr) {
             off_t i = off + done, o = off + done;
             ssize_t n = copy_file_range(in, &i, out, &o, want, 0);
@@ -1005,6 +1006,9 @@ static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **b
              * which side is wrong, if either is. */
             *cfr = false;
         }
+#else
+        *cfr = false; /* no copy_file_range here (macOS, FreeBSD < 13) */
+#endif
         enum { CHUNK = 128 * 1024 };
         if (*buf == NULL && (*buf = malloc(CHUNK)) == NULL)
             return -ENOMEM;
@@ -1046,6 +1050,7 @@ static void cp_data(cp_ctx_t *c, int in, int out)
     char *buf = NULL;
     int err = 0;
     while (pos < size) {
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
         off_t data = lseek(in, pos, SEEK_DATA);
         if (data < 0 && errno == ENXIO)
             break; /* only a hole is left */
@@ -1054,6 +1059,9 @@ static void cp_data(cp_ctx_t *c, int in, int out)
         off_t hole = lseek(in, data, SEEK_HOLE);
         if (hole < 0 || hole > size)
             hole = size;
+#else
+        off_t data = pos, hole = size; /* no hole detection: all of it is data */
+#endif
         if (data >= hole) {
             pos = hole > pos ? hole : size;
             continue;

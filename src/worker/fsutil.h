@@ -7,7 +7,18 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "cw_config.h"
 #include "cworker/buf.h"
+
+/* struct stat's nanosecond times (struct timespec): st_atim/st_mtim
+ * (POSIX 2008: Linux, the BSDs), st_atimespec/st_mtimespec (macOS). */
+#if CW_HAVE_STAT_ST_ATIM
+#define CW_ST_ATIM(st) ((st)->st_atim)
+#define CW_ST_MTIM(st) ((st)->st_mtim)
+#else
+#define CW_ST_ATIM(st) ((st)->st_atimespec)
+#define CW_ST_MTIM(st) ((st)->st_mtimespec)
+#endif
 
 /* mkdir -p: create path and its missing parents.  Returns 0 or -errno
  * (-EEXIST when path exists but is not a directory, -ENOTDIR when a parent
@@ -50,7 +61,9 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
  * links (never followed), modes (including setuid/sticky bits where
  * permitted), owner (when running as root) and access/modification times
  * (nanoseconds) are kept; directories get their times after their content.
- * Regular files are copied with copy_file_range/sendfile where possible.
+ * Regular files are copied with copy_file_range where the system has it
+ * (Linux, FreeBSD >= 13) and the kernel takes it, else with pread/pwrite;
+ * holes are kept where lseek knows SEEK_DATA/SEEK_HOLE.
  * For each item copied a line "'src' -> 'dst'\n" goes to log (like
  * cp -v); each failure a line "cp: cannot ...: <strerror>\n" to errors,
  * and copying goes on with the next item.  Returns 0 when everything was

@@ -2,6 +2,7 @@
 #include "notify.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -85,10 +86,28 @@ int cw_notify(const char *state)
 {
     if (!notify_state.enabled)
         return 0;
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
-    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL,
+#else
+    /* macOS: no type flags.  Only the loop thread forks, so the descriptor
+     * cannot leak into a child between the calls. */
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (fd < 0)
+        return -errno;
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+#endif
+#ifdef MSG_NOSIGNAL
+    int flags = MSG_NOSIGNAL;
+#else
+    int flags = 0; /* the worker ignores SIGPIPE (main.c) */
+#endif
+    ssize_t n = sendto(fd, state, strlen(state), flags,
                        (const struct sockaddr *)&notify_state.addr, notify_state.addrlen);
     int err = n < 0 ? -errno : 0;
     close(fd);

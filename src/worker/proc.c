@@ -14,7 +14,11 @@
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
+#ifdef __FreeBSD__
+#include <sys/procctl.h>
+#endif
 
+#include "cw_config.h"
 #include "log.h"
 
 static uv_signal_t proc_sigchld;
@@ -128,9 +132,14 @@ static void child_setup(const cw_proc_options_t *o, int errfd, int in_fd, int ou
     } else {
         setpgid(0, 0);
     }
+    /* If the worker itself is killed, take the leader along.  Elsewhere
+     * (macOS) there is no such call: a leader outlives a worker killed
+     * with SIGKILL (every other exit path kills the groups itself). */
 #if defined(__linux__) && defined(PR_SET_PDEATHSIG)
-    /* If the worker itself is killed, take the leader along. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+#elif defined(__FreeBSD__) && defined(PROC_PDEATHSIG_CTL)
+    int sig = SIGKILL;
+    procctl(P_PID, 0, PROC_PDEATHSIG_CTL, &sig);
 #endif
     if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
         child_fail(errfd, 4);
@@ -155,6 +164,66 @@ static void close_fd(int *fd)
     }
 }
 
+/* pipe2(fds, O_CLOEXEC), or pipe + FD_CLOEXEC where there is no pipe2
+ * (macOS).  Only the loop thread forks, so nothing can inherit the pipe
+ * between the two calls. */
+static int pipe_cloexec(int fds[2])
+{
+#if CW_HAVE_PIPE2
+    return pipe2(fds, O_CLOEXEC);
+#else
+    if (pipe(fds) < 0)
+        return -1;
+    if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) < 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        fds[0] = fds[1] = -1;
+        errno = e;
+        return -1;
+    }
+    return 0;
+#endif
+}
+
+/* A pseudo-terminal master, close-on-exec, and its slave's name. */
+static int open_pty_master(char *slave, size_t slavelen)
+{
+#if defined(__linux__) || defined(__FreeBSD__)
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+#else
+    /* POSIX allows only O_RDWR and O_NOCTTY here (macOS refuses more) */
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    if (m >= 0 && fcntl(m, F_SETFD, FD_CLOEXEC) < 0) {
+        close(m);
+        m = -1;
+    }
+#endif
+    if (m < 0)
+        return -1;
+    if (grantpt(m) < 0 || unlockpt(m) < 0)
+        goto fail;
+#if CW_HAVE_PTSNAME_R
+    if (ptsname_r(m, slave, slavelen) != 0)
+        goto fail;
+#else
+    /* ptsname's static buffer is safe here: only the loop thread uses it */
+    const char *name = ptsname(m);
+    if (name == NULL || strlen(name) >= slavelen) {
+        if (name != NULL)
+            errno = ENAMETOOLONG;
+        goto fail;
+    }
+    strcpy(slave, name);
+#endif
+    return m;
+fail:;
+    int e = errno;
+    close(m);
+    errno = e;
+    return -1;
+}
+
 static int set_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
@@ -170,12 +239,11 @@ int cw_proc_spawn(cw_proc_t *p, const cw_proc_options_t *o, char *err, size_t er
     char slave[128];
     int rc = 0;
 
-    if (pipe2(ep, O_CLOEXEC) < 0)
+    if (pipe_cloexec(ep) < 0)
         goto sys_fail;
     if (o->use_pty) {
-        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 ||
-            ptsname_r(master, slave, sizeof slave) != 0)
+        master = open_pty_master(slave, sizeof slave);
+        if (master < 0)
             goto sys_fail;
         /* open the slave once in the parent to set a sane window size */
         int s = open(slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -185,10 +253,10 @@ int cw_proc_spawn(cw_proc_t *p, const cw_proc_options_t *o, char *err, size_t er
             close(s);
         }
     } else {
-        if (pipe2(out, O_CLOEXEC) < 0 || pipe2(er, O_CLOEXEC) < 0)
+        if (pipe_cloexec(out) < 0 || pipe_cloexec(er) < 0)
             goto sys_fail;
         if (o->want_stdin) {
-            if (pipe2(in, O_CLOEXEC) < 0)
+            if (pipe_cloexec(in) < 0)
                 goto sys_fail;
         } else {
             devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
