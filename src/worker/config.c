@@ -3,6 +3,7 @@
  * create_worker.c). */
 #include "config.h"
 #include "config_internal.h"
+#include "cworker/cw.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -585,7 +586,7 @@ int cw_proxy_parse(const char *url, cw_proxy_t *p)
     size_t len = strcspn(s, "/");
     if (s[len] == '/' && s[len + 1] != '\0')
         return -EINVAL; /* a path makes no sense for a CONNECT proxy */
-    const char *at = memrchr(s, '@', len);
+    const char *at = cw_memrchr(s, '@', len);
     const char *hp = s;
     if (at) {
         const char *colon = memchr(s, ':', (size_t)(at - s));
@@ -615,7 +616,7 @@ static char *proxy_normalise(const char *url)
         return NULL;
     const char *s = strncasecmp(url, "http://", 7) == 0 ? url + 7 : url;
     size_t len = strcspn(s, "/");
-    const char *at = memrchr(s, '@', len);
+    const char *at = cw_memrchr(s, '@', len);
     bool v6 = strchr(p.host, ':') != NULL;
     char *out = xasprintf("http://%.*s%s%s%s:%d", at ? (int)(at - s + 1) : 0, s, v6 ? "[" : "",
                           p.host, v6 ? "]" : "", p.port);
@@ -1822,7 +1823,7 @@ int cw_config_write(const char *path, const cw_config_t *cfg, const cw_opts_t *o
     char *tmp = xasprintf("%s.tmpXXXXXX", path);
     if (tmp == NULL)
         return oom(err, errlen);
-    int fd = mkostemp(tmp, O_CLOEXEC);
+    int fd = cw_mkstemp_cloexec(tmp);
     if (fd < 0) {
         int rc = fail(err, errlen, "cannot write '%s': %s", path, strerror(errno));
         free(tmp);
