@@ -103,10 +103,20 @@ static const optdef_t optdefs[CW_OPT__COUNT] = {
     [CW_OPT_DELETE_LEFTOVER_DIRS] = {"delete-leftover-dirs", T_BOOL, 0, "BOOL", "false",
                                      "let the master delete builder directories it no longer "
                                      "uses"},
+    [CW_OPT_NUMCPUS] = {"numcpus", T_INT, 0, "N", "auto",
+                        "number of CPUs reported to the master in the worker info "
+                        "(auto or 0: the CPUs this process may run on)"},
     [CW_OPT_METRICS_LISTEN] = {"metrics-listen", T_LISTEN, 0, "IP:PORT", "off",
                                "serve metrics on this address"},
     [CW_OPT_LOG_FORMAT] = {"log-format", T_LOGFMT, 0, "text|json", "text",
                            "json: every log line is a JSON object"},
+    [CW_OPT_LOG_FILE] = {"log-file", T_PATH, 0, "FILE", "stderr",
+                         "log to FILE instead of stderr; SIGHUP reopens it"},
+    [CW_OPT_LOG_SIZE] = {"log-size", T_SIZE, 0, "BYTES", "10000000",
+                         "log-file: rotate FILE to FILE.1 before it exceeds BYTES (0 = never)"},
+    [CW_OPT_LOG_COUNT] = {"log-count", T_INT, 0, "N", "10",
+                          "log-file: rotated files kept, FILE.1 (newest) to FILE.N "
+                          "(none: keep all)"},
     [CW_OPT_VERBOSE] = {"verbose", T_BOOL, 0, "BOOL", "false", "log protocol detail"},
     [CW_OPT_CONFIG] = {"config", T_PATH, F_NOFILE, "FILE", "none",
                        "read options from FILE (key = value lines)"},
@@ -1105,6 +1115,7 @@ void cw_config_free(cw_config_t *cfg)
     free(cfg->proxy);
     free(cfg->metrics_listen);
     free(cfg->password_file);
+    free(cfg->log_file);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -1119,6 +1130,8 @@ static void config_defaults(cw_config_t *cfg)
     cfg->kill_grace = 10000;
     cfg->drain_timeout = 60000;
     cfg->umask = -1;
+    cfg->log_size = 10000000; /* the stock buildbot.tac's rotateLength */
+    cfg->log_count = 10;      /* and maxRotatedFiles */
 }
 
 /* First non-empty variable among names in envp; *which gets its name. */
@@ -1384,6 +1397,53 @@ int cw_config_resolve(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *e
         }
         cfg->max_retries = (int)n;
     }
+    if (SRC(CW_OPT_NUMCPUS) && strcasecmp(v[CW_OPT_NUMCPUS].value, "auto") != 0) {
+        if (parse_u64(v[CW_OPT_NUMCPUS].value, &n) < 0 || n > 1000000) {
+            rc = bad_value(err, errlen, o, CW_OPT_NUMCPUS, "needs a number, or auto (or 0)");
+            goto bad;
+        }
+        cfg->numcpus = (unsigned)n;
+    }
+    if (SRC(CW_OPT_LOG_FILE) && !is_none(v[CW_OPT_LOG_FILE].value)) {
+        cfg->log_file = strdup(v[CW_OPT_LOG_FILE].value);
+        if (cfg->log_file == NULL) {
+            rc = oom(err, errlen);
+            goto bad;
+        }
+    }
+    if (SRC(CW_OPT_LOG_SIZE)) {
+        if (parse_u64(v[CW_OPT_LOG_SIZE].value, &n) < 0) {
+            rc = bad_value(err, errlen, o, CW_OPT_LOG_SIZE, "needs a byte count (0 = never rotate)");
+            goto bad;
+        }
+        cfg->log_size = n;
+    }
+    if (SRC(CW_OPT_LOG_COUNT)) {
+        if (is_none(v[CW_OPT_LOG_COUNT].value)) {
+            cfg->log_count = 0;
+        } else if (parse_u64(v[CW_OPT_LOG_COUNT].value, &n) < 0 || n < 1 || n > 100000) {
+            rc = bad_value(err, errlen, o, CW_OPT_LOG_COUNT,
+                           "needs a number >= 1, or none (keep every rotated file)");
+            goto bad;
+        } else {
+            cfg->log_count = (unsigned)n;
+        }
+    }
+    if (cfg->log_file == NULL) {
+        bool tac_noted = false;
+        for (int id = CW_OPT_LOG_SIZE; id <= CW_OPT_LOG_COUNT; id++) {
+            if (!SRC(id))
+                continue;
+            if (v[id].src != CW_SRC_TAC)
+                add_note(o, xasprintf("%s: %s only applies with log-file (logging to stderr)",
+                                      v[id].where, optdefs[id].name));
+            else if (!tac_noted && (tac_noted = true))
+                add_note(o, xasprintf("%s: log rotation settings kept, but cworker logs to "
+                                      "stderr unless log-file is set (the stock worker wrote "
+                                      "BASEDIR/twistd.log: --log-file BASEDIR/twistd.log)",
+                                      v[id].where));
+        }
+    }
     if (SRC(CW_OPT_UMASK) && parse_umask(v[CW_OPT_UMASK].value, &cfg->umask) < 0) {
         rc = bad_value(err, errlen, o, CW_OPT_UMASK,
                        "needs an octal mask such as 022 or 0o22 (at most 777), or none");
@@ -1500,6 +1560,46 @@ static int read_password(const char *file, char **out, const char *where, char *
     return 0;
 }
 
+/* Make the log file absolute (the worker later enters its basedir) and check
+ * that it can be appended to, or created, without creating it. */
+static int check_log_file(cw_config_t *cfg, const cw_opts_t *o, char *err, size_t errlen)
+{
+    const char *where = o->v[CW_OPT_LOG_FILE].where ? o->v[CW_OPT_LOG_FILE].where : "";
+    char *abs = absolute(cfg->log_file);
+    if (abs == NULL)
+        return oom(err, errlen);
+    free(cfg->log_file);
+    cfg->log_file = abs;
+    struct stat st;
+    if (stat(abs, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return fail(err, errlen, "log-file '%s' (%s): is a directory", abs, where);
+        if (access(abs, W_OK) < 0)
+            return fail(err, errlen, "log-file '%s' (%s): not writable: %s", abs, where,
+                        strerror(errno));
+        return 0;
+    }
+    if (errno != ENOENT)
+        return fail(err, errlen, "log-file '%s' (%s): %s", abs, where, strerror(errno));
+    char *parent = strdup(abs);
+    if (parent == NULL)
+        return oom(err, errlen);
+    char *slash = strrchr(parent, '/');
+    if (slash == parent)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    int rc = 0;
+    if (stat(parent, &st) < 0 || !S_ISDIR(st.st_mode))
+        rc = fail(err, errlen, "log-file '%s' (%s): its directory '%s' does not exist", abs,
+                  where, parent);
+    else if (access(parent, W_OK | X_OK) < 0)
+        rc = fail(err, errlen, "log-file '%s' (%s) cannot be created in '%s': %s", abs, where,
+                  parent, strerror(errno));
+    free(parent);
+    return rc;
+}
+
 int cw_config_finish(cw_config_t *cfg, const cw_opts_t *o, bool create, char *err, size_t errlen)
 {
     int rc;
@@ -1534,6 +1634,12 @@ int cw_config_finish(cw_config_t *cfg, const cw_opts_t *o, bool create, char *er
             return fail(err, errlen, "%s '%s' (%s): %s", optdefs[ids[k]].name, abs,
                         o->v[ids[k]].where ? o->v[ids[k]].where : "", strerror(errno));
         close(fd);
+    }
+
+    if (cfg->log_file) {
+        rc = check_log_file(cfg, o, err, errlen);
+        if (rc < 0)
+            return rc;
     }
 
     const char *bw = o->v[CW_OPT_BASEDIR].where ? o->v[CW_OPT_BASEDIR].where : "";
@@ -1715,10 +1821,25 @@ static const char *fmt_opt(int id, const cw_config_t *cfg, char *buf, size_t cap
         return buf;
     case CW_OPT_DELETE_LEFTOVER_DIRS:
         return cfg->delete_leftover_dirs ? "true" : "false";
+    case CW_OPT_NUMCPUS:
+        if (cfg->numcpus == 0)
+            return "auto";
+        snprintf(buf, cap, "%u", cfg->numcpus);
+        return buf;
     case CW_OPT_METRICS_LISTEN:
         return cfg->metrics_listen ? cfg->metrics_listen : "none";
     case CW_OPT_LOG_FORMAT:
         return cfg->log_format ? "json" : "text";
+    case CW_OPT_LOG_FILE:
+        return cfg->log_file ? cfg->log_file : "none";
+    case CW_OPT_LOG_SIZE:
+        snprintf(buf, cap, "%llu", (unsigned long long)cfg->log_size);
+        return buf;
+    case CW_OPT_LOG_COUNT:
+        if (cfg->log_count == 0)
+            return "none";
+        snprintf(buf, cap, "%u", cfg->log_count);
+        return buf;
     case CW_OPT_VERBOSE:
         return cfg->verbose ? "true" : "false";
     default:

@@ -66,6 +66,10 @@ typedef struct cw_config {
     bool delete_leftover_dirs; /* reported in get_worker_info */
     int max_retries;           /* exit 1 after this many failed attempts in a row; 0 = never */
     char *password_file;       /* absolute path the password was read from, or NULL */
+    unsigned numcpus;          /* reported in get_worker_info; 0 = auto (CPUs we may use) */
+    char *log_file;            /* log here instead of stderr (absolute after finish), or NULL */
+    uint64_t log_size;         /* rotate log_file before it exceeds this; 0 = never */
+    unsigned log_count;        /* rotated files kept (FILE.1 .. FILE.N); 0 = all */
 } cw_config_t;
 
 /* Options that exist as a flag (--NAME), an environment variable
@@ -92,8 +96,12 @@ typedef enum cw_opt_id {
     CW_OPT_KILL_GRACE,
     CW_OPT_UMASK,
     CW_OPT_DELETE_LEFTOVER_DIRS,
+    CW_OPT_NUMCPUS,
     CW_OPT_METRICS_LISTEN,
     CW_OPT_LOG_FORMAT,
+    CW_OPT_LOG_FILE,
+    CW_OPT_LOG_SIZE,
+    CW_OPT_LOG_COUNT,
     CW_OPT_VERBOSE,
     CW_OPT_CONFIG, /* not a config-file key */
     CW_OPT_FROM_TAC,

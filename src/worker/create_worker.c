@@ -162,11 +162,17 @@ int cw_create_worker_parse(cw_create_t *cr, cw_opts_t *o, int argc, char **argv,
                               val);
                     goto out;
                 }
-                if (what != P_LOGSIZE)
+                if (what == P_LOGSIZE) {
+                    snprintf(buf, sizeof buf, "%llu", (unsigned long long)u);
+                    rc = set_val(o, CW_OPT_LOG_SIZE, buf, optname, CW_SRC_FLAG, err, errlen);
+                    if (rc < 0)
+                        goto out;
+                } else {
                     add_note(o, xasprintf("%s is accepted and ignored: cworker's link liveness "
                                           "and reconnect delays are ping-interval, "
                                           "dead-timeout and backoff-max",
                                           optname));
+                }
                 break;
             }
             case P_LOGCOUNT:
@@ -179,10 +185,19 @@ int cw_create_worker_parse(cw_create_t *cr, cw_opts_t *o, int argc, char **argv,
                               optname, val);
                     goto out;
                 }
-                if (what == P_NUMCPUS && sn == 0)
-                    add_note(o, xasprintf("%s is accepted and ignored (the stock worker does "
-                                          "not report it over msgpack either)",
-                                          optname));
+                if ((what == P_NUMCPUS || what == P_LOGCOUNT) && (sn == 1 || num <= UINT32_MAX)) {
+                    /* None: numcpus auto, log-count unlimited (the stock meanings) */
+                    if (sn == 1)
+                        snprintf(buf, sizeof buf, "%s", what == P_NUMCPUS ? "auto" : "none");
+                    else
+                        snprintf(buf, sizeof buf, "%lld", num);
+                    rc = set_val(o, what == P_NUMCPUS ? CW_OPT_NUMCPUS : CW_OPT_LOG_COUNT, buf,
+                                 optname, CW_SRC_FLAG, err, errlen);
+                } else if (what == P_NUMCPUS || what == P_LOGCOUNT) {
+                    rc = fail(err, errlen, "create-worker: %s '%.60s' is too large", optname, val);
+                }
+                if (rc < 0)
+                    goto out;
                 if (what == P_MAXRETRIES) {
                     if (sn == 0 && num > INT_MAX) {
                         rc = fail(err, errlen, "create-worker: %s '%.60s' is too large", optname,

@@ -168,7 +168,9 @@ int cw_worker_pack_info(const cw_worker_t *w, msgpack_packer *pk)
     cw_pack_str(pk, "basedir");
     cw_pack_str(pk, w->cfg->basedir);
     cw_pack_str(pk, "numcpus");
-    msgpack_pack_uint32(pk, uv_available_parallelism());
+    /* --numcpus, else the CPUs this process may run on (the stock worker's
+     * multiprocessing.cpu_count() counts every online CPU) */
+    msgpack_pack_uint32(pk, w->cfg->numcpus ? w->cfg->numcpus : uv_available_parallelism());
     cw_pack_str(pk, "version");
     cw_pack_str(pk, "cworker " CW_VERSION_STRING);
     cw_pack_str(pk, "worker_commands");

@@ -43,10 +43,13 @@ static void create_worker_usage(FILE *f)
             "  --protocol msgpack_experimental_v7\n"
             "                              the only protocol cworker speaks\n"
             "  --admin TEXT, --host TEXT   contents of info/admin and info/host\n"
+            "  --numcpus N                 CPUs reported to the master (None: auto)\n"
+            "  -s, --log-size BYTES        log-size (rotation applies with log-file)\n"
+            "  -l, --log-count N           log-count (None: keep every rotated file)\n"
             "  -r, --relocatable           basedir = . (the directory of cworker.conf)\n"
             "  -q, --quiet                 no progress messages\n"
-            "  Accepted and ignored (with a note): -k/--keepalive, --maxdelay, --numcpus,\n"
-            "  -a/--allow-shutdown, -n/--no-logrotate, -s/--log-size, -l/--log-count.\n");
+            "  Accepted and ignored (with a note): -k/--keepalive, --maxdelay,\n"
+            "  -a/--allow-shutdown, -n/--no-logrotate.\n");
 }
 
 /* `cworker create-worker ...`: 0, or 2 for bad usage / failure to create. */

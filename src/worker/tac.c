@@ -32,6 +32,8 @@ enum {
     TV_PROTOCOL,
     TV_CONNSTR,
     TV_PROXYSTR,
+    TV_ROTATE_LENGTH,
+    TV_MAX_ROTATED,
     TV__COUNT
 };
 
@@ -52,6 +54,8 @@ static const char *const tac_names[TV__COUNT] = {
     "protocol",
     "connection_string",
     "proxy_connection_string",
+    "rotateLength",
+    "maxRotatedFiles",
 };
 
 typedef enum pv_kind {
@@ -528,6 +532,32 @@ static int tac_apply(cw_opts_t *o, pyval_t *tv, const char *path, char **whys, c
     if (rc < 0)
         return rc;
 
+    /* numbers where None means the default: numcpus (None = auto), the
+     * twistd.log rotation (maxRotatedFiles None = keep all) */
+    static const struct {
+        int tv, id;
+        const char *none; /* the option's value for None, or NULL: leave unset */
+        long long min;
+    } nums[] = {
+        {TV_NUMCPUS, CW_OPT_NUMCPUS, NULL, 0}, /* 0 = auto, as in the stock worker */
+        {TV_ROTATE_LENGTH, CW_OPT_LOG_SIZE, NULL, 0},
+        {TV_MAX_ROTATED, CW_OPT_LOG_COUNT, "none", 1},
+    };
+    for (size_t k = 0; k < sizeof nums / sizeof nums[0] && rc == 0; k++) {
+        pyval_t *v = &tv[nums[k].tv];
+        if (v->kind == PV_INT && v->i >= nums[k].min && v->i <= INT_MAX) {
+            char m[24];
+            snprintf(m, sizeof m, "%lld", v->i);
+            rc = set_val(o, nums[k].id, m, WHERE(nums[k].tv), CW_SRC_TAC, err, errlen);
+        } else if (v->kind == PV_NONE && nums[k].none) {
+            rc = set_val(o, nums[k].id, nums[k].none, WHERE(nums[k].tv), CW_SRC_TAC, err, errlen);
+        } else if (v->kind != PV_NONE && v->kind != PV_UNSET) {
+            UNREADABLE(nums[k].id, nums[k].tv);
+        }
+    }
+    if (rc < 0)
+        return rc;
+
     static const struct {
         int tv, id;
     } bools[] = {{TV_DELETE_LEFTOVER, CW_OPT_DELETE_LEFTOVER_DIRS}, {TV_USE_TLS, CW_OPT_USE_TLS}};
@@ -595,7 +625,6 @@ static int tac_apply(cw_opts_t *o, pyval_t *tv, const char *path, char **whys, c
     } ignored[] = {
         {TV_KEEPALIVE, 600, "cworker's liveness settings are ping-interval and dead-timeout"},
         {TV_MAXDELAY, 300, "the stock worker ignores it too; cworker's cap is backoff-max"},
-        {TV_NUMCPUS, -1, "the stock worker does not report it to the master either"},
         {TV_ALLOW_SHUTDOWN, -1, "worker-initiated shutdown does not exist over msgpack"},
     };
     for (size_t k = 0; k < sizeof ignored / sizeof ignored[0]; k++) {

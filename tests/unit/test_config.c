@@ -237,6 +237,16 @@ static void test_argv(void **state)
     load_fails(&(setup_t){.argv = ARGV(BASIC, "--dead-timeout", "soon")}, "--dead-timeout 'soon'",
                NULL);
     load_fails(&(setup_t){.argv = ARGV(BASIC, "stray")}, "unexpected argument 'stray'", NULL);
+    load_fails(&(setup_t){.argv = ARGV(BASIC, "--numcpus", "-1")}, "--numcpus '-1'", NULL);
+    load_fails(&(setup_t){.argv = ARGV(BASIC, "--log-size", "10M")}, "--log-size '10M'", NULL);
+    load_fails(&(setup_t){.argv = ARGV(BASIC, "--log-count", "0")}, "--log-count '0'", "none",
+               NULL);
+    load_ok(&(setup_t){.argv = ARGV(BASIC, "--numcpus", "auto")}, &o, &cfg);
+    assert_int_equal(cfg.numcpus, 0);
+    assert_null(cfg.log_file); /* the defaults: stderr, 10 MB, 10 files */
+    assert_int_equal(cfg.log_size, 10000000);
+    assert_int_equal(cfg.log_count, 10);
+    done(&o, &cfg);
     load_fails(&(setup_t){.argv = ARGV(BASIC, "--force")}, "--write-config", NULL);
     load_fails(&(setup_t){.argv = ARGV(BASIC, "--help=x")}, "takes no value", NULL);
     /* the password is never a flag, and the message does not echo it */
@@ -564,7 +574,14 @@ static void test_tac_stock(void **state)
     assert_false(cfg.use_tls);
     assert_false(cfg.delete_leftover_dirs);
     assert_null(cfg.proxy);
-    assert_int_equal(o.nnotes, 0); /* defaults of ignored settings: nothing to say */
+    assert_int_equal(cfg.numcpus, 0); /* None: auto */
+    assert_int_equal(cfg.log_size, 10000000);
+    assert_int_equal(cfg.log_count, 10);
+    assert_null(cfg.log_file); /* stderr, whatever the tac says about twistd.log */
+    /* defaults of ignored settings: nothing to say; where the log goes: one note */
+    assert_int_equal(o.nnotes, 1);
+    assert_non_null(strstr(o.notes[0], "rotateLength"));
+    assert_non_null(strstr(o.notes[0], "--log-file BASEDIR/twistd.log"));
     done(&o, &cfg);
     free(tac);
 
@@ -599,7 +616,7 @@ static void test_tac_stock(void **state)
     load_ok(&(setup_t){.tac = tac}, &o, &cfg);
     assert_int_equal(cfg.umask, 022);
     assert_string_equal(cfg.basedir, "/srv/bb/w1/rel");
-    assert_int_equal(o.nnotes, 1);
+    assert_int_equal(o.nnotes, 2); /* the umask, and where the log goes */
     assert_non_null(strstr(o.notes[0], "Python 2"));
     done(&o, &cfg);
     free(tac);
@@ -698,8 +715,23 @@ static void test_tac_protocol_and_modes(void **state)
                               "allow_shutdown = 'file'\nmaxdelay = 300\n"
                               "protocol = 'msgpack_experimental_v7'\n"},
             &o, &cfg);
-    assert_int_equal(o.nnotes, 3);
+    assert_int_equal(o.nnotes, 2); /* keepalive, allow_shutdown */
+    assert_int_equal(cfg.numcpus, 4);
     done(&o, &cfg);
+    /* numcpus 0 is auto (the stock worker's `not numcpus`), maxRotatedFiles None
+     * keeps every file, a flag wins over the tac */
+    load_ok(&(setup_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
+                              "passwd = 'p'\nbasedir = '/b'\nnumcpus = 0\nrotateLength = 0\n"
+                              "maxRotatedFiles = None\nprotocol = 'msgpack_experimental_v7'\n"},
+            &o, &cfg);
+    assert_int_equal(cfg.numcpus, 0);
+    assert_int_equal(cfg.log_size, 0);
+    assert_int_equal(cfg.log_count, 0);
+    done(&o, &cfg);
+    load_fails(&(setup_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
+                                 "passwd = 'p'\nbasedir = '/b'\nnumcpus = 'many'\n"
+                                 "protocol = 'msgpack_experimental_v7'\n"},
+               "numcpus", NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -742,6 +774,13 @@ static void assert_roundtrip(cw_opts_t *o, cw_config_t *cfg)
     assert_int_equal(c2.verbose, cfg->verbose);
     assert_int_equal(c2.delete_leftover_dirs, cfg->delete_leftover_dirs);
     assert_int_equal(c2.log_format, cfg->log_format);
+    assert_int_equal(c2.numcpus, cfg->numcpus);
+    if (cfg->log_file)
+        assert_string_equal(c2.log_file, cfg->log_file);
+    else
+        assert_null(c2.log_file);
+    assert_int_equal(c2.log_size, cfg->log_size);
+    assert_int_equal(c2.log_count, cfg->log_count);
     free(text);
     cw_config_free(&c2);
     cw_opts_free(&o2);
@@ -755,9 +794,15 @@ static void test_format(void **state)
     load_ok(&(setup_t){.argv = ARGV("--master", "wss://[2001:db8::1]:9443/p", "--name", "w",
                                     "--basedir", "/b", "--backoff-max", "2.7182818284",
                                     "--kill-grace", "1.001", "--umask", "0", "--verbose",
-                                    "--log-format", "json", "--max-retries", "3"),
+                                    "--log-format", "json", "--max-retries", "3", "--numcpus",
+                                    "6", "--log-file", "/var/log/w.log", "--log-size", "0",
+                                    "--log-count", "none"),
                        .env = env},
             &o, &cfg);
+    assert_int_equal(cfg.numcpus, 6);
+    assert_string_equal(cfg.log_file, "/var/log/w.log");
+    assert_int_equal(cfg.log_size, 0);
+    assert_int_equal(cfg.log_count, 0);
     assert_roundtrip(&o, &cfg);
     /* the check output hides the password and names sources */
     char *text = NULL;
@@ -888,7 +933,7 @@ static void test_create_worker(void **state)
     assert_true(cr.force);
     assert_true(cr.quiet);
     assert_int_equal(cw_create_worker_run(&cr, &o, stdout, err, sizeof err), 0);
-    assert_int_equal(o.nnotes, 2); /* keepalive, numcpus */
+    assert_int_equal(o.nnotes, 1); /* keepalive */
     char path[600];
     snprintf(path, sizeof path, "%s/cworker.conf", base);
     struct stat st;
@@ -897,6 +942,7 @@ static void test_create_worker(void **state)
     char *text = read_text(path);
     assert_non_null(strstr(text, "master = ws://[::1]:9989/\n"));
     assert_non_null(strstr(text, "name = wname\n"));
+    assert_non_null(strstr(text, "numcpus = 2\n"));
     assert_non_null(strstr(text, "password = pass word\n"));
     assert_non_null(strstr(text, "umask = 027\n"));
     assert_non_null(strstr(text, "max-retries = 4\n"));
