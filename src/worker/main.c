@@ -197,6 +197,16 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (run && cfg.log_file) {
+        cw_info("logging to %s", cfg.log_file); /* the last line on stderr */
+        int lrc = cw_log_open_file(cfg.log_file, cfg.log_size, cfg.log_count);
+        if (lrc < 0) {
+            cw_error("cannot open log-file '%s' (%s): %s", cfg.log_file, o.v[CW_OPT_LOG_FILE].where,
+                     strerror(-lrc));
+            rc = 2;
+            goto out;
+        }
+    }
     switch (o.action) {
     case CW_ACTION_CHECK:
         cw_config_format(stdout, &cfg, &o, true);

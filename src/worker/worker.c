@@ -437,6 +437,15 @@ static void on_signal(uv_signal_t *h, int signum)
         cw_worker_stop(w, 0, why);
 }
 
+/* SIGHUP with --log-file: reopen it (logrotate moved it away). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    if (cw_log_reopen() == 0)
+        cw_info("SIGHUP: reopened the log file %s", cw_log_file());
+}
+
 static void exit_timer_cb(uv_timer_t *t)
 {
     cw_worker_t *w = t->data;
@@ -538,6 +547,7 @@ static void worker_finish_stop(cw_worker_t *w)
     close_if_open((uv_handle_t *)&w->exit_timer);
     close_if_open((uv_handle_t *)&w->sig_term);
     close_if_open((uv_handle_t *)&w->sig_int);
+    close_if_open((uv_handle_t *)&w->sig_hup);
     cw_proc_shutdown();
 }
 
@@ -584,6 +594,11 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
     w->sig_int.data = w;
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_signal, SIGINT);
+    /* SIGHUP keeps its default effect (exit) unless there is a log file to
+     * reopen */
+    uv_signal_init(loop, &w->sig_hup);
+    if (cw_log_file())
+        uv_signal_start(&w->sig_hup, on_sighup, SIGHUP);
     int rc = cw_proc_init(loop);
     if (rc < 0)
         return rc;

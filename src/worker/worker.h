@@ -73,6 +73,7 @@ struct cw_worker {
 
     uv_signal_t sig_term;
     uv_signal_t sig_int;
+    uv_signal_t sig_hup; /* reopens the log file; only started with --log-file */
     uv_timer_t exit_timer;
     int exit_code;
     bool exiting;
