@@ -273,8 +273,16 @@ def test_from_tac_real_files(cworker_bin, tmp_path, case):
     assert got['basedir'][0] == str(base)
     assert password not in r.stdout
     if case == 'all-options':
-        # the settings the msgpack protocol ignores get a note
-        assert 'keepalive' in r.stdout and 'numcpus' in r.stdout and 'allow_shutdown' in r.stdout
+        # the settings the msgpack protocol ignores get a note; numcpus is used
+        assert '(keepalive): ignored' in r.stdout and '(allow_shutdown): ignored' in r.stdout
+        assert got['numcpus'][0] == '4' and '(numcpus)' in got['numcpus'][1], got['numcpus']
+    else:
+        assert got['numcpus'] == ('auto', 'default'), got['numcpus']
+    # twistd.log's rotation settings are read; the log stays on stderr (with a note)
+    assert got['log-size'][0] == '10000000' and '(rotateLength)' in got['log-size'][1]
+    assert got['log-count'][0] == '10' and '(maxRotatedFiles)' in got['log-count'][1]
+    assert got['log-file'] == ('none', 'default')
+    assert '--log-file BASEDIR/twistd.log' in r.stdout
 
     # --write-config gives the same configuration, mode 0600, with the password
     out = tmp_path / 'w.conf'
@@ -420,10 +428,15 @@ def test_umask_json_logs_and_sd_notify(cworker_bin, tmp_path, pwfile):
 PROBE = ("[steps.ShellCommand(name='probe', logEnviron=False, "
          "command=['sh', '-c', 'echo umask=$(umask); echo pwd=$(pwd); env'])]")
 
+# what a build sees of the worker info (the stock way to size `make -j`)
+NCPU = ("[steps.ShellCommand(name='ncpu', logEnviron=False, "
+        "command=['echo', util.Interpolate('ncpu=%(worker:numcpus)s')])]")
+
 
 @pytest.fixture(scope='module')
 def master(master_factory):
-    return master_factory({'probe': PROBE}, workers=(('w1', 'pass1'), ('w2', 'pass2')))
+    return master_factory({'probe': PROBE, 'ncpu': NCPU},
+                          workers=(('w1', 'pass1'), ('w2', 'pass2')))
 
 
 class ArgvCWorker(bbmaster.CWorker):
@@ -476,6 +489,52 @@ def test_switch_stock_worker_to_cworker(master, tmp_path, cworker_bin):
     finally:
         assert w.stop() == 0
         master.wait_worker_disconnected('w1', timeout=30)
+
+
+def _ncpu(master):
+    """numcpus as builds see it: the master's worker info, %(worker:numcpus)s.  (The 3.7
+    master's REST `workerinfo` holds only admin, host, access_uri and version.)"""
+    b = master.run_build('ncpu')
+    assert b.result == 'SUCCESS', b.describe()
+    out = b.log('ncpu').stdout
+    m = re.search(r'^ncpu=(\S*)$', out, re.M)
+    assert m, out
+    return m.group(1)
+
+
+def test_numcpus_reaches_the_master(master, tmp_path, cworker_bin):
+    def flags(base, *extra):
+        return ['--master', f'127.0.0.1:{master.msgpack_port}', '--name', 'w1',
+                '--basedir', str(tmp_path / base), *extra]
+
+    # default: the CPUs cworker may run on; then a flag
+    for base, extra, want in (('auto', (), len(os.sched_getaffinity(0))),
+                              ('flag', ('--numcpus', '37'), 37)):
+        w = ArgvCWorker(str(tmp_path / base), master, 'w1', 'pass1', flags(base, *extra),
+                        binary=cworker_bin, env={'CWORKER_PASSWORD': 'pass1'})
+        w.start(timeout=30)
+        try:
+            assert _ncpu(master) == str(want)
+        finally:
+            assert w.stop() == 0
+            master.wait_worker_disconnected('w1', timeout=30)
+    # a tac written by the stock create-worker --numcpus
+    base = tmp_path / 'tacw'
+    tac = stock_create(base, f'127.0.0.1:{master.msgpack_port}', 'w1', 'pass1', PROTO,
+                       '--numcpus=3')
+    w = ArgvCWorker(str(base), master, 'w1', 'pass1', ['--from-tac', tac], binary=cworker_bin)
+    w.start(timeout=30)
+    try:
+        assert _ncpu(master) == '3'
+    finally:
+        assert w.stop() == 0
+        master.wait_worker_disconnected('w1', timeout=30)
+    # cworker create-worker --numcpus writes it
+    base = tmp_path / 'createw'
+    r = run(cworker_bin, 'create-worker', '-q', '--numcpus', '5', str(base),
+            f'127.0.0.1:{master.msgpack_port}', 'w1', 'pass1')
+    assert r.returncode == 0, r
+    assert 'numcpus = 5\n' in (base / 'cworker.conf').read_text()
 
 
 def test_created_worker_runs_from_its_config(master, tmp_path, cworker_bin):
