@@ -71,9 +71,12 @@ static void conn_tune_socket(cw_conn_t *c)
 #ifdef TCP_USER_TIMEOUT
     uv_os_fd_t fd;
     if (c->opt.dead_timeout && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
-        /* unsigned int is 32 bits: saturate rather than wrap (~49 days) */
-        unsigned int ms = c->opt.dead_timeout > UINT_MAX ? UINT_MAX
-                                                         : (unsigned int)c->opt.dead_timeout;
+        /* A backstop 1 s behind the dead-link timer (conn_timer_cb), which says
+         * what happened ("link dead: nothing received for 3.0 s"); with the same
+         * value the kernel's bare "connection timed out" sometimes won the race
+         * (a failed test under load, 2026-11-28).  unsigned int is 32 bits: saturate rather than wrap (~49 days). */
+        uint64_t want = c->opt.dead_timeout + 1000;
+        unsigned int ms = want > UINT_MAX ? UINT_MAX : (unsigned int)want;
         setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
     }
 #endif
