@@ -22,6 +22,10 @@ int cw_buf_reserve(cw_buf_t *b, size_t extra);
 int cw_buf_append(cw_buf_t *b, const void *data, size_t len);
 /* Append a NUL-terminated string (without the NUL). */
 int cw_buf_append_str(cw_buf_t *b, const char *s);
+/* Append s, or when it is longer than max bytes (max >= 64) its head and
+ * tail with "...[N bytes]..." in between, so messages and log lines stay
+ * bounded whatever a path or pattern holds.  0 or -ENOMEM. */
+int cw_buf_append_elided(cw_buf_t *b, const char *s, size_t max);
 /* printf-style append; 0 or -ENOMEM. */
 int cw_buf_printf(cw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drop the first n bytes (n <= len). */

@@ -42,6 +42,30 @@ int cw_buf_append_str(cw_buf_t *b, const char *s)
     return cw_buf_append(b, s, strlen(s));
 }
 
+/* s whole, or its ends around a note of what was left out (see buf.h). */
+int cw_buf_append_elided(cw_buf_t *b, const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (max < 64)
+        max = 64;
+    if (n <= max)
+        return cw_buf_append(b, s, n);
+    /* keep about 40 % at each end; the note takes the rest */
+    size_t keep = max * 2 / 5;
+    size_t head = keep, tail = keep;
+    /* do not cut a UTF-8 sequence in two */
+    while (head > 0 && ((unsigned char)s[head] & 0xC0) == 0x80)
+        head--;
+    while (tail > 0 && ((unsigned char)s[n - tail] & 0xC0) == 0x80)
+        tail--;
+    int rc = cw_buf_append(b, s, head);
+    if (rc == 0)
+        rc = cw_buf_printf(b, "...[%zu bytes]...", n - head - tail);
+    if (rc == 0)
+        rc = cw_buf_append(b, s + n - tail, tail);
+    return rc;
+}
+
 int cw_buf_printf(cw_buf_t *b, const char *fmt, ...)
 {
     va_list ap;

@@ -1962,6 +1962,41 @@ static void test_read_file_length_64bit(void **state)
         assert_true(cw_clamp_size(big, SIZE_MAX) == SIZE_MAX);
 }
 
+/* Long paths in messages: head and tail kept, the middle named, UTF-8 intact. */
+static void test_buf_append_elided(void **state)
+{
+    (void)state;
+    cw_buf_t b = CW_BUF_INIT;
+    assert_int_equal(cw_buf_append_elided(&b, "short", 100), 0);
+    assert_int_equal(b.len, 5);
+    assert_memory_equal(b.data, "short", 5);
+    /* 1000 bytes: a-block, 2-byte characters in the middle, z-block */
+    char s[1001];
+    memset(s, 'a', 300);
+    for (int i = 300; i < 700; i += 2) {
+        s[i] = (char)0xC3;
+        s[i + 1] = (char)0xA9;
+    }
+    memset(s + 700, 'z', 300);
+    s[1000] = '\0';
+    cw_buf_reset(&b);
+    assert_int_equal(cw_buf_append_elided(&b, s, 200), 0);
+    assert_true(b.len < 220);
+    assert_memory_equal(b.data, "aaaa", 4);
+    assert_memory_equal(b.data + b.len - 4, "zzzz", 4);
+    assert_true(cw_utf8_valid(b.data, b.len));
+    assert_non_null(memmem(b.data, b.len, " bytes]...", 10));
+    /* the numbers add up: head + tail + elided = whole */
+    const char *open = memmem(b.data, b.len, "...[", 4);
+    assert_non_null(open);
+    size_t head = (size_t)(open - (const char *)b.data);
+    size_t elided = strtoul(open + 4, NULL, 10);
+    const char *close = memmem(b.data, b.len, "]...", 4);
+    size_t tail = b.len - (size_t)(close + 4 - (const char *)b.data);
+    assert_int_equal(head + elided + tail, 1000);
+    cw_buf_free(&b);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -2011,6 +2046,7 @@ int main(void)
         T(test_unpacked_reuse),
         T(test_transfer_sizes_64bit),
         T(test_read_file_length_64bit),
+        T(test_buf_append_elided),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
