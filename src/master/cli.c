@@ -23,8 +23,8 @@ static void usage(FILE *f)
             "Usage:\n"
             "  cworker-master run   --listen HOST:PORT --worker NAME [--workdir DIR] [--timeout S]\n"
             "                       [--env K=V ...] [common options] -- CMD [ARGS...]\n"
-            "  cworker-master put   --listen HOST:PORT --worker NAME [-r] [common options] LOCAL "
-            "REMOTE\n"
+            "  cworker-master put   --listen HOST:PORT --worker NAME [-r] [--no-preserve-mode]\n"
+            "                       [common options] LOCAL REMOTE\n"
             "  cworker-master get   --listen HOST:PORT --worker NAME [-r] [--compress gz|bz2]\n"
             "                       [common options] REMOTE LOCAL\n"
             "  cworker-master serve --listen HOST:PORT --workers FILE [--verbose]\n"
@@ -54,6 +54,8 @@ static void usage(FILE *f)
             "put/get:\n"
             "  -r                     copy a directory tree\n"
             "  --compress gz|bz2      get -r: compress the tar stream on the way\n"
+            "  --no-preserve-mode     put: send no file mode; the worker keeps an existing\n"
+            "                         file's mode (as FileDownload does), else its umask's\n"
             "serve:\n"
             "  --workers FILE         lines of 'NAME PASSWORD'; stays up and logs attach/detach\n"
             "\n"
@@ -329,7 +331,7 @@ int main(int argc, char **argv)
 
     enum {
         O_LISTEN = 256, O_WORKER, O_PASSWORD_FILE, O_WAIT, O_VERBOSE, O_WORKDIR, O_TIMEOUT,
-        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY, O_PARALLEL,
+        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY, O_PARALLEL, O_NO_MODE,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -346,6 +348,7 @@ int main(int argc, char **argv)
         {"tls-cert", required_argument, NULL, O_TLS_CERT},
         {"tls-key", required_argument, NULL, O_TLS_KEY},
         {"parallel", required_argument, NULL, O_PARALLEL},
+        {"no-preserve-mode", no_argument, NULL, O_NO_MODE},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *password_file = NULL, *workers_file = NULL;
@@ -401,6 +404,9 @@ int main(int argc, char **argv)
         case 'r':
             cli.recursive = true;
             break;
+        case O_NO_MODE:
+            cli.no_mode = true;
+            break;
         case O_TLS_CERT:
             tls_cert = optarg;
             break;
@@ -444,6 +450,8 @@ int main(int argc, char **argv)
         }
         if (cli.compress && !(cli.job == &cli_get_job && cli.recursive))
             return usage_error("--compress only applies to get -r");
+        if (cli.no_mode && cli.job != &cli_put_job)
+            return usage_error("--no-preserve-mode only applies to put");
     } else if (optind < argc) {
         return usage_error("unexpected argument '%s'", argv[optind]);
     }

@@ -57,6 +57,7 @@ struct cli {
 
     /* put / get */
     bool recursive;
+    bool no_mode; /* put: send mode nil (keep the destination's) */
     const char *compress; /* NULL, "gz", "bz2" */
     const char *local;
     const char *remote;

@@ -255,7 +255,10 @@ static void put_item(xfer_t *x, xitem_t *it)
         cw_pack_str(&pk, "maxsize");
         msgpack_pack_nil(&pk);
         cw_pack_str(&pk, "mode");
-        msgpack_pack_int(&pk, it->mode);
+        if (x->cli->no_mode)
+            msgpack_pack_nil(&pk);
+        else
+            msgpack_pack_int(&pk, it->mode);
         cw_pack_str(&pk, "reader");
         msgpack_pack_nil(&pk);
         cw_pack_str(&pk, "workdir");

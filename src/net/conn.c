@@ -579,6 +579,20 @@ static void conn_timer_cb(uv_timer_t *t)
     }
     if (c->state != CW_CONN_OPEN)
         return;
+    uint64_t gap = now - c->last_tick;
+    c->last_tick = now;
+    if (gap > c->tick_ms + 1000 && gap > 2 * c->tick_ms) {
+        /* The loop did not run for a while (SIGSTOP, a paused VM or
+         * container, a suspended laptop): whatever the peer sent meanwhile
+         * is still unread in the socket.  Count the silence from now, and
+         * ask with a ping; a live peer answers within the dead timeout. */
+        cw_info("%s: the process did not run for %.1f s; checking the link with a ping",
+                c->peer, (double)gap / 1000.0);
+        c->last_rx = now;
+        c->last_ping = now;
+        cw_ws_ping(&c->ws, (const uint8_t *)"cw", 2);
+        return;
+    }
     if (c->opt.dead_timeout && !c->reading_paused && now - c->last_rx >= c->opt.dead_timeout) {
         char why[96];
         snprintf(why, sizeof why, "link dead: nothing received for %.1f s",
@@ -609,6 +623,8 @@ static void conn_arm_timer(cw_conn_t *c)
             p /= 4;
             if (p < 50)
                 p = 50;
+            c->tick_ms = p;
+            c->last_tick = uv_now(c->loop);
             uv_timer_start(&c->timer, conn_timer_cb, p, p);
         }
     } else if (c->state == CW_CONN_CLOSING) {

@@ -122,6 +122,8 @@ struct cw_conn {
     bool above_high;
     uint64_t last_rx; /* uv_now of the last byte received */
     uint64_t last_ping;
+    uint64_t last_tick; /* uv_now of the liveness timer's last run */
+    uint64_t tick_ms;   /* its period */
     uint64_t opened_at;
 
     int close_err;

@@ -2,6 +2,8 @@
  * event, to stderr or (cworker --log-file) to a file rotated like twistd.log. */
 #include "log.h"
 
+#include "cworker/buf.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -151,12 +153,25 @@ static size_t own_line(char *out, size_t cap, cw_log_level_t level, const char *
  * is closed only once the new one is open. */
 static int file_open(void)
 {
-    int fd = open(lf.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0644);
+    /* A FIFO or socket in the file's place is refused ("Invalid argument");
+     * O_NONBLOCK for the open only, so one that appears after this check
+     * cannot block the daemon either (ENXIO, or refused below) */
+    struct stat pre;
+    if (stat(lf.path, &pre) == 0 && !S_ISREG(pre.st_mode) && !S_ISCHR(pre.st_mode))
+        return -EINVAL;
+    int fd =
+        open(lf.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
     if (fd < 0)
         return -errno;
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = -errno;
+    int e = 0;
+    if (fstat(fd, &st) < 0)
+        e = -errno;
+    else if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode))
+        e = -EINVAL; /* a FIFO or socket: "Invalid argument" */
+    else if (fcntl(fd, F_SETFL, O_APPEND) < 0)
+        e = -errno;
+    if (e < 0) {
         close(fd);
         return e;
     }
@@ -395,8 +410,25 @@ void cw_log(cw_log_level_t level, const char *fmt, ...)
     char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof msg) {
+        /* A long path or pattern: keep both ends of the line (what failed and
+         * why usually sit at the ends), elide the middle, stay bounded. */
+        char *whole = malloc((size_t)n + 1);
+        if (whole != NULL) {
+            va_start(ap, fmt);
+            vsnprintf(whole, (size_t)n + 1, fmt, ap);
+            va_end(ap);
+            cw_buf_t b = CW_BUF_INIT;
+            if (cw_buf_append_elided(&b, whole, sizeof msg - 1) == 0 && b.len < sizeof msg) {
+                memcpy(msg, b.data, b.len);
+                msg[b.len] = '\0';
+            }
+            cw_buf_free(&b);
+            free(whole);
+        }
+    }
     char line[sizeof msg * 2 + 256];
     size_t len = format_line(line, sizeof line, level, msg);
     pthread_mutex_lock(&log_lock);

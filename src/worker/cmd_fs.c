@@ -197,7 +197,13 @@ static void do_cpdir(fs_job_t *job)
     free(parent);
     int rc = cw_copytree(a->from_path, a->to_path, &job->stop, &job->stdout_text,
                          &job->stderr_text);
-    /* cp's exit status: 0, or 1 when anything failed */
+    /* cp's exit status: 0, or 1 when anything failed; -1 when interrupted,
+     * as for an interrupted shell command */
+    if (rc == -EINTR) {
+        cw_buf_append_str(&job->header, "cpdir: interrupted; the copy is incomplete\n");
+        job->rc = -1;
+        return;
+    }
     job->rc = rc == 0 ? 0 : 1;
 }
 

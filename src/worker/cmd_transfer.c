@@ -80,6 +80,14 @@ struct xfer {
     int rc;
     double atime, mtime; /* keepstamp */
     char *tmp_path;      /* download: temporary file */
+    char *dest;          /* download: the destination, symbolic links followed */
+    int dl_mode;         /* download: DL_RENAME, DL_COPY_BACK or DL_DIRECT */
+    bool dest_chr;       /* download: the destination is a character device */
+    int64_t cmd_mode;    /* download: the requested mode, or -1 */
+    size_t wdone;        /* download: bytes of buf already written */
+    uv_work_t work;      /* download: the copy back (DL_COPY_BACK) */
+    bool work_busy;
+    int work_err;
     uint64_t file_off;
     bool probing;        /* download: asked 1 byte past maxsize */
     bool zombie;         /* destroyed while an fs request was in flight */
@@ -115,6 +123,46 @@ static void xfer_stderr(xfer_t *x, const char *msg)
     cw_outbuf_add_lines(ob, CW_STREAM_STDERR, NULL, (const char *)line.data, line.len, cw_now());
     cw_buf_free(&line);
     cw_cmd_output_added(x->cmd);
+}
+
+/* "pre" PATH "post", the path elided to a bounded length (a path can be
+ * as long as the file system allows; a message should not be). */
+static void path_msg(cw_buf_t *b, const char *pre, const char *path, const char *post)
+{
+    cw_buf_append_str(b, pre);
+    cw_buf_append_elided(b, path, 1024);
+    cw_buf_append_str(b, post);
+}
+
+static void xfer_end_path(xfer_t *x, int rc, const char *pre, const char *path,
+                          const char *post_fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* xfer_end with the message "pre'PATH'post" (post a printf format). */
+static void xfer_end_path(xfer_t *x, int rc, const char *pre, const char *path,
+                          const char *post_fmt, ...)
+{
+    cw_buf_t m = CW_BUF_INIT;
+    path_msg(&m, pre, path, "");
+    char post[700];
+    va_list ap;
+    va_start(ap, post_fmt);
+    vsnprintf(post, sizeof post, post_fmt, ap);
+    va_end(ap);
+    cw_buf_append_str(&m, post);
+    cw_buf_append(&m, "", 1);
+    xfer_end(x, rc, m.data ? (const char *)m.data : "out of memory", NULL);
+    cw_buf_free(&m);
+}
+
+/* Why a file of this type is not transferred. */
+static const char *not_regular(mode_t mode)
+{
+    return S_ISFIFO(mode)   ? "not a regular file (a FIFO)"
+           : S_ISSOCK(mode) ? "not a regular file (a socket)"
+           : S_ISCHR(mode)  ? "not a regular file (a character device)"
+           : S_ISBLK(mode)  ? "not a regular file (a block device)"
+           : S_ISDIR(mode)  ? "Is a directory"
+                            : "not a regular file";
 }
 
 /* Text of an exception response (for messages). */
@@ -284,10 +332,8 @@ static void upload_read_cb(uv_fs_t *req)
     }
     cw_args_t *a = &x->cmd->args;
     if (n < 0) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "Cannot read file '%s' for upload: %s", a->path,
-                 uv_strerror((int)n));
-        xfer_end(x, 1, msg, NULL);
+        xfer_end_path(x, 1, "Cannot read file '", a->path, "' for upload: %s",
+                      uv_strerror((int)n));
         return;
     }
     if (n == 0) {
@@ -301,9 +347,11 @@ static void upload_read_cb(uv_fs_t *req)
          * maxsize bytes is not affected: its EOF read returns 0) */
         len = (size_t)((uint64_t)a->maxsize - x->done_bytes);
         x->rc = 1;
-        char msg[600];
-        snprintf(msg, sizeof msg, "Maximum filesize reached, truncating file '%s'", a->path);
-        xfer_stderr(x, msg);
+        cw_buf_t m = CW_BUF_INIT;
+        path_msg(&m, "Maximum filesize reached, truncating file '", a->path, "'");
+        cw_buf_append(&m, "", 1);
+        xfer_stderr(x, m.data ? (const char *)m.data : "Maximum filesize reached");
+        cw_buf_free(&m);
         if (len == 0) {
             upload_send_close(x, CW_OP_UPLOAD_FILE_CLOSE);
             return;
@@ -344,20 +392,19 @@ static void upload_open_cb(uv_fs_t *req)
         return;
     }
     if (r < 0) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "Cannot open file '%s' for upload: %s", a->path,
-                 uv_strerror((int)r));
-        xfer_end(x, 1, msg, NULL);
+        xfer_end_path(x, 1, "Cannot open file '", a->path, "' for upload: %s",
+                      uv_strerror((int)r));
         return;
     }
     x->fd = (uv_file)r;
     struct stat st;
     if (fstat(x->fd, &st) == 0) {
-        if (S_ISDIR(st.st_mode)) {
-            char msg[600];
-            snprintf(msg, sizeof msg, "Cannot open file '%s' for upload: Is a directory",
-                     a->path);
-            xfer_end(x, 1, msg, NULL);
+        if (!S_ISREG(st.st_mode)) {
+            /* A FIFO would block a pool thread until a writer came (and an
+             * interrupt could not end it), a device may never end: only
+             * regular files are uploaded. */
+            xfer_end_path(x, 1, "Cannot open file '", a->path, "' for upload: %s",
+                          not_regular(st.st_mode));
             return;
         }
         x->atime = (double)CW_ST_ATIM(&st).tv_sec + (double)CW_ST_ATIM(&st).tv_nsec / 1e9;
@@ -376,8 +423,10 @@ static int upload_file_start(xfer_t *x)
         return -ENOMEM;
     x->fs.data = x;
     x->fs_busy = true;
-    int rc = uv_fs_open(x->cmd->w->loop, &x->fs, a->path, O_RDONLY | O_CLOEXEC, 0,
-                        upload_open_cb);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
+     * once open); it does nothing to reads of a regular file */
+    int rc = uv_fs_open(x->cmd->w->loop, &x->fs, a->path,
+                        O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0, upload_open_cb);
     if (rc < 0)
         x->fs_busy = false;
     return rc;
@@ -463,9 +512,17 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
     }
     int fd = -1;
     if (S_ISREG(st->st_mode)) {
-        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* O_NONBLOCK: a FIFO swapped in since the lstat must not block */
+        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        struct stat ost;
+        if (fd >= 0 && (fstat(fd, &ost) < 0 || !S_ISREG(ost.st_mode))) {
+            close(fd);
+            fd = -1;
+            errno = EAGAIN;
+        }
         if (fd < 0) {
-            tar_fail(t, "cannot open '%s' for the upload: %s", rel, strerror(errno));
+            tar_fail(t, "cannot open '%s' for the upload: %s", rel,
+                     errno == EAGAIN ? "it changed while it was being uploaded" : strerror(errno));
             return -1;
         }
     }
@@ -663,12 +720,9 @@ static void tar_async_cb(uv_async_t *h)
     if (have) {
         size_t len = chunk.len;
         if (a->maxsize >= 0 && x->done_bytes + len > (uint64_t)a->maxsize) {
-            char msg[600];
-            snprintf(msg, sizeof msg, "Maximum filesize reached, truncating file '%s'",
-                     a->path);
             cw_buf_free(&chunk);
             /* a cut tar stream cannot be unpacked: do not ask for it */
-            xfer_end(x, 1, msg, NULL);
+            xfer_end_path(x, 1, "Maximum filesize reached, truncating file '", a->path, "'");
             return;
         }
         int rc = upload_send_chunk(x, CW_OP_UPLOAD_DIRECTORY_WRITE, chunk.data, len);
@@ -690,10 +744,10 @@ static int upload_dir_start(xfer_t *x)
     cw_args_t *a = &x->cmd->args;
     struct stat st;
     if (stat(a->path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "Cannot read directory '%s' for upload: %s", a->path,
-                 stat(a->path, &st) < 0 ? strerror(errno) : "Not a directory");
-        xfer_end(x, 1, msg, NULL);
+        char ebuf[128];
+        xfer_end_path(x, 1, "Cannot read directory '", a->path, "' for upload: %s",
+                      stat(a->path, &st) < 0 ? cw_errstr(errno, ebuf, sizeof ebuf)
+                                             : "Not a directory");
         return 0;
     }
     tar_producer_t *t = calloc(1, sizeof *t);
@@ -733,7 +787,27 @@ static void tar_stop(tar_producer_t *t)
 }
 #endif /* CW_HAVE_ARCHIVE */
 
-/* ---- download_file ---- */
+/* ---- download_file ----
+ *
+ * Where the data goes depends on what the destination is, so that a
+ * download keeps what the stock worker's open(path, 'wb') keeps (the file's
+ * mode, owner and hard links; symbolic links written through) without its
+ * partial files:
+ *   DL_RENAME     a new file, or a regular file with one link: a temporary
+ *                 file beside the (link-resolved) destination, given the
+ *                 old file's mode and owner, renamed over it when complete;
+ *   DL_COPY_BACK  a regular file with other hard links, or whose owner we
+ *                 cannot give a new file: the data is collected in a
+ *                 temporary file first, then copied into the file itself
+ *                 (truncated) on the thread pool, so a lost link or an
+ *                 interrupt never leaves it half written;
+ *   DL_DIRECT     a character device (/dev/null), or a directory we cannot
+ *                 create files in: written in place, as the stock worker
+ *                 does, partial on failure.
+ * A FIFO, socket or block device is refused (opening a FIFO would block).
+ */
+
+enum { DL_RENAME, DL_COPY_BACK, DL_DIRECT };
 
 static void download_request(xfer_t *x);
 
@@ -746,27 +820,118 @@ static void download_unlink_tmp(xfer_t *x)
     }
 }
 
+/* Thread pool: copy the complete temporary file into the destination. */
+static void copy_back_work(uv_work_t *req)
+{
+    xfer_t *x = req->data;
+    x->work_err = 0;
+    /* the destination was resolved to a regular file at the start: refuse
+     * to follow a link or block on a FIFO put there since */
+    int out = open(x->dest, O_WRONLY | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (out < 0 || fstat(out, &st) < 0) {
+        x->work_err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+        x->work_err = EINVAL;
+    } else if (ftruncate(out, 0) < 0) {
+        x->work_err = errno;
+    } else {
+        off_t off = 0;
+        for (;;) {
+            ssize_t n = pread(x->fd, x->buf, x->buflen, off);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                x->work_err = errno;
+                break;
+            }
+            if (n == 0)
+                break;
+            for (ssize_t w = 0; w < n;) {
+                ssize_t k = pwrite(out, x->buf + w, (size_t)(n - w), off + w);
+                if (k < 0 && errno == EINTR)
+                    continue;
+                if (k < 0) {
+                    x->work_err = errno;
+                    break;
+                }
+                w += k;
+            }
+            if (x->work_err)
+                break;
+            off += n;
+        }
+        if (x->work_err == 0 && x->cmd_mode >= 0 && fchmod(out, (mode_t)x->cmd_mode) < 0)
+            x->work_err = errno;
+    }
+    if (out >= 0 && close(out) < 0 && x->work_err == 0)
+        x->work_err = errno;
+}
+
+static void copy_back_done(uv_work_t *req, int status)
+{
+    xfer_t *x = req->data;
+    x->work_busy = false;
+    if (x->zombie) {
+        xfer_free(x, NULL);
+        return;
+    }
+    if (status == UV_ECANCELED)
+        x->work_err = ECANCELED;
+    if (x->work_err) {
+        char ebuf[128];
+        xfer_end_path(x, 1, "Cannot write file '", x->cmd->args.path, "' for download: %s",
+                      cw_errstr(x->work_err, ebuf, sizeof ebuf));
+        return;
+    }
+    xfer_end(x, x->rc, NULL, NULL);
+}
+
+/* The master has been told we are done; the data is complete: put it in place. */
 static void read_close_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
 {
     xfer_t *x = ((cw_cmd_t *)ctx)->state;
     x->req_busy = false;
     cw_args_t *a = &x->cmd->args;
-    if (x->rc == 0 && !x->stopping) {
-        if (x->fd >= 0) {
-            close(x->fd);
-            x->fd = -1;
+    if (x->rc != 0 || x->stopping) {
+        xfer_end(x, x->rc, NULL, NULL);
+        return;
+    }
+    if (x->dl_mode == DL_COPY_BACK) {
+        x->work.data = x;
+        x->work_busy = true;
+        int rc = uv_queue_work(x->cmd->w->loop, &x->work, copy_back_work, copy_back_done);
+        if (rc < 0) {
+            x->work_busy = false;
+            xfer_end_path(x, 1, "Cannot write file '", a->path, "' for download: %s",
+                          uv_strerror(rc));
         }
-        if (rename(x->tmp_path, a->path) < 0) {
-            char msg[600];
-            snprintf(msg, sizeof msg, "Cannot open file '%s' for download: %s", a->path,
-                     strerror(errno));
-            download_unlink_tmp(x);
-            xfer_end(x, 1, msg, NULL);
+        return;
+    }
+    if (x->dl_mode == DL_DIRECT) {
+        if (x->cmd_mode >= 0 && fchmod(x->fd, (mode_t)x->cmd_mode) < 0) {
+            char ebuf[128];
+            xfer_end_path(x, 1, "Cannot set the mode of '", a->path, "': %s",
+                          cw_errstr(errno, ebuf, sizeof ebuf));
             return;
         }
-        free(x->tmp_path);
-        x->tmp_path = NULL;
+        xfer_end(x, x->rc, NULL, NULL);
+        return;
     }
+    if (x->fd >= 0) {
+        close(x->fd);
+        x->fd = -1;
+    }
+    if (rename(x->tmp_path, x->dest) < 0) {
+        char ebuf[128];
+        int e = errno;
+        download_unlink_tmp(x);
+        xfer_end_path(x, 1, "Cannot open file '", a->path, "' for download: %s",
+                      cw_errstr(e, ebuf, sizeof ebuf));
+        return;
+    }
+    free(x->tmp_path);
+    x->tmp_path = NULL;
     xfer_end(x, x->rc, NULL, NULL);
 }
 
@@ -795,6 +960,20 @@ static void download_finish(xfer_t *x, int rc, const char *msg)
     }
 }
 
+/* download_finish with "pre'PATH'post" (path elided) on stderr. */
+static void download_finish_path(xfer_t *x, const char *pre, const char *path, const char *post,
+                                 const char *detail)
+{
+    cw_buf_t m = CW_BUF_INIT;
+    path_msg(&m, pre, path, post);
+    cw_buf_append_str(&m, detail);
+    cw_buf_append(&m, "", 1);
+    download_finish(x, 1, m.data ? (const char *)m.data : "out of memory");
+    cw_buf_free(&m);
+}
+
+static void download_write_next(xfer_t *x);
+
 static void download_write_cb(uv_fs_t *req)
 {
     xfer_t *x = req->data;
@@ -805,15 +984,36 @@ static void download_write_cb(uv_fs_t *req)
         download_finish(x, 1, NULL);
         return;
     }
-    if (n < 0 || (size_t)n != x->buflen) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "cannot write '%s': %s", x->cmd->args.path,
-                 n < 0 ? uv_strerror((int)n) : "short write");
-        download_finish(x, 1, msg);
+    if (n < 0 || (n == 0 && x->wdone < x->buflen)) {
+        /* a short write is followed by another one, so the text is the
+         * kernel's reason ("No space left on device"), never "short write" */
+        download_finish_path(x, "Cannot write file '", x->cmd->args.path, "' for download: ",
+                             n < 0 ? uv_strerror((int)n) : "the file system accepted no data");
         return;
     }
+    x->wdone += (size_t)n;
     x->file_off += (uint64_t)n;
+    if (x->wdone < x->buflen) {
+        download_write_next(x);
+        return;
+    }
     download_request(x);
+}
+
+/* Write the rest of the block in buf. */
+static void download_write_next(xfer_t *x)
+{
+    x->fs.data = x;
+    x->fs_busy = true;
+    uv_buf_t b = uv_buf_init((char *)x->buf + x->wdone, (unsigned)(x->buflen - x->wdone));
+    /* a character device (DL_DIRECT) has no offsets: -1 writes at the current position */
+    int64_t off = x->dl_mode == DL_DIRECT && x->dest_chr ? -1 : (int64_t)x->file_off;
+    int rc = uv_fs_write(x->cmd->w->loop, &x->fs, x->fd, &b, 1, off, download_write_cb);
+    if (rc < 0) {
+        x->fs_busy = false;
+        download_finish_path(x, "Cannot write file '", x->cmd->args.path, "' for download: ",
+                             uv_strerror(rc));
+    }
 }
 
 static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
@@ -870,22 +1070,14 @@ static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
         return;
     }
     if (x->probing) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "Maximum filesize reached, truncating file '%s'", a->path);
-        download_finish(x, 1, msg);
+        download_finish_path(x, "Maximum filesize reached, truncating file '", a->path, "'", "");
         return;
     }
     memcpy(x->buf, data, len);
     x->buflen = len;
+    x->wdone = 0;
     x->done_bytes += len;
-    x->fs.data = x;
-    x->fs_busy = true;
-    uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
-    if (uv_fs_write(x->cmd->w->loop, &x->fs, x->fd, &b, 1, (int64_t)x->file_off,
-                    download_write_cb) < 0) {
-        x->fs_busy = false;
-        download_finish(x, 1, "cannot write the file");
-    }
+    download_write_next(x);
 }
 
 /* Ask the master for the next block (or one byte past maxsize, to tell a
@@ -921,13 +1113,111 @@ static void download_request(xfer_t *x)
     }
 }
 
+/* Follow symbolic links from path (at most 40, like the kernel) to the
+ * name that open(path, O_CREAT) would create or write: a heap string, or
+ * NULL with errno set. */
+static char *resolve_links(const char *path)
+{
+    char *p = strdup(path);
+    for (int hops = 0; p != NULL; hops++) {
+        struct stat st;
+        if (lstat(p, &st) < 0 || !S_ISLNK(st.st_mode))
+            return p; /* not there (created by the download), or not a link */
+        if (hops == 40) {
+            free(p);
+            errno = ELOOP;
+            return NULL;
+        }
+        cw_buf_t t = CW_BUF_INIT;
+        ssize_t n;
+        size_t cap = 256;
+        for (;;) {
+            if (cw_buf_reserve(&t, cap) < 0) {
+                n = -1;
+                errno = ENOMEM;
+                break;
+            }
+            n = readlink(p, (char *)t.data, cap);
+            if (n < 0 || (size_t)n < cap)
+                break;
+            cap *= 2;
+        }
+        if (n < 0) {
+            int e = errno;
+            cw_buf_free(&t);
+            free(p);
+            errno = e;
+            return NULL;
+        }
+        t.len = (size_t)n;
+        cw_buf_t next = CW_BUF_INIT;
+        const char *slash = strrchr(p, '/');
+        if (t.data[0] != '/' && slash != NULL)
+            cw_buf_append(&next, p, (size_t)(slash - p) + 1);
+        cw_buf_append(&next, t.data, t.len);
+        int rc = cw_buf_append(&next, "", 1);
+        cw_buf_free(&t);
+        free(p);
+        p = rc == 0 ? (char *)cw_buf_steal(&next, NULL) : NULL;
+        cw_buf_free(&next);
+    }
+    errno = ENOMEM;
+    return NULL;
+}
+
+/* A temporary file in dest's directory: a short fixed name, so that any
+ * destination name the file system accepts (up to NAME_MAX) works. */
+static int download_make_tmp(xfer_t *x)
+{
+    cw_buf_t tmp = CW_BUF_INIT;
+    const char *slash = strrchr(x->dest, '/');
+    if (slash)
+        cw_buf_append(&tmp, x->dest, (size_t)(slash - x->dest) + 1);
+    cw_buf_append_str(&tmp, ".cworker-XXXXXX");
+    if (cw_buf_append(&tmp, "", 1) < 0) {
+        cw_buf_free(&tmp);
+        return -ENOMEM;
+    }
+    x->tmp_path = (char *)cw_buf_steal(&tmp, NULL);
+    /* small and local: mkstemp on the loop thread is fine */
+    x->fd = cw_mkstemp_cloexec(x->tmp_path);
+    if (x->fd < 0) {
+        int e = errno;
+        free(x->tmp_path);
+        x->tmp_path = NULL;
+        return -e;
+    }
+    return 0;
+}
+
+/* Open the destination itself (DL_DIRECT): 0 or -errno. */
+static int download_open_direct(xfer_t *x)
+{
+    x->fd = open(x->dest, O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0666);
+    if (x->fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(x->fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISCHR(st.st_mode)) ||
+        (S_ISREG(st.st_mode) && ftruncate(x->fd, 0) < 0) || fcntl(x->fd, F_SETFL, 0) < 0) {
+        int e = S_ISREG(st.st_mode) || S_ISCHR(st.st_mode) ? errno : EINVAL;
+        close(x->fd);
+        x->fd = -1;
+        return -e;
+    }
+    x->dest_chr = S_ISCHR(st.st_mode);
+    x->dl_mode = DL_DIRECT;
+    return 0;
+}
+
 static int download_start(xfer_t *x)
 {
     cw_args_t *a = &x->cmd->args;
+    char ebuf[128];
+    x->cmd_mode = a->mode;
     x->buf = malloc((size_t)a->blocksize);
     if (x->buf == NULL)
         return -ENOMEM;
-    /* parent directories, then a temporary file beside the destination */
+    /* parent directories, as the stock worker makes them */
     char *dir = strdup(a->path);
     if (dir == NULL)
         return -ENOMEM;
@@ -938,29 +1228,55 @@ static int download_start(xfer_t *x)
         rc = cw_mkdirs(dir, 0777);
     }
     free(dir);
-    char msg[700];
     if (rc < 0) {
-        snprintf(msg, sizeof msg, "Cannot open file '%s' for download: %s", a->path,
-                 strerror(-rc));
-        download_finish(x, 1, msg);
+        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
+                             cw_errstr(-rc, ebuf, sizeof ebuf));
         return 0;
     }
-    cw_buf_t tmp = CW_BUF_INIT;
-    cw_buf_printf(&tmp, "%s.cworker-XXXXXX", a->path);
-    cw_buf_append(&tmp, "", 1);
-    x->tmp_path = (char *)cw_buf_steal(&tmp, NULL);
-    /* small and local: mkstemp on the loop thread is fine */
-    x->fd = cw_mkstemp_cloexec(x->tmp_path);
-    if (x->fd < 0) {
-        snprintf(msg, sizeof msg, "Cannot open file '%s' for download: %s", a->path,
-                 strerror(errno));
-        free(x->tmp_path);
-        x->tmp_path = NULL;
-        download_finish(x, 1, msg);
+    x->dest = resolve_links(a->path);
+    if (x->dest == NULL) {
+        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
+                             cw_errstr(errno, ebuf, sizeof ebuf));
         return 0;
     }
-    /* the requested mode, or what open(2) would give under our umask */
-    fchmod(x->fd, a->mode >= 0 ? (mode_t)a->mode : 0666 & ~x->cmd->w->cfg->umask);
+    struct stat st;
+    bool exists = lstat(x->dest, &st) == 0;
+    if (!exists && errno != ENOENT) {
+        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
+                             cw_errstr(errno, ebuf, sizeof ebuf));
+        return 0;
+    }
+    if (exists && S_ISCHR(st.st_mode)) {
+        rc = download_open_direct(x);
+    } else if (exists && !S_ISREG(st.st_mode)) {
+        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
+                             not_regular(st.st_mode));
+        return 0;
+    } else {
+        /* the requested mode; else the old file's; else what open(2) gives */
+        mode_t mode = a->mode >= 0 ? (mode_t)a->mode
+                      : exists     ? st.st_mode & 07777
+                                   : 0666 & ~x->cmd->w->cfg->umask;
+        x->dl_mode = exists && st.st_nlink > 1 ? DL_COPY_BACK : DL_RENAME;
+        rc = download_make_tmp(x);
+        if (rc == -EACCES || rc == -EPERM || rc == -EROFS) {
+            /* a writable file in a directory we cannot add to: in place */
+            rc = download_open_direct(x);
+        } else if (rc == 0 && x->dl_mode == DL_RENAME) {
+            /* the new file takes the old one's owner (as root; otherwise only
+             * if we own it already), then its mode: fchown clears set-id bits */
+            if (exists && (st.st_uid != geteuid() || st.st_gid != getegid()) &&
+                fchown(x->fd, st.st_uid, st.st_gid) < 0)
+                x->dl_mode = DL_COPY_BACK; /* only the old inode keeps its owner */
+            if (x->dl_mode == DL_RENAME && fchmod(x->fd, mode) < 0)
+                rc = -errno;
+        }
+    }
+    if (rc < 0) {
+        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
+                             cw_errstr(-rc, ebuf, sizeof ebuf));
+        return 0;
+    }
     download_request(x);
     return 0;
 }
@@ -1033,8 +1349,9 @@ static void xfer_interrupt(cw_cmd_t *cmd, const char *why)
     if (x->tar)
         atomic_store(&x->tar->stop, true);
 #endif
-    /* with nothing in flight, end now; otherwise the pending callback does */
-    if (!x->fs_busy && !x->req_busy) {
+    /* with nothing in flight, end now; otherwise the pending callback does
+     * (a copy back, once started, is finished: the data is complete) */
+    if (!x->fs_busy && !x->req_busy && !x->work_busy) {
         if (cmd->kind == CW_CMD_DOWNLOAD_FILE && !cmd->detached)
             download_finish(x, 1, NULL);
         else
@@ -1053,6 +1370,7 @@ static void xfer_free(xfer_t *x, cw_cmd_t *cmd)
         unlink(x->tmp_path);
     free(x->buf);
     free(x->tmp_path);
+    free(x->dest);
     free(x);
     if (cmd) {
         cmd->state = NULL;
@@ -1084,10 +1402,10 @@ static void xfer_destroy(cw_cmd_t *cmd)
         cw_cmd_destroyed(cmd);
         return;
     }
-    if (x->fs_busy) {
+    if (x->fs_busy || x->work_busy) {
         /* an fs request still references x: the command goes now, x when
-         * the request ends (fs_cb_enter) */
-        uv_cancel((uv_req_t *)&x->fs);
+         * the request ends (fs_cb_enter, copy_back_done) */
+        uv_cancel(x->fs_busy ? (uv_req_t *)&x->fs : (uv_req_t *)&x->work);
         x->zombie = true;
         cmd->state = NULL;
 #if CW_HAVE_ARCHIVE

@@ -93,6 +93,9 @@ static const optdef_t optdefs[CW_OPT__COUNT] = {
     [CW_OPT_MAX_PENDING_OUTPUT] = {"max-pending-output", T_SIZE, 0, "BYTES", "0",
                                    "unsent output at which a command stops being read until "
                                    "the master catches up (0 = twice the master's buffer_size)"},
+    [CW_OPT_FS_MAX_DEPTH] = {"fs-max-depth", T_INT, 0, "N", "100000",
+                             "deepest directory tree (or glob pattern, in components) a file "
+                             "command walks; deeper ones fail that command"},
     [CW_OPT_DRAIN_TIMEOUT] = {"drain-timeout", T_SECONDS, 0, "SECONDS", "60",
                               "on SIGTERM, how long running commands may go on before they "
                               "are interrupted (0 = at once)"},
@@ -1016,11 +1019,13 @@ int cw_opts_parse_conf(cw_opts_t *o, const char *text, size_t len, const char *p
 /* Reading the files                                                        */
 /* ------------------------------------------------------------------------ */
 
-/* Read a small regular file; *mode gets its permission bits. */
+/* Read a small regular file; *mode gets its permission bits.  O_NONBLOCK:
+ * a FIFO (or a device) given by mistake is refused by the fstat below
+ * instead of blocking start-up until a writer appears. */
 static int read_file(const char *path, char **text, size_t *len, unsigned *mode, char *err,
                      size_t errlen, const char *what, const char *where)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return fail(err, errlen, "cannot read %s '%s' (%s): %s", what, path, where,
                     strerror(errno));
@@ -1129,6 +1134,7 @@ static void config_defaults(cw_config_t *cfg)
     cfg->max_message = 64u << 20;
     cfg->kill_grace = 10000;
     cfg->drain_timeout = 60000;
+    cfg->fs_max_depth = 100000;
     cfg->umask = -1;
     cfg->log_size = 10000000; /* the stock buildbot.tac's rotateLength */
     cfg->log_count = 10;      /* and maxRotatedFiles */
@@ -1390,6 +1396,14 @@ int cw_config_resolve(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *e
         }
         cfg->max_pending_output = (size_t)n;
     }
+    if (SRC(CW_OPT_FS_MAX_DEPTH)) {
+        if (parse_u64(v[CW_OPT_FS_MAX_DEPTH].value, &n) < 0 || n < 1 || n > 100000000) {
+            rc = bad_value(err, errlen, o, CW_OPT_FS_MAX_DEPTH,
+                           "needs a number of levels from 1 to 100000000");
+            goto bad;
+        }
+        cfg->fs_max_depth = (unsigned)n;
+    }
     if (SRC(CW_OPT_MAX_RETRIES)) {
         if (parse_u64(v[CW_OPT_MAX_RETRIES].value, &n) < 0 || n > INT_MAX) {
             rc = bad_value(err, errlen, o, CW_OPT_MAX_RETRIES, "needs a number (0 = never stop)");
@@ -1574,6 +1588,8 @@ static int check_log_file(cw_config_t *cfg, const cw_opts_t *o, char *err, size_
     if (stat(abs, &st) == 0) {
         if (S_ISDIR(st.st_mode))
             return fail(err, errlen, "log-file '%s' (%s): is a directory", abs, where);
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode))
+            return fail(err, errlen, "log-file '%s' (%s): not a regular file", abs, where);
         if (access(abs, W_OK) < 0)
             return fail(err, errlen, "log-file '%s' (%s): not writable: %s", abs, where,
                         strerror(errno));
@@ -1629,11 +1645,15 @@ int cw_config_finish(cw_config_t *cfg, const cw_opts_t *o, bool create, char *er
             return oom(err, errlen);
         free(*files[k]);
         *files[k] = abs;
-        int fd = open(abs, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        int fd = open(abs, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        struct stat st;
+        int e = fd < 0 ? errno : fstat(fd, &st) < 0 ? errno : S_ISREG(st.st_mode) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        if (e != 0)
             return fail(err, errlen, "%s '%s' (%s): %s", optdefs[ids[k]].name, abs,
-                        o->v[ids[k]].where ? o->v[ids[k]].where : "", strerror(errno));
-        close(fd);
+                        o->v[ids[k]].where ? o->v[ids[k]].where : "",
+                        e < 0 ? "not a regular file" : strerror(e));
     }
 
     if (cfg->log_file) {
@@ -1807,6 +1827,9 @@ static const char *fmt_opt(int id, const cw_config_t *cfg, char *buf, size_t cap
         return buf;
     case CW_OPT_MAX_PENDING_OUTPUT:
         snprintf(buf, cap, "%zu", cfg->max_pending_output);
+        return buf;
+    case CW_OPT_FS_MAX_DEPTH:
+        snprintf(buf, cap, "%u", cfg->fs_max_depth);
         return buf;
     case CW_OPT_DRAIN_TIMEOUT:
         fmt_ms(buf, cap, cfg->drain_timeout);

@@ -45,6 +45,7 @@ typedef struct cw_config {
     size_t max_message;     /* bytes */
     size_t max_commands;    /* concurrent commands refused above this; 0 = no limit */
     size_t max_pending_output; /* a command's unsent output that pauses it; 0 = 2 x buffer_size */
+    unsigned fs_max_depth;  /* deepest tree or glob pattern a file command walks */
     uint64_t kill_grace;    /* ms to wait for process groups at exit */
     uint64_t drain_timeout; /* ms SIGTERM lets running commands finish */
     bool verbose;
@@ -92,6 +93,7 @@ typedef enum cw_opt_id {
     CW_OPT_MAX_MESSAGE,
     CW_OPT_MAX_COMMANDS,
     CW_OPT_MAX_PENDING_OUTPUT,
+    CW_OPT_FS_MAX_DEPTH,
     CW_OPT_DRAIN_TIMEOUT,
     CW_OPT_KILL_GRACE,
     CW_OPT_UMASK,

@@ -96,6 +96,55 @@ static void watchdog_cb(uv_timer_t *t)
     cw_notify_watchdog();
 }
 
+static void pool_probe_thread(void *arg)
+{
+    (void)arg;
+}
+
+static void pool_noop(uv_work_t *req)
+{
+    (void)req;
+}
+
+static void pool_noop_done(uv_work_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+/* Start libuv's thread pool now, where a failure can be reported.  libuv
+ * creates its threads on first use (name resolution, file commands) and
+ * calls abort() when it cannot (the process limit, ulimit -u, reached): a
+ * SIGABRT with nothing in the log.  So first create as many threads as the
+ * pool will, with its 8 MiB stacks; if that works, let the pool start.
+ * 0, or the error of the thread that could not be created. */
+static int start_thread_pool(uv_loop_t *loop)
+{
+    unsigned n = 4; /* libuv's default pool size */
+    const char *env = getenv("UV_THREADPOOL_SIZE");
+    if (env != NULL && atoi(env) > 0)
+        n = (unsigned)atoi(env) > 1024 ? 1024 : (unsigned)atoi(env);
+    uv_thread_options_t opt = {.flags = UV_THREAD_HAS_STACK_SIZE, .stack_size = 8u << 20};
+    uv_thread_t *t = calloc(n, sizeof *t);
+    if (t == NULL)
+        return UV_ENOMEM;
+    unsigned made = 0;
+    int rc = 0;
+    for (; made < n; made++)
+        if ((rc = uv_thread_create_ex(&t[made], &opt, pool_probe_thread, NULL)) != 0)
+            break;
+    for (unsigned i = 0; i < made; i++)
+        uv_thread_join(&t[i]);
+    free(t);
+    if (rc != 0)
+        return rc;
+    uv_work_t req;
+    rc = uv_queue_work(loop, &req, pool_noop, pool_noop_done);
+    if (rc == 0)
+        uv_run(loop, UV_RUN_DEFAULT); /* nothing else is on the loop yet */
+    return rc;
+}
+
 /* Run the worker until it stops; returns its exit code. */
 static int run_worker(cw_config_t *cfg, cw_opts_t *o)
 {
@@ -120,8 +169,20 @@ static int run_worker(cw_config_t *cfg, cw_opts_t *o)
         cw_warn("NOTIFY_SOCKET is malformed; not notifying systemd");
 
     uv_loop_t *loop = uv_default_loop();
+    int rc = 0;
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        rc = start_thread_pool(loop);
+        if (rc == 0)
+            break;
+        cw_error("cannot start threads: %s (is the user's process limit, ulimit -u, reached?)%s",
+                 uv_strerror(rc), attempt < 3 ? "; trying again in 2 s" : "");
+        if (attempt < 3)
+            sleep(2); /* nothing runs yet: no loop to keep turning */
+    }
+    if (rc != 0)
+        return 1;
     cw_worker_t w;
-    int rc = cw_worker_init(&w, loop, cfg);
+    rc = cw_worker_init(&w, loop, cfg);
     if (rc < 0) {
         cw_error("cannot start: %s", cw_strerror(rc));
         return 1;
@@ -142,8 +203,13 @@ static int run_worker(cw_config_t *cfg, cw_opts_t *o)
     uv_run(loop, UV_RUN_NOWAIT);
     int exit_code = w.exit_code;
     rc = uv_loop_close(loop);
-    if (rc != 0)
-        cw_debug("loop closed with handles still open: %s", uv_strerror(rc));
+    if (rc != 0) {
+        /* Something we gave up on is still in flight, maybe a thread-pool
+         * call blocked in the kernel.  libuv's exit handler would wait for
+         * its pool threads: leave without running it. */
+        cw_info("exited (leaving %s behind)", uv_strerror(rc));
+        _exit(exit_code);
+    }
     cw_info("exited");
     return exit_code;
 }

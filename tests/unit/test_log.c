@@ -240,9 +240,56 @@ static void test_removed_and_reopened(void **state)
     free(b);
 }
 
+/* A 200 KB path in a message: one bounded line that keeps both ends. */
+static void test_long_line_elided(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s", name_of("long.log", 0));
+    cw_log_setup("cworker", CW_LOG_INFO, CW_LOG_TEXT);
+    assert_int_equal(cw_log_open_file(path, 0, 0), 0);
+    size_t n = 200 * 1024;
+    char *pattern = malloc(n + 1);
+    assert_non_null(pattern);
+    for (size_t i = 0; i < n; i += 2) {
+        pattern[i] = '/';
+        pattern[i + 1] = '*';
+    }
+    pattern[n] = '\0';
+    cw_info("command 7: glob %s: No such file or directory", pattern);
+    cw_log_open_file(NULL, 0, 0);
+    free(pattern);
+    char *got = get(path);
+    assert_non_null(got);
+    size_t len = strlen(got);
+    assert_true(len < 4096);
+    assert_int_equal(got[len - 1], '\n');
+    assert_null(strchr(got, '\n') + 1 < got + len ? strchr(strchr(got, '\n') + 1, '\n') : NULL);
+    assert_non_null(strstr(got, "command 7: glob /*/*"));
+    assert_non_null(strstr(got, "/*/*: No such file or directory\n"));
+    assert_non_null(strstr(got, " bytes]..."));
+    free(got);
+}
+
+/* A FIFO in the log file's place is refused at once instead of blocking
+ * until a reader appears. */
+static void test_fifo_refused(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s", name_of("fifo.log", 0));
+    assert_int_equal(mkfifo(path, 0600), 0);
+    cw_log_setup("cworker", CW_LOG_INFO, CW_LOG_TEXT);
+    alarm(10); /* a regression blocks in open(): fail instead of hanging */
+    assert_int_equal(cw_log_open_file(path, 0, 0), -EINVAL);
+    alarm(0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_long_line_elided),
+        cmocka_unit_test(test_fifo_refused),
         cmocka_unit_test(test_rotate_files_naming),
         cmocka_unit_test(test_rotating_logger),
         cmocka_unit_test(test_failing_file_falls_back),
