@@ -140,7 +140,6 @@ class Installation:
                         ' (the test would remove them as the package\'s)', pytrace=False)
 
     def install(self):
-        self.check_preconditions()
         self.before = snapshot()
         self.started = time.strftime('%Y-%m-%d %H:%M:%S')
         t0 = time.monotonic()
@@ -180,7 +179,8 @@ class Installation:
         return diff
 
     def cleanup(self):
-        """Leave the machine as it was, whatever happened (fixture teardown)."""
+        """Leave the machine as it was, whatever happened (fixture teardown).  Runs only
+        after check_preconditions() passed: what it removes did not exist before."""
         if on_machine():
             p = run(APT + ['purge', '-y', PKG], env=APT_ENV, check=False)
             if p.returncode != 0:
@@ -204,6 +204,8 @@ class Installation:
 @contextlib.contextmanager
 def installed(deb):
     inst = Installation(deb)
+    # outside the try: when the machine has a cworker of its own, cleanup() must not run
+    inst.check_preconditions()
     try:
         inst.install()
         yield inst
