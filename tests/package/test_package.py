@@ -430,7 +430,7 @@ class TestInstalled:
 
 def test_purge_keeps_the_administrators_files(deb):
     """Configuration the administrator wrote in /etc/cworker and a worker's data in
-    /var/lib/cworker survive purge, and so does the account that owns them (deleting it
+    /var/lib/cworker survive remove and then purge, and so does the account that owns them (deleting it
     would hand its files to the next account given its uid); purge says what it kept.  Once
     the administrator removes them as told, nothing is left."""
     with installed(deb) as inst:
@@ -444,12 +444,18 @@ def test_purge_keeps_the_administrators_files(deb):
         data.write_text('a build product\n')
         for p in (HOME / 'w1', data.parent, data):
             os.chown(p, pw.pw_uid, pw.pw_gid)
+        # remove first: the programs go, the account and everything in the two directories stay
+        run(APT + ['remove', '-y', PKG], env=APT_ENV)
+        assert pkg_status() == 'deinstall ok config-files', pkg_status()
+        assert not os.path.exists('/usr/bin/cworker') and not UNIT.exists()
+        assert account_exists() and conf.exists() and data.exists()
         out = inst.purge()
         assert not on_machine(), pkg_status()
         assert conf.read_text() == 'name = w1\npassword = secret\n'
         assert data.read_text() == 'a build product\n'
         kept = account_exists()
-        assert kept and kept.pw_uid == pw.pw_uid and os.stat(data).st_uid == pw.pw_uid
+        assert kept, 'purge removed the cworker account although files it owns were kept'
+        assert kept.pw_uid == pw.pw_uid and os.stat(data).st_uid == pw.pw_uid
         assert 'kept /etc/cworker /var/lib/cworker' in out, out
         # what purge told the administrator to do
         m = re.search(r'cworker: when they are no longer needed: (.*)', out)
