@@ -24,7 +24,9 @@ need_packages() {
         printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy" &&
             made_policy=1
     fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # another apt-get or dpkg on the machine may hold dpkg's lock: wait up to 10 minutes
+    # for it rather than fail at once
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     local rc=$?
     [ -n "$made_policy" ] && $sudo rm -f "$policy"
     return $rc
