@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cworker/output.h"
+#include "cworker/utf8.h"
 
 #define CHECK(x)                                                                                   \
     do {                                                                                           \

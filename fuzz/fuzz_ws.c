@@ -18,6 +18,7 @@
 
 #include "cworker/cw.h"
 #include "cworker/ws.h"
+#include "cworker/utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

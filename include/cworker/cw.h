@@ -79,13 +79,4 @@ bool cw_str_eq(cw_str_t s, const char *lit);
 /* Copy into a fresh NUL-terminated heap string (caller frees); NULL on OOM. */
 char *cw_str_dup(cw_str_t s);
 
-/* Append [p, p+len) to out as valid UTF-8: every byte that is not part of a
- * valid sequence becomes U+FFFD.  Returns 0 or -ENOMEM.  (For names and
- * messages; command output has its own streaming decoder in output.h.) */
-struct cw_buf;
-int cw_utf8_repair(const uint8_t *p, size_t len, struct cw_buf *out);
-
-/* True if [p, p+len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-bool cw_utf8_valid(const uint8_t *p, size_t len);
-
 #endif

@@ -11,6 +11,7 @@
  * parts of the start line; header names are tokens followed directly by ':';
  * control characters other than HTAB are refused anywhere in the head.
  */
+#include "cworker/utf8.h"
 #include "cworker/http.h"
 
 #include "cworker/cw.h"

@@ -11,6 +11,7 @@
  * The walk is iterative with a fixed-size stack of open containers, so hostile
  * nesting costs neither heap nor C stack.
  */
+#include "cworker/utf8.h"
 #include "cworker/msg.h"
 
 #include <stdarg.h>

@@ -23,6 +23,7 @@
  * they begin gets that time even when they are decided in a later chunk.
  */
 #include "cworker/output.h"
+#include "cworker/utf8.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -41,75 +42,6 @@ bool cw_newline_re_supported(const char *re, size_t len)
 }
 
 /* ---- UTF-8 ---- */
-
-static const uint8_t fffd[3] = {0xEF, 0xBF, 0xBD};
-
-enum { U_VALID, U_INVALID, U_SHORT };
-
-/* Classify the sequence starting with p[0] >= 0x80 like Python's decoder with
- * errors='replace': U_VALID (*len bytes), U_INVALID (*len = the maximal
- * subpart, replaced by one U+FFFD; the byte after it is not consumed) or
- * U_SHORT (all n bytes are a valid but unfinished prefix). */
-static inline int utf8_seq(const uint8_t *p, size_t n, size_t *len)
-{
-    uint8_t c = p[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0; /* overlong */
-        else if (c == 0xED)
-            hi = 0x9F; /* surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90; /* overlong */
-        else if (c == 0xF4)
-            hi = 0x8F; /* > U+10FFFF */
-    } else {
-        *len = 1;
-        return U_INVALID;
-    }
-    for (size_t j = 1; j <= need; j++) {
-        if (j >= n) {
-            *len = j;
-            return U_SHORT;
-        }
-        if (p[j] < lo || p[j] > hi) {
-            *len = j;
-            return U_INVALID;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    *len = need + 1;
-    return U_VALID;
-}
-
-/* Append s to out with every invalid sequence replaced by U+FFFD (for text
- * that did not come through a splitter). */
-static int utf8_repair(cw_buf_t *out, const uint8_t *s, size_t n)
-{
-    size_t i = 0, run = 0;
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        size_t k;
-        if (utf8_seq(s + i, n - i, &k) == U_VALID) {
-            i += k;
-            continue;
-        }
-        if (cw_buf_append(out, s + run, i - run) < 0 || cw_buf_append(out, fffd, 3) < 0)
-            return -ENOMEM;
-        i += k;
-        run = i;
-    }
-    return cw_buf_append(out, s + run, n - run);
-}
 
 /* Length of the leading run of printable ASCII (0x20..0x7f), 8 bytes at a
  * time: bytes below 0x20 or above 0x7f are what the splitter must look at. */
@@ -416,7 +348,7 @@ static int add_text(cw_outbuf_t *ob, cw_stream_t stream, const char *logname, co
     const uint8_t *s = (const uint8_t *)text;
     /* A str that is not UTF-8 makes the master drop the connection. */
     if (!cw_utf8_valid(s, len)) {
-        if (utf8_repair(&tmp, s, len) < 0) {
+        if (cw_utf8_repair(s, len, &tmp) < 0) {
             cw_buf_free(&tmp);
             return -ENOMEM;
         }
@@ -487,7 +419,7 @@ int cw_outbuf_add_str(cw_outbuf_t *ob, const char *key, const char *v)
     cw_out_entry_t *e = pair_entry(ob, key, E_STR);
     if (e == NULL)
         return -ENOMEM;
-    if (utf8_repair(&e->data, (const uint8_t *)v, strlen(v)) < 0) {
+    if (cw_utf8_repair((const uint8_t *)v, strlen(v), &e->data) < 0) {
         ob->nentries--;
         ob->size -= 20;
         return -ENOMEM;
@@ -914,15 +846,15 @@ static int slow_step(cw_lines_t *ls, cw_outbuf_t *ob, const uint8_t *p, size_t n
         i++;
     } else {
         size_t k;
-        int r = utf8_seq(p + i, n - i, &k);
-        if (r == U_SHORT) {
+        int r = cw_utf8_seq(p + i, n - i, &k);
+        if (r == CW_UTF8_SHORT) {
             /* Wait for the rest; the char will carry this arrival time. */
             memcpy(ls->utf8, p + i, n - i);
             ls->utf8_len = n - i;
             ls->held_time = now;
             i = n;
         } else {
-            rc = add_char(ls, ob, r == U_VALID ? p + i : fffd, r == U_VALID ? k : 3, now);
+            rc = add_char(ls, ob, r == CW_UTF8_VALID ? p + i : cw_utf8_fffd, r == CW_UTF8_VALID ? k : 3, now);
             i += k;
         }
     }
@@ -982,7 +914,7 @@ static int fast_lines(cw_lines_t *ls, cw_outbuf_t *ob, const uint8_t *p, size_t 
             /* Stay here through a run of non-ASCII text. */
             size_t k;
             do {
-                if (utf8_seq(p + i, n - i, &k) != U_VALID)
+                if (cw_utf8_seq(p + i, n - i, &k) != CW_UTF8_VALID)
                     goto stop;
                 i += k;
                 cont += k - 1; /* continuation bytes are not chars */
@@ -1026,13 +958,13 @@ int cw_lines_feed(cw_lines_t *ls, cw_outbuf_t *ob, const uint8_t *data, size_t l
             take = len;
         memcpy(tmp, ls->utf8, have);
         memcpy(tmp + have, data, take);
-        int r = utf8_seq(tmp, have + take, &k);
-        if (r == U_SHORT) {
+        int r = cw_utf8_seq(tmp, have + take, &k);
+        if (r == CW_UTF8_SHORT) {
             memcpy(ls->utf8 + have, data, take); /* take == len here */
             ls->utf8_len += take;
             return 0;
         }
-        rc = add_char(ls, ob, r == U_VALID ? tmp : fffd, r == U_VALID ? k : 3, ls->held_time);
+        rc = add_char(ls, ob, r == CW_UTF8_VALID ? tmp : cw_utf8_fffd, r == CW_UTF8_VALID ? k : 3, ls->held_time);
         if (rc < 0)
             return rc;
         ls->utf8_len = 0;
@@ -1060,7 +992,7 @@ int cw_lines_flush(cw_lines_t *ls, cw_outbuf_t *ob, double now)
 {
     int rc;
     if (ls->utf8_len > 0) {
-        rc = add_char(ls, ob, fffd, 3, ls->held_time);
+        rc = add_char(ls, ob, cw_utf8_fffd, 3, ls->held_time);
         if (rc < 0)
             return rc;
         ls->utf8_len = 0;

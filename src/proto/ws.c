@@ -24,6 +24,7 @@
  * - on_message must not call cw_ws_feed() or cw_ws_free() on its session; it may call
  *   cw_ws_encode(), cw_ws_ping() and cw_ws_close().
  */
+#include "cworker/utf8.h"
 #include "cworker/ws.h"
 
 #include <errno.h>

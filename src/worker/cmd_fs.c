@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cworker/utf8.h"
 #include "cmd.h"
 #include "fsutil.h"
 #include "log.h"

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cworker/utf8.h"
 #include "cmd.h"
 #include "cw_config.h"
 #include "fsutil.h"

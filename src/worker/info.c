@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cworker/utf8.h"
 #include "cmd.h"
 #include "cw_config.h"
 #include "worker.h"

@@ -14,6 +14,7 @@
 
 #include "cworker/args.h"
 #include "cworker/msg.h"
+#include "cworker/utf8.h"
 
 /* Per-test state: an output buffer with its packer, a reusable unpacked
  * object and the decoded message. */

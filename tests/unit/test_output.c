@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cworker/output.h"
+#include "cworker/utf8.h"
 
 #define FFFD "\xef\xbf\xbd"
 

@@ -14,6 +14,7 @@
 
 #include "cworker/cw.h"
 #include "cworker/ws.h"
+#include "cworker/utf8.h"
 
 #define MAX_EVENTS 64
 

@@ -1,0 +1,45 @@
+/* UTF-8 with Python's rules (see utf8.h). */
+#include "cworker/utf8.h"
+
+#include <errno.h>
+
+const uint8_t cw_utf8_fffd[3] = {0xEF, 0xBF, 0xBD};
+
+bool cw_utf8_valid(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k;
+        if (cw_utf8_seq(p + i, len - i, &k) != CW_UTF8_VALID)
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+int cw_utf8_repair(const uint8_t *p, size_t len, cw_buf_t *out)
+{
+    size_t i = 0, run = 0;
+    while (i < len) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k;
+        if (cw_utf8_seq(p + i, len - i, &k) == CW_UTF8_VALID) {
+            i += k;
+            continue;
+        }
+        /* invalid, or unfinished at the end: one U+FFFD for those k bytes */
+        if (cw_buf_append(out, p + run, i - run) < 0 ||
+            cw_buf_append(out, cw_utf8_fffd, sizeof cw_utf8_fffd) < 0)
+            return -ENOMEM;
+        i += k;
+        run = i;
+    }
+    return cw_buf_append(out, p + run, len - run);
+}
