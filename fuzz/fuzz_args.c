@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 static char *base[] = {"HOME=/root", "PATH=/usr/bin:/bin", "PYTHONPATH=/p",
                                        NULL};
                 cw_envp_t envp = NULL;
-                if (cw_env_build(base, a.env, a.workdir, &envp, err, sizeof err) == 0) {
+                if (cw_env_build(base, &a.env, a.workdir, &envp, err, sizeof err) == 0) {
                     for (char **e = envp; *e; e++)
                         if (strchr(*e, '=') == NULL)
                             abort();

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cworker/msg.h"
 #include "cworker/output.h"
 #include "cworker/utf8.h"
 
@@ -235,14 +236,14 @@ static void check_record(const msgpack_object *r, state_t *st)
     CHECK(cw_buf_append(&st->text, s, n) == 0);
 }
 
-/* Pack one update, decode it, check it. Returns cw_outbuf_pack_update's rc. */
+/* Pack one update, decode it, check it. Returns cw_pack_update's rc. */
 static int pack_check(cw_outbuf_t *ob, state_t *st)
 {
     cw_buf_t b = CW_BUF_INIT;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_write);
     size_t before = cw_outbuf_size(ob);
-    int rc = cw_outbuf_pack_update(ob, &pk, st->seq, (cw_str_t){"c", 1});
+    int rc = cw_pack_update(&pk, st->seq, (cw_str_t){"c", 1}, ob);
     CHECK(rc == 0 || rc == 1);
     if (rc == 0) {
         CHECK(b.len == 0 && cw_outbuf_empty(ob));

@@ -9,12 +9,12 @@
 #ifndef CWORKER_ARGS_H
 #define CWORKER_ARGS_H
 
-#include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "cworker/cw.h"
+#include "cworker/env.h"
 
 typedef enum cw_cmd_kind {
     CW_CMD_SHELL,
@@ -51,9 +51,8 @@ typedef enum cw_compress {
     CW_COMPRESS_BZ2,
 } cw_compress_t;
 
-/* Parsed arguments.  All pointers are owned (cw_args_free releases them),
- * except `env`, which borrows from the msgpack object given to
- * cw_args_parse (it lives as long as that object). */
+/* Parsed arguments, whatever the protocol carried them in (msgpack:
+ * cw_args_parse in msg.h).  Everything is owned; cw_args_free releases it. */
 typedef struct cw_args {
     cw_cmd_kind_t kind;
 
@@ -64,7 +63,7 @@ typedef struct cw_args {
     char *display;    /* header line: the string, or the shell-quoted fake argv */
     bool command_is_string;
     char *workdir;
-    const msgpack_object *env; /* a map, or NULL */
+    cw_env_arg_t env;
     bool want_stdout;
     bool want_stderr;
     bool use_pty;
@@ -96,10 +95,6 @@ typedef struct cw_args {
     int mode; /* < 0: none */
 } cw_args_t;
 
-/* Validate `args` (a map) for command `kind`.  Returns 0, CW_EBADARG with a
- * message in err, or -ENOMEM.  On error *a holds nothing to free. */
-int cw_args_parse(cw_args_t *a, cw_cmd_kind_t kind, const msgpack_object *args, char *err,
-                  size_t errlen);
 void cw_args_free(cw_args_t *a);
 
 /* Shell-quote one word like Python's shlex.quote ("" for an empty word, as

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cworker/args.h"
 #include "cworker/buf.h"
 #include "cworker/cw.h"
 
@@ -68,6 +69,10 @@ typedef enum cw_side {
 
 /* Wire name of an op ("response", "print", "update_read_file", ...). */
 const char *cw_op_name(cw_op_t op);
+/* The answer to a request whose op this side does not handle, as the stock
+ * peers word it: "Command NAME does not exist." (appended, NUL-terminated).
+ * 0 or -ENOMEM. */
+int cw_op_unknown_text(cw_buf_t *out, cw_str_t op_name);
 
 /* A decoded message.  Every cw_str_t and msgpack_object inside points into
  * the msgpack_unpacked given to cw_msg_decode() and into the `data` bytes
@@ -207,6 +212,24 @@ int cw_pack_cmd_simple(msgpack_packer *pk, int64_t seq, cw_op_t op, cw_str_t com
 int cw_pack_utime(msgpack_packer *pk, int64_t seq, cw_str_t command_id, double access_time,
                   double modified_time);
 int cw_pack_read_file(msgpack_packer *pk, int64_t seq, cw_str_t command_id, int64_t length);
+
+/* One complete `update` request for command_id with the given seq, made of
+ * the next pairs cw_outbuf_plan() takes from ob, which are then removed.
+ * Returns 1 when a message was packed, 0 when nothing was pending, -ENOMEM
+ * on failure (then nothing was removed). */
+/* ---- start_command's arguments (args.c) ---- */
+
+/* Validate `args` (a map) for command `kind` into *a (args.h).  Returns 0,
+ * CW_EBADARG with a message in err, or -ENOMEM.  On error *a holds nothing
+ * to free. */
+int cw_args_parse(cw_args_t *a, cw_cmd_kind_t kind, const msgpack_object *args, char *err,
+                  size_t errlen);
+/* The `env` argument (nil, a map, or anything else: kept for cw_env_build
+ * to report) as owned entries; 0 or -ENOMEM. */
+int cw_env_arg_from_msgpack(cw_env_arg_t *out, const msgpack_object *env);
+
+struct cw_outbuf;
+int cw_pack_update(msgpack_packer *pk, int64_t seq, cw_str_t command_id, struct cw_outbuf *ob);
 /* update: packs op, "args" key and the array header of npairs; the caller
  * packs npairs [key, value] arrays, then cw_pack_update_end. */
 int cw_pack_update_begin(msgpack_packer *pk, size_t npairs);

@@ -23,13 +23,12 @@
  * Its size is counted like the stock worker's: text bytes + 8 per offset +
  * 8 per time for line records, 20 for other values.  The owner decides when
  * to send (cw_outbuf_size() against buffer_size, a timer, completion) and
- * calls cw_outbuf_pack_update(), which takes at most buffer_size worth of
+ * plans an update (cw_outbuf_plan), which takes at most buffer_size worth of
  * pairs from the front, splitting a large line record at line boundaries.
  */
 #ifndef CWORKER_OUTPUT_H
 #define CWORKER_OUTPUT_H
 
-#include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -118,18 +117,69 @@ int cw_outbuf_add_header(cw_outbuf_t *ob, const char *text, double time);
 int cw_outbuf_add_int(cw_outbuf_t *ob, const char *key, int64_t v);
 int cw_outbuf_add_float(cw_outbuf_t *ob, const char *key, double v);
 int cw_outbuf_add_str(cw_outbuf_t *ob, const char *key, const char *v);
-/* A value already packed as msgpack (one object, e.g. the files array). */
-int cw_outbuf_add_packed(cw_outbuf_t *ob, const char *key, const void *packed, size_t len);
+/* A number of a list: signed, or unsigned where the value may pass INT64_MAX
+ * (inode and device numbers). */
+typedef struct cw_num {
+    bool is_unsigned;
+    int64_t i;
+    uint64_t u;
+} cw_num_t;
+
+/* A list of strings (e.g. "files"), each repaired to valid UTF-8. */
+int cw_outbuf_add_strlist(cw_outbuf_t *ob, const char *key, const char *const *v, size_t n);
+/* A list of numbers (e.g. "stat"). */
+int cw_outbuf_add_numlist(cw_outbuf_t *ob, const char *key, const cw_num_t *v, size_t n);
 
 /* Budget used by pending pairs (stock accounting). */
 size_t cw_outbuf_size(const cw_outbuf_t *ob);
 bool cw_outbuf_empty(const cw_outbuf_t *ob);
 
-/* Pack one complete `update` request for command_id with the given seq:
- * pairs are taken from the front until the next one would exceed
- * buffer_size (at least one pair, or one line of a line record, is always
- * taken).  Returns 1 when a message was packed, 0 when nothing was pending,
- * -ENOMEM on failure (then nothing was removed). */
-int cw_outbuf_pack_update(cw_outbuf_t *ob, msgpack_packer *pk, int64_t seq, cw_str_t command_id);
+/* ---- planning updates (the protocols encode them) ---- */
+
+typedef enum cw_out_kind {
+    CW_OUT_TEXT,    /* lines of a stream */
+    CW_OUT_INT,
+    CW_OUT_FLOAT,
+    CW_OUT_STR,
+    CW_OUT_STRLIST, /* `count` NUL-terminated strings one after the other */
+    CW_OUT_NUMLIST, /* `count` numbers */
+} cw_out_kind_t;
+
+/* One pair of a planned update: views into the outbuf, valid until it is
+ * changed. */
+typedef struct cw_out_pair {
+    cw_out_kind_t kind;
+    cw_stream_t stream;  /* TEXT */
+    const char *key;     /* non-text: the key; TEXT of CW_STREAM_LOG: the log name */
+    size_t key_len;
+    const char *data;    /* TEXT: whole lines; STR: the value; STRLIST: the strings */
+    size_t len;
+    const size_t *ends;  /* TEXT: each line's '\n', at ends[i] - base in data */
+    const double *times; /* TEXT: each line's time */
+    size_t nlines;
+    size_t base;
+    int64_t ival;
+    double fval;
+    const cw_num_t *nums; /* NUMLIST */
+    size_t count;         /* STRLIST, NUMLIST */
+} cw_out_pair_t;
+
+/* What the next update takes (private fields). */
+typedef struct cw_out_plan {
+    size_t head, end, part;
+} cw_out_plan_t;
+
+/* Wire key of a text stream: "stdout", "stderr", "header", "log". */
+const char *cw_stream_key(cw_stream_t s);
+/* Plan the next update: pairs are taken from the front until the next one
+ * would exceed buffer_size (at least one pair, or one line of a line record,
+ * is always taken; a large line record is split at line boundaries).
+ * Returns the number of pairs (0: nothing pending). */
+size_t cw_outbuf_plan(const cw_outbuf_t *ob, cw_out_plan_t *plan);
+/* The k-th pair of a plan (k < the count cw_outbuf_plan returned). */
+void cw_outbuf_plan_pair(const cw_outbuf_t *ob, const cw_out_plan_t *plan, size_t k,
+                         cw_out_pair_t *pair);
+/* Remove the planned pairs (once they are encoded). */
+void cw_outbuf_commit(cw_outbuf_t *ob, const cw_out_plan_t *plan);
 
 #endif

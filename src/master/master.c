@@ -296,6 +296,10 @@ static void mw_on_request(cw_conn_t *c, const cw_msg_t *m)
 {
     cw_mworker_t *w = c->data;
     cw_master_faults_t *f = &w->m->opt.faults;
+    if (m->op == CW_OP_UNKNOWN) {
+        cw_conn_respond_unknown(c, m);
+        return;
+    }
     if (w->state != CW_MW_ATTACHED) {
         cw_conn_respond_error(c, m->seq, "Worker not authenticated.");
         return;

@@ -240,15 +240,6 @@ static int ws_on_message(void *ud, unsigned opcode, uint8_t *data, size_t len)
         return c->state == CW_CONN_OPEN ? 0 : CW_ECLOSED;
     if (m.op == CW_OP_RESPONSE) {
         conn_dispatch_response(c, &m);
-    } else if (m.op == CW_OP_UNKNOWN) {
-        /* the op name is valid UTF-8 (checked); keep it whole in the answer */
-        cw_buf_t text = CW_BUF_INIT;
-        cw_buf_printf(&text, "Command %.*s does not exist.", (int)m.op_name.len, m.op_name.ptr);
-        cw_buf_append(&text, "", 1);
-        cw_warn("%s: unknown op '%.*s'", c->peer, m.op_name.len > 100 ? 100 : (int)m.op_name.len,
-                m.op_name.ptr);
-        cw_conn_respond_error(c, m.seq, text.data ? (const char *)text.data : "unknown op");
-        cw_buf_free(&text);
     } else {
         cw_debug("%s: <- %s seq %lld", c->peer, cw_op_name(m.op), (long long)m.seq);
         c->cb->on_request(c, &m);
@@ -801,6 +792,19 @@ int cw_conn_respond_nil(cw_conn_t *c, int64_t seq)
         return -ENOMEM;
     }
     return cw_conn_send(c, &b);
+}
+
+int cw_conn_respond_unknown(cw_conn_t *c, const cw_msg_t *m)
+{
+    cw_str_t name = m->op == CW_OP_UNKNOWN ? m->op_name
+                                           : (cw_str_t){cw_op_name(m->op), strlen(cw_op_name(m->op))};
+    cw_warn("%s: unknown op '%.*s'", c->peer, name.len > 100 ? 100 : (int)name.len, name.ptr);
+    /* the op name is valid UTF-8 (checked); keep it whole in the answer */
+    cw_buf_t text = CW_BUF_INIT;
+    cw_op_unknown_text(&text, name);
+    int rc = cw_conn_respond_error(c, m->seq, text.data ? (const char *)text.data : "unknown op");
+    cw_buf_free(&text);
+    return rc;
 }
 
 int cw_conn_respond_error(cw_conn_t *c, int64_t seq, const char *text)

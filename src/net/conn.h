@@ -50,7 +50,8 @@ typedef void (*cw_conn_resp_cb)(cw_conn_t *c, void *ctx, const cw_msg_t *resp);
 typedef struct cw_conn_callbacks {
     /* The WebSocket is open (client: 101 checked; server: 101 sent). */
     void (*on_open)(cw_conn_t *c);
-    /* A request from the peer (op known to our side).  The owner must answer
+    /* A request from the peer (CW_OP_UNKNOWN for an op the decoder does not
+     * know: answer it with cw_conn_respond_unknown).  The owner must answer
      * it exactly once (cw_conn_respond_*), now or later. */
     void (*on_request)(cw_conn_t *c, const cw_msg_t *msg);
     /* The send queue dropped below the low-water mark after having been above. */
@@ -164,6 +165,10 @@ void cw_conn_forget(cw_conn_t *c, void *ctx);
 
 int cw_conn_respond_nil(cw_conn_t *c, int64_t seq);
 int cw_conn_respond_error(cw_conn_t *c, int64_t seq, const char *text);
+/* Answer a request this side does not handle (an op unknown to the decoder,
+ * CW_OP_UNKNOWN, or one not meant for our role) with the stock text, and log
+ * it. */
+int cw_conn_respond_unknown(cw_conn_t *c, const cw_msg_t *m);
 
 /* Start closing (idempotent).  err/why are reported to on_close.  A Close
  * frame with ws_code is sent first when the WebSocket is open and ws_code

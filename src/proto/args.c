@@ -337,7 +337,8 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
     if (!is_none(o)) {
         if (o->type != MSGPACK_OBJECT_MAP)
             return fail(err, errlen, "argument 'env' must be a map");
-        a->env = o;
+        if ((rc = cw_env_arg_from_msgpack(&a->env, o)) < 0)
+            return rc;
     }
     if ((rc = opt_bool(args, "want_stdout", true, &a->want_stdout, err, errlen)) < 0 ||
         (rc = opt_bool(args, "want_stderr", true, &a->want_stderr, err, errlen)) < 0 ||
@@ -570,5 +571,76 @@ void cw_args_free(cw_args_t *a)
     free(a->path);
     free(a->from_path);
     free(a->to_path);
+    cw_env_arg_free(&a->env);
     memset(a, 0, sizeof *a);
+}
+
+/* A counted copy (NUL-terminated too). */
+static int str_copy(cw_str_t *out, const char *p, size_t n)
+{
+    char *c = malloc(n + 1);
+    if (c == NULL)
+        return -ENOMEM;
+    if (n)
+        memcpy(c, p, n);
+    c[n] = '\0';
+    *out = (cw_str_t){c, n};
+    return 0;
+}
+
+/* One entry of the env map. */
+static int env_entry(cw_env_entry_t *e, const msgpack_object *k, const msgpack_object *v)
+{
+    memset(e, 0, sizeof *e);
+    e->key_is_str = k->type == MSGPACK_OBJECT_STR;
+    if (e->key_is_str && str_copy(&e->key, k->via.str.ptr, k->via.str.size) < 0)
+        return -ENOMEM;
+    if (!e->key_is_str && str_copy(&e->key, "", 0) < 0)
+        return -ENOMEM;
+    if (v->type == MSGPACK_OBJECT_NIL) {
+        e->kind = CW_ENV_UNSET;
+        return 0;
+    }
+    uint32_t n = v->type == MSGPACK_OBJECT_STR ? 1 : v->type == MSGPACK_OBJECT_ARRAY ? v->via.array.size : 0;
+    if (v->type != MSGPACK_OBJECT_STR && v->type != MSGPACK_OBJECT_ARRAY) {
+        e->kind = CW_ENV_BAD;
+        return 0;
+    }
+    e->kind = v->type == MSGPACK_OBJECT_STR ? CW_ENV_STR : CW_ENV_LIST;
+    if (n > 0 && (e->values = calloc(n, sizeof *e->values)) == NULL)
+        return -ENOMEM;
+    for (uint32_t j = 0; j < n; j++) {
+        const msgpack_object *el = v->type == MSGPACK_OBJECT_STR ? v : &v->via.array.ptr[j];
+        if (el->type != MSGPACK_OBJECT_STR) {
+            e->kind = CW_ENV_BAD;
+            return 0;
+        }
+        if (str_copy(&e->values[j], el->via.str.ptr, el->via.str.size) < 0)
+            return -ENOMEM;
+        e->nvalues++;
+    }
+    return 0;
+}
+
+int cw_env_arg_from_msgpack(cw_env_arg_t *out, const msgpack_object *env)
+{
+    memset(out, 0, sizeof *out);
+    if (env == NULL || env->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    out->given = true;
+    if (env->type != MSGPACK_OBJECT_MAP) {
+        out->not_a_map = true;
+        return 0;
+    }
+    uint32_t n = env->via.map.size;
+    if (n > 0 && (out->v = calloc(n, sizeof *out->v)) == NULL)
+        return -ENOMEM;
+    for (uint32_t k = 0; k < n; k++) {
+        out->n++;
+        if (env_entry(&out->v[k], &env->via.map.ptr[k].key, &env->via.map.ptr[k].val) < 0) {
+            cw_env_arg_free(out);
+            return -ENOMEM;
+        }
+    }
+    return 0;
 }

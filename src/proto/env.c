@@ -68,11 +68,11 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
 }
 
 /* The stock complaint about a value (or key) of the wrong type. */
-static int bad_value(char *err, size_t errlen, const msgpack_object *key)
+static int bad_value(char *err, size_t errlen, const cw_env_entry_t *e)
 {
-    if (key->type == MSGPACK_OBJECT_STR)
+    if (e->key_is_str)
         set_err(err, errlen, "'env' values must be strings or lists; key '%.*s' is incorrect",
-                (int)key->via.str.size, key->via.str.ptr);
+                (int)e->key.len, e->key.ptr);
     else
         set_err(err, errlen,
                 "'env' values must be strings or lists; key '<non-string key>' is incorrect");
@@ -108,7 +108,7 @@ static bool is_name_char(char c)
 static int substitute(cw_buf_t *out, const char *v, size_t n, const item_t *base, size_t nbase)
 {
     if (n == 0)
-        return 0; /* an empty msgpack str may carry a NULL pointer */
+        return 0; /* an empty value may carry a NULL pointer */
     size_t i = 0, run = 0;
     while (i + 1 < n) {
         if (v[i] != '$' || v[i + 1] != '{') {
@@ -133,12 +133,12 @@ static int substitute(cw_buf_t *out, const char *v, size_t n, const item_t *base
 }
 
 /* Check one env entry's key: a str usable as a variable name. */
-static int check_key(const msgpack_object *k, char *err, size_t errlen)
+static int check_key(const cw_env_entry_t *e, char *err, size_t errlen)
 {
-    if (k->type != MSGPACK_OBJECT_STR)
-        return bad_value(err, errlen, k);
-    const char *s = k->via.str.ptr;
-    size_t n = k->via.str.size;
+    if (!e->key_is_str)
+        return bad_value(err, errlen, e);
+    const char *s = e->key.ptr;
+    size_t n = e->key.len;
     /* execve cannot carry these; the stock worker fails at spawn instead. */
     if (n == 0 || memchr(s, '=', n) != NULL || memchr(s, '\0', n) != NULL) {
         set_err(err, errlen, "'env' key '%.*s' is not a valid variable name", (int)n, s);
@@ -149,32 +149,35 @@ static int check_key(const msgpack_object *k, char *err, size_t errlen)
 
 /* The value of one env entry before substitution: str, or list joined with
  * ':', plus ":${PYTHONPATH}" for PYTHONPATH. */
-static int raw_value(cw_buf_t *out, const msgpack_object *k, const msgpack_object *v, char *err,
-                     size_t errlen)
+static int raw_value(cw_buf_t *out, const cw_env_entry_t *e, char *err, size_t errlen)
 {
-    if (v->type == MSGPACK_OBJECT_STR) {
-        if (cw_buf_append(out, v->via.str.ptr, v->via.str.size) < 0)
+    if (e->kind != CW_ENV_STR && e->kind != CW_ENV_LIST)
+        return bad_value(err, errlen, e);
+    for (size_t j = 0; j < e->nvalues; j++)
+        if ((j > 0 && cw_buf_append(out, ":", 1) < 0) ||
+            cw_buf_append(out, e->values[j].ptr, e->values[j].len) < 0)
             return -ENOMEM;
-    } else if (v->type == MSGPACK_OBJECT_ARRAY) {
-        for (uint32_t j = 0; j < v->via.array.size; j++) {
-            const msgpack_object *el = &v->via.array.ptr[j];
-            if (el->type != MSGPACK_OBJECT_STR)
-                return bad_value(err, errlen, k);
-            if ((j > 0 && cw_buf_append(out, ":", 1) < 0) ||
-                cw_buf_append(out, el->via.str.ptr, el->via.str.size) < 0)
-                return -ENOMEM;
-        }
-    } else {
-        return bad_value(err, errlen, k);
-    }
-    cw_str_t key = {k->via.str.ptr, k->via.str.size};
-    if (cw_str_eq(key, "PYTHONPATH") && cw_buf_append_str(out, ":${PYTHONPATH}") < 0)
+    if (cw_str_eq(e->key, "PYTHONPATH") && cw_buf_append_str(out, ":${PYTHONPATH}") < 0)
         return -ENOMEM;
     return 0;
 }
 
+void cw_env_arg_free(cw_env_arg_t *e)
+{
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < e->n; i++) {
+        free((char *)e->v[i].key.ptr);
+        for (size_t j = 0; j < e->v[i].nvalues; j++)
+            free((char *)e->v[i].values[j].ptr);
+        free(e->v[i].values);
+    }
+    free(e->v);
+    memset(e, 0, sizeof *e);
+}
+
 /* See env.h: the child environment as the stock worker builds it. */
-int cw_env_build(char *const *base, const msgpack_object *env, const char *pwd, cw_envp_t *out,
+int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw_envp_t *out,
                  char *err, size_t errlen)
 {
     item_t *items = NULL, *bitems = NULL;
@@ -185,12 +188,12 @@ int cw_env_build(char *const *base, const msgpack_object *env, const char *pwd, 
     *out = NULL;
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    if (env != NULL && env->type != MSGPACK_OBJECT_NIL && env->type != MSGPACK_OBJECT_MAP) {
+    if (env != NULL && env->given && env->not_a_map) {
         set_err(err, errlen, "'env' must be a map");
         return CW_EBADARG;
     }
-    if (env != NULL && env->type == MSGPACK_OBJECT_MAP)
-        nenv = env->via.map.size;
+    if (env != NULL && env->given)
+        nenv = env->n;
     for (size_t k = 0; base != NULL && base[k] != NULL; k++)
         nbase++;
 
@@ -226,22 +229,20 @@ int cw_env_build(char *const *base, const msgpack_object *env, const char *pwd, 
     /* The env argument.  A duplicated key keeps its last value, like a dict;
      * order = nenv - index puts the last occurrence first after sorting. */
     for (size_t k = 0; k < nenv; k++) {
-        const msgpack_object *key = &env->via.map.ptr[k].key;
-        const msgpack_object *v = &env->via.map.ptr[k].val;
-        rc = check_key(key, err, errlen);
+        const cw_env_entry_t *e = &env->v[k];
+        rc = check_key(e, err, errlen);
         if (rc < 0)
             goto out;
         item_t *it = &items[nitems++];
-        *it = (item_t){
-            .name = key->via.str.ptr, .nlen = key->via.str.size, .prio = 1, .order = nenv - k};
+        *it = (item_t){.name = e->key.ptr, .nlen = e->key.len, .prio = 1, .order = nenv - k};
         /* nil removes the variable; also for PYTHONPATH, where the stock
          * worker would crash on None + str. */
-        if (v->type == MSGPACK_OBJECT_NIL) {
+        if (e->kind == CW_ENV_UNSET) {
             it->remove = true;
             continue;
         }
         scratch.len = 0;
-        rc = raw_value(&scratch, key, v, err, errlen);
+        rc = raw_value(&scratch, e, err, errlen);
         if (rc < 0)
             goto out;
         rc = -ENOMEM;

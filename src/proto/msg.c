@@ -71,6 +71,12 @@ const char *cw_op_name(cw_op_t op)
     return op_names[op];
 }
 
+int cw_op_unknown_text(cw_buf_t *out, cw_str_t op_name)
+{
+    int rc = cw_buf_printf(out, "Command %.*s does not exist.", (int)op_name.len, op_name.ptr);
+    return rc < 0 ? rc : cw_buf_append(out, "", 1);
+}
+
 /* True if a peer on `side` accepts op as a request (responses are separate). */
 static bool side_knows(cw_side_t side, cw_op_t op)
 {

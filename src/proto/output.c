@@ -90,13 +90,15 @@ static size_t plain_run_end(const uint8_t *p, size_t i, size_t n)
 
 /* ---- pending pairs ---- */
 
-enum entry_kind { E_TEXT, E_INT, E_FLOAT, E_STR, E_PACKED };
+enum entry_kind { E_TEXT, E_INT, E_FLOAT, E_STR, E_STRLIST, E_NUMLIST };
 
 struct cw_out_entry {
     enum entry_kind kind;
     cw_stream_t stream; /* E_TEXT */
     cw_buf_t name;      /* E_TEXT of CW_STREAM_LOG: log name; other kinds: the key */
-    cw_buf_t data;      /* E_TEXT: the lines; E_STR: the value; E_PACKED: the object */
+    cw_buf_t data;      /* E_TEXT: the lines; E_STR: the value; E_STRLIST: the strings,
+                           each ending in NUL; E_NUMLIST: the cw_num_t array */
+    size_t count;       /* E_STRLIST, E_NUMLIST: elements */
     size_t *offs;       /* E_TEXT: index in data of each '\n' */
     double *times;      /* E_TEXT: time of each line */
     size_t nlines;
@@ -427,19 +429,36 @@ int cw_outbuf_add_str(cw_outbuf_t *ob, const char *key, const char *v)
     return 0;
 }
 
-/* A pair whose value the caller packed already (e.g. the files array). */
-int cw_outbuf_add_packed(cw_outbuf_t *ob, const char *key, const void *packed, size_t len)
+/* A list of strings such as ["files", [...]] (each UTF-8 repaired). */
+int cw_outbuf_add_strlist(cw_outbuf_t *ob, const char *key, const char *const *v, size_t n)
 {
-    if (packed == NULL || len == 0)
-        return -EINVAL;
-    cw_out_entry_t *e = pair_entry(ob, key, E_PACKED);
+    cw_out_entry_t *e = pair_entry(ob, key, E_STRLIST);
     if (e == NULL)
         return -ENOMEM;
-    if (cw_buf_append(&e->data, packed, len) < 0) {
+    for (size_t i = 0; i < n; i++) {
+        if (cw_utf8_repair((const uint8_t *)v[i], strlen(v[i]), &e->data) < 0 ||
+            cw_buf_append(&e->data, "", 1) < 0) {
+            ob->nentries--;
+            ob->size -= 20;
+            return -ENOMEM;
+        }
+    }
+    e->count = n;
+    return 0;
+}
+
+/* A list of numbers such as ["stat", [mode, ino, ...]]. */
+int cw_outbuf_add_numlist(cw_outbuf_t *ob, const char *key, const cw_num_t *v, size_t n)
+{
+    cw_out_entry_t *e = pair_entry(ob, key, E_NUMLIST);
+    if (e == NULL)
+        return -ENOMEM;
+    if (n > 0 && cw_buf_append(&e->data, v, n * sizeof *v) < 0) {
         ob->nentries--;
         ob->size -= 20;
         return -ENOMEM;
     }
+    e->count = n;
     return 0;
 }
 
@@ -455,7 +474,7 @@ bool cw_outbuf_empty(const cw_outbuf_t *ob)
     return ob->head == ob->nentries;
 }
 
-/* ---- packing ---- */
+/* ---- planning updates ---- */
 
 /* Most unsent lines of a text entry whose budget fits in room. */
 static size_t lines_fit(const cw_out_entry_t *e, size_t room)
@@ -471,139 +490,20 @@ static size_t lines_fit(const cw_out_entry_t *e, size_t room)
     return lo;
 }
 
-/* Write raw bytes through the packer's sink. */
-static int pk_raw(msgpack_packer *pk, const void *p, size_t n)
+const char *cw_stream_key(cw_stream_t s)
 {
-    return n ? pk->callback(pk->data, (const char *)p, n) : 0;
+    return stream_key(s);
 }
 
-/* Pack a str from counted bytes. */
-static int pk_str(msgpack_packer *pk, const void *p, size_t n)
+/* Whole pairs within budget, then what fits of a line record (at least
+ * one pair or line). */
+size_t cw_outbuf_plan(const cw_outbuf_t *ob, cw_out_plan_t *p)
 {
-    if (msgpack_pack_str(pk, n) != 0)
-        return -1;
-    return pk_raw(pk, p, n);
-}
-
-/* msgpack uint in its smallest form (as msgpack-c and msgpack-python do). */
-static inline size_t put_uint(uint8_t *b, uint64_t v)
-{
-    if (v < 0x80) {
-        b[0] = (uint8_t)v;
-        return 1;
-    }
-    size_t n;
-    if (v < 0x100) {
-        b[0] = 0xcc;
-        n = 1;
-    } else if (v < 0x10000) {
-        b[0] = 0xcd;
-        n = 2;
-    } else if (v <= 0xffffffffULL) {
-        b[0] = 0xce;
-        n = 4;
-    } else {
-        b[0] = 0xcf;
-        n = 8;
-    }
-    for (size_t k = 0; k < n; k++)
-        b[1 + k] = (uint8_t)(v >> (8 * (n - 1 - k)));
-    return n + 1;
-}
-
-/* msgpack float64, the only float form the stock peers send. */
-static inline size_t put_f64(uint8_t *b, double d)
-{
-    uint64_t u;
-    memcpy(&u, &d, 8);
-    b[0] = 0xcb;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    u = __builtin_bswap64(u);
-    memcpy(b + 1, &u, 8);
-#else
-    for (size_t k = 0; k < 8; k++)
-        b[1 + k] = (uint8_t)(u >> (56 - 8 * k));
-#endif
-    return 9;
-}
-
-/* The offsets and times arrays of nl lines, encoded in blocks rather than
- * one packer call per number ("y\n" output has a line every 2 bytes). */
-static int pack_line_arrays(msgpack_packer *pk, const size_t *offs, const double *times, size_t nl,
-                            size_t base)
-{
-    enum { BLOCK = 448 }; /* 9 bytes each at most */
-    uint8_t buf[BLOCK * 9];
-    if (msgpack_pack_array(pk, nl) != 0)
-        return -1;
-    for (size_t k = 0; k < nl;) {
-        size_t m = nl - k < BLOCK ? nl - k : BLOCK, n = 0;
-        for (size_t j = 0; j < m; j++)
-            n += put_uint(buf + n, offs[k + j] - base);
-        if (pk_raw(pk, buf, n) != 0)
-            return -1;
-        k += m;
-    }
-    if (msgpack_pack_array(pk, nl) != 0)
-        return -1;
-    /* Lines of one chunk share their time: encode it once per run. */
-    uint8_t enc[9];
-    double prev = 0.0;
-    put_f64(enc, prev);
-    for (size_t k = 0; k < nl;) {
-        size_t m = nl - k < BLOCK ? nl - k : BLOCK, n = 0;
-        for (size_t j = 0; j < m; j++, n += 9) {
-            if (memcmp(&times[k + j], &prev, sizeof prev) != 0) {
-                prev = times[k + j];
-                put_f64(enc, prev);
-            }
-            memcpy(buf + n, enc, 9);
-        }
-        if (pk_raw(pk, buf, n) != 0)
-            return -1;
-        k += m;
-    }
-    return 0;
-}
-
-/* One [key, value] pair; nl = unsent lines to take from a text entry. */
-static int pack_pair(msgpack_packer *pk, const cw_out_entry_t *e, size_t nl)
-{
-    if (msgpack_pack_array(pk, 2) != 0)
-        return -1;
-    if (e->kind != E_TEXT) {
-        if (pk_str(pk, e->name.data, e->name.len) != 0)
-            return -1;
-        switch (e->kind) {
-        case E_INT:
-            return msgpack_pack_int64(pk, e->ival);
-        case E_FLOAT:
-            return msgpack_pack_double(pk, e->fval);
-        case E_STR:
-            return pk_str(pk, e->data.data, e->data.len);
-        default:
-            return pk_raw(pk, e->data.data, e->data.len);
-        }
-    }
-    const char *key = stream_key(e->stream);
-    if (pk_str(pk, key, strlen(key)) != 0)
-        return -1;
-    if (e->stream == CW_STREAM_LOG &&
-        (msgpack_pack_array(pk, 2) != 0 || pk_str(pk, e->name.data, e->name.len) != 0))
-        return -1;
-    size_t start = text_start(e), stop = e->offs[e->first + nl - 1] + 1;
-    if (msgpack_pack_array(pk, 3) != 0 || pk_str(pk, e->data.data + start, stop - start) != 0)
-        return -1;
-    return pack_line_arrays(pk, e->offs + e->first, e->times + e->first, nl, start);
-}
-
-/* Pack the next update: whole pairs within budget, then what fits of a
- * line record (at least one pair or line). */
-int cw_outbuf_pack_update(cw_outbuf_t *ob, msgpack_packer *pk, int64_t seq, cw_str_t command_id)
-{
+    p->head = p->end = ob->head;
+    p->part = 0;
     if (ob->head == ob->nentries)
         return 0;
-    /* Plan: whole pairs [head, end), then `part` lines of pair `end`. */
+    /* whole pairs [head, end), then `part` lines of pair `end` */
     size_t budget = ob->buffer_size, used = 0, end = ob->head, part = 0;
     while (end < ob->nentries) {
         const cw_out_entry_t *e = &ob->entries[end];
@@ -626,34 +526,58 @@ int cw_outbuf_pack_update(cw_outbuf_t *ob, msgpack_packer *pk, int64_t seq, cw_s
         }
         break;
     }
-    size_t npairs = end - ob->head + (part ? 1 : 0);
+    p->end = end;
+    p->part = part;
+    return end - ob->head + (part ? 1 : 0);
+}
 
-    if (msgpack_pack_map(pk, 4) != 0 || pk_str(pk, "op", 2) != 0 || pk_str(pk, "update", 6) != 0 ||
-        pk_str(pk, "args", 4) != 0 || msgpack_pack_array(pk, npairs) != 0)
-        return -ENOMEM;
-    for (size_t k = ob->head; k < end; k++) {
-        const cw_out_entry_t *e = &ob->entries[k];
-        if (pack_pair(pk, e, e->kind == E_TEXT ? e->nlines - e->first : 0) != 0)
-            return -ENOMEM;
+static const cw_out_kind_t kind_map[] = {
+    [E_TEXT] = CW_OUT_TEXT,       [E_INT] = CW_OUT_INT,         [E_FLOAT] = CW_OUT_FLOAT,
+    [E_STR] = CW_OUT_STR,         [E_STRLIST] = CW_OUT_STRLIST, [E_NUMLIST] = CW_OUT_NUMLIST,
+};
+
+void cw_outbuf_plan_pair(const cw_outbuf_t *ob, const cw_out_plan_t *p, size_t k,
+                         cw_out_pair_t *pair)
+{
+    const cw_out_entry_t *e = &ob->entries[p->head + k];
+    memset(pair, 0, sizeof *pair);
+    pair->kind = kind_map[e->kind];
+    if (e->kind != E_TEXT) {
+        pair->key = (const char *)e->name.data;
+        pair->key_len = e->name.len;
+        pair->data = (const char *)e->data.data;
+        pair->len = e->data.len;
+        pair->ival = e->ival;
+        pair->fval = e->fval;
+        pair->count = e->count;
+        pair->nums = e->kind == E_NUMLIST ? (const cw_num_t *)e->data.data : NULL;
+        return;
     }
-    if (part && pack_pair(pk, &ob->entries[end], part) != 0)
-        return -ENOMEM;
-    if (pk_str(pk, "command_id", 10) != 0 || pk_str(pk, command_id.ptr, command_id.len) != 0 ||
-        pk_str(pk, "seq_number", 10) != 0 || msgpack_pack_int64(pk, seq) != 0)
-        return -ENOMEM;
+    size_t nl = p->head + k == p->end ? p->part : e->nlines - e->first;
+    size_t start = text_start(e), stop = e->offs[e->first + nl - 1] + 1;
+    pair->stream = e->stream;
+    pair->key = (const char *)e->name.data; /* the log name */
+    pair->key_len = e->name.len;
+    pair->data = (const char *)e->data.data + start;
+    pair->len = stop - start;
+    pair->ends = e->offs + e->first;
+    pair->times = e->times + e->first;
+    pair->nlines = nl;
+    pair->base = start;
+}
 
-    /* Packed: now remove what went out. */
-    for (size_t k = ob->head; k < end; k++)
+void cw_outbuf_commit(cw_outbuf_t *ob, const cw_out_plan_t *p)
+{
+    for (size_t k = p->head; k < p->end; k++)
         ob->size -= entry_size(&ob->entries[k]);
-    if (part) {
-        cw_out_entry_t *e = &ob->entries[end];
-        ob->size -= lines_cost(e, part);
-        e->first += part;
+    if (p->part) {
+        cw_out_entry_t *e = &ob->entries[p->end];
+        ob->size -= lines_cost(e, p->part);
+        e->first += p->part;
     }
-    ob->head = end;
+    ob->head = p->end;
     if (ob->head == ob->nentries)
         ob->head = ob->nentries = 0;
-    return 1;
 }
 
 /* ---- line splitter ---- */

@@ -1,6 +1,6 @@
-/* get_worker_info: the map the master stores as the worker's properties
- * (reference §5): info/ files, os_* from /etc/os-release, environ, system,
- * basedir, numcpus, version, worker_commands, delete_leftover_dirs. */
+/* The worker info (info.h): info/ files, os_* from /etc/os-release,
+ * environ, system, basedir, numcpus, version, delete_leftover_dirs.  The
+ * commands list is the link's to add (each protocol names them its way). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,10 +10,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cworker/utf8.h"
-#include "cmd.h"
+#include "info.h"
+
+#include <uv.h>
+
 #include "cw_config.h"
-#include "worker.h"
+#include "cworker/utf8.h"
 
 #define INFO_MAX_FILES 64
 #define INFO_MAX_FILE_SIZE 65536
@@ -45,19 +47,6 @@ static int read_small_file(int dirfd, const char *name, cw_buf_t *out, size_t ma
     }
     close(fd);
     return 0;
-}
-
-/* Pack a key and a value that may not be UTF-8 (file contents, env). */
-static void pack_kv_repaired(msgpack_packer *pk, const char *key, size_t klen, const uint8_t *v,
-                             size_t vlen)
-{
-    cw_buf_t k = CW_BUF_INIT, val = CW_BUF_INIT;
-    cw_utf8_repair((const uint8_t *)key, klen, &k);
-    cw_utf8_repair(v, vlen, &val);
-    cw_pack_strn(pk, (const char *)k.data, k.len);
-    cw_pack_strn(pk, (const char *)val.data, val.len);
-    cw_buf_free(&k);
-    cw_buf_free(&val);
 }
 
 typedef struct kv_list {
@@ -129,65 +118,86 @@ static void collect_os_release(kv_list_t *l)
     fclose(f);
 }
 
-int cw_worker_pack_info(const cw_worker_t *w, msgpack_packer *pk)
+/* key=value pairs as valid UTF-8 (file contents and the environment may
+ * hold anything). */
+static int kv_set(cw_info_kv_t *kv, const char *key, size_t klen, const uint8_t *v, size_t vlen)
 {
+    cw_buf_t k = CW_BUF_INIT;
+    memset(kv, 0, sizeof *kv);
+    if (cw_utf8_repair((const uint8_t *)key, klen, &k) < 0 || cw_buf_append(&k, "", 1) < 0 ||
+        cw_utf8_repair(v, vlen, &kv->val) < 0) {
+        cw_buf_free(&k);
+        cw_buf_free(&kv->val);
+        return -ENOMEM;
+    }
+    kv->key = (char *)cw_buf_steal(&k, NULL);
+    return 0;
+}
+
+static void kv_free(cw_info_kv_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].key);
+        cw_buf_free(&v[i].val);
+    }
+    free(v);
+}
+
+void cw_info_free(cw_info_t *info)
+{
+    kv_free(info->files, info->nfiles);
+    kv_free(info->env, info->nenv);
+    memset(info, 0, sizeof *info);
+}
+
+int cw_info_collect(cw_info_t *info, const cw_info_src_t *src)
+{
+    memset(info, 0, sizeof *info);
     kv_list_t *l = calloc(1, sizeof *l);
     if (l == NULL)
         return -ENOMEM;
-    collect_info_files(w->cfg->basedir, l);
+    collect_info_files(src->basedir, l);
     collect_os_release(l);
-
-    size_t ncmd_names = 0;
-    for (int k = 0; k < CW_CMD__COUNT; k++)
-        if (cw_cmd_supported((cw_cmd_kind_t)k))
-            for (const char *const *n = cw_cmd_names((cw_cmd_kind_t)k); *n; n++)
-                ncmd_names++;
+    int rc = 0;
     size_t nenv = 0;
-    for (char **e = w->environ; *e; e++)
+    for (char **e = src->environ; *e; e++)
         if (strchr(*e, '='))
             nenv++;
-
-    /* fixed keys; any of them also present as an info/ file is shadowed by
-     * the fixed value (packed later in the map: last one wins for the master) */
-    msgpack_pack_map(pk, l->n + 7);
+    info->files = calloc(l->n ? l->n : 1, sizeof *info->files);
+    info->env = calloc(nenv ? nenv : 1, sizeof *info->env);
+    if (info->files == NULL || info->env == NULL)
+        rc = -ENOMEM;
     for (size_t i = 0; i < l->n; i++) {
-        pack_kv_repaired(pk, l->key[i], strlen(l->key[i]), l->val[i].data, l->val[i].len);
+        if (rc == 0 && l->key[i] != NULL &&
+            kv_set(&info->files[info->nfiles], l->key[i], strlen(l->key[i]),
+                              l->val[i].data, l->val[i].len) == 0)
+            info->nfiles++;
+        else
+            rc = -ENOMEM;
         free(l->key[i]);
         cw_buf_free(&l->val[i]);
     }
     free(l);
-
-    cw_pack_str(pk, "environ");
-    msgpack_pack_map(pk, nenv);
-    for (char **e = w->environ; *e; e++) {
+    for (char **e = src->environ; rc == 0 && *e; e++) {
         const char *eq = strchr(*e, '=');
-        if (eq)
-            pack_kv_repaired(pk, *e, (size_t)(eq - *e), (const uint8_t *)eq + 1, strlen(eq + 1));
+        if (eq == NULL)
+            continue;
+        if (kv_set(&info->env[info->nenv], *e, (size_t)(eq - *e), (const uint8_t *)eq + 1,
+                   strlen(eq + 1)) < 0)
+            rc = -ENOMEM;
+        else
+            info->nenv++;
     }
-    cw_pack_str(pk, "system");
-    cw_pack_str(pk, "posix");
-    cw_pack_str(pk, "basedir");
-    cw_pack_str(pk, w->cfg->basedir);
-    cw_pack_str(pk, "numcpus");
+    if (rc < 0) {
+        cw_info_free(info);
+        return rc;
+    }
+    info->system = "posix";
+    info->basedir = src->basedir;
+    info->version = "cworker " CW_VERSION_STRING;
     /* --numcpus, else the CPUs this process may run on (the stock worker's
      * multiprocessing.cpu_count() counts every online CPU) */
-    msgpack_pack_uint32(pk, w->cfg->numcpus ? w->cfg->numcpus : uv_available_parallelism());
-    cw_pack_str(pk, "version");
-    cw_pack_str(pk, "cworker " CW_VERSION_STRING);
-    cw_pack_str(pk, "worker_commands");
-    msgpack_pack_map(pk, ncmd_names);
-    for (int k = 0; k < CW_CMD__COUNT; k++) {
-        if (!cw_cmd_supported((cw_cmd_kind_t)k))
-            continue;
-        for (const char *const *n = cw_cmd_names((cw_cmd_kind_t)k); *n; n++) {
-            cw_pack_str(pk, *n);
-            cw_pack_str(pk, CW_COMMAND_VERSION);
-        }
-    }
-    cw_pack_str(pk, "delete_leftover_dirs");
-    if (w->cfg->delete_leftover_dirs)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
+    info->numcpus = src->numcpus ? src->numcpus : uv_available_parallelism();
+    info->delete_leftover_dirs = src->delete_leftover_dirs;
     return 0;
 }

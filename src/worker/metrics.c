@@ -11,7 +11,7 @@
 #include "config.h"
 #include "cworker/http.h"
 #include "log.h"
-#include "proc.h"
+#include "cmd/proc.h"
 #include "worker.h"
 
 #define METRICS_MAX_CLIENTS 16
@@ -127,11 +127,11 @@ static void metrics_text(cw_worker_t *w, cw_buf_t *b)
                   "cworker_last_attach_timestamp_seconds %.3f\n"
                   "# HELP cworker_processes Child processes not yet reaped.\n"
                   "# TYPE cworker_processes gauge\ncworker_processes %u\n",
-                  w->attached ? 1 : 0, (unsigned long long)w->n_connects,
+                  cw_worker_attached(w) ? 1 : 0, (unsigned long long)w->n_connects,
                   (unsigned long long)(w->n_connects ? w->n_connects - 1 : 0),
-                  (unsigned long long)w->n_commands, (unsigned long long)w->n_commands_failed,
-                  w->ncmds, (unsigned long long)w->bytes_output,
-                  (unsigned long long)w->bytes_transfer, w->last_attach, cw_proc_live_count());
+                  (unsigned long long)w->cmds.stats.started, (unsigned long long)w->cmds.stats.failed,
+                  w->cmds.n, (unsigned long long)w->cmds.stats.bytes_output,
+                  (unsigned long long)w->cmds.stats.bytes_transfer, w->last_attach, cw_proc_live_count());
 }
 
 static void client_request(metrics_client_t *c)
@@ -146,7 +146,7 @@ static void client_request(metrics_client_t *c)
     /* the path without a query string */
     size_t plen = strcspn(h->target, "?");
     if (plen == 8 && strncmp(h->target, "/healthz", 8) == 0) {
-        if (w->attached)
+        if (cw_worker_attached(w))
             client_respond(c, 200, "OK", "text/plain", "ok: attached to the master\n");
         else
             client_respond(c, 503, "Service Unavailable", "text/plain",

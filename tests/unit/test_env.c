@@ -14,6 +14,7 @@
 
 #include "cworker/cw.h"
 #include "cworker/env.h"
+#include "cworker/msg.h"
 
 /* The `env` argument under construction, packed then unpacked. */
 typedef struct envarg {
@@ -38,6 +39,19 @@ static void ea_str(envarg_t *e, const char *s)
     msgpack_pack_str_body(&e->pk, s, strlen(s));
 }
 
+/* cw_env_build with the env argument as a msgpack object (converted like
+ * start_command's arguments are). */
+static int build_mp(char *const *base, const msgpack_object *env, const char *pwd,
+                    cw_envp_t *out, char *err, size_t errlen)
+{
+    cw_env_arg_t e;
+    int rc = cw_env_arg_from_msgpack(&e, env);
+    if (rc == 0)
+        rc = cw_env_build(base, &e, pwd, out, err, errlen);
+    cw_env_arg_free(&e);
+    return rc;
+}
+
 /* Finish and decode; the object lives until ea_free. */
 static const msgpack_object *ea_end(envarg_t *e)
 {
@@ -60,7 +74,7 @@ static void expect_env(char *const *base, const msgpack_object *env, const char 
 {
     cw_envp_t out = NULL;
     char err[256];
-    int rc = cw_env_build(base, env, pwd, &out, err, sizeof err);
+    int rc = build_mp(base, env, pwd, &out, err, sizeof err);
     if (rc != 0)
         fail_msg("cw_env_build: %d %s", rc, err);
     assert_non_null(out);
@@ -78,7 +92,7 @@ static void expect_bad(char *const *base, const msgpack_object *env, const char 
 {
     cw_envp_t out = (cw_envp_t)1;
     char err[256];
-    assert_int_equal(cw_env_build(base, env, "/w", &out, err, sizeof err), CW_EBADARG);
+    assert_int_equal(build_mp(base, env, "/w", &out, err, sizeof err), CW_EBADARG);
     assert_null(out);
     assert_string_equal(err, msg);
 }
@@ -294,7 +308,7 @@ static void test_bad_values(void **state)
 
     /* err may be absent */
     cw_envp_t out;
-    assert_int_equal(cw_env_build(base_env, &arr, NULL, &out, NULL, 0), CW_EBADARG);
+    assert_int_equal(build_mp(base_env, &arr, NULL, &out, NULL, 0), CW_EBADARG);
 }
 
 /* PWD: the argument wins over the worker's and over env's own PWD. */
@@ -348,7 +362,7 @@ static void test_env_get(void **state)
 
     cw_envp_t out;
     char err[64];
-    assert_int_equal(cw_env_build(envp, NULL, "/p", &out, err, sizeof err), 0);
+    assert_int_equal(build_mp(envp, NULL, "/p", &out, err, sizeof err), 0);
     assert_string_equal(cw_env_get(out, "PWD"), "/p");
     assert_string_equal(cw_env_get(out, "AB"), "2");
     free(out);
@@ -384,7 +398,7 @@ static void test_large(void **state)
     }
     cw_envp_t out;
     char err[64];
-    assert_int_equal(cw_env_build(base, ea_end(&e), NULL, &out, err, sizeof err), 0);
+    assert_int_equal(build_mp(base, ea_end(&e), NULL, &out, err, sizeof err), 0);
     size_t n = 0;
     for (; out[n] != NULL; n++)
         if (n > 0)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cworker/msg.h"
 #include "cworker/output.h"
 #include "cworker/utf8.h"
 
@@ -162,7 +163,7 @@ static void drain(cw_outbuf_t *ob, collected_t *c)
     for (;;) {
         b.len = 0;
         size_t before = cw_outbuf_size(ob);
-        int rc = cw_outbuf_pack_update(ob, &pk, seq, id);
+        int rc = cw_pack_update(&pk, seq, id, ob);
         assert_true(rc >= 0);
         if (rc == 0)
             break;
@@ -716,7 +717,7 @@ static int pack_one(cw_outbuf_t *ob, cw_buf_t *b, collected_t *c)
     msgpack_packer_init(&pk, b, buf_write);
     b->len = 0;
     cw_str_t id = {"cmd-1", 5};
-    int rc = cw_outbuf_pack_update(ob, &pk, 42, id);
+    int rc = cw_pack_update(&pk, 42, id, ob);
     if (rc == 1)
         decode_update(b, "cmd-1", c);
     return rc;
@@ -775,7 +776,6 @@ static void test_add_lines_checks(void **state)
     cw_outbuf_init(&ob, 65536);
     assert_int_equal(cw_outbuf_add_lines(&ob, CW_STREAM_STDOUT, NULL, "", 0, 1.0), -EINVAL);
     assert_int_equal(cw_outbuf_add_lines(&ob, CW_STREAM_STDOUT, NULL, "ab", 2, 1.0), -EINVAL);
-    assert_int_equal(cw_outbuf_add_packed(&ob, "files", "", 0), -EINVAL);
     assert_true(cw_outbuf_empty(&ob));
     /* header: a '\n' is added only when missing; bad UTF-8 repaired */
     assert_int_equal(cw_outbuf_add_header(&ob, "one", 1.0), 0);
@@ -821,7 +821,7 @@ static void test_pack_bytes(void **state)
     cw_buf_t b = CW_BUF_INIT;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_write);
-    assert_int_equal(cw_outbuf_pack_update(&ob, &pk, 4, (cw_str_t){"2", 1}), 1);
+    assert_int_equal(cw_pack_update(&pk, 4, (cw_str_t){"2", 1}, &ob), 1);
     assert_int_equal(b.len, sizeof exp);
     assert_memory_equal(b.data, exp, sizeof exp);
     assert_true(cw_outbuf_empty(&ob));
@@ -845,8 +845,10 @@ static void test_pack_values(void **state)
         assert_int_equal(cw_outbuf_add_lines(&ob, CW_STREAM_STDOUT, NULL, s, lens[k], 1.0), 0);
         free(s);
     }
-    static const uint8_t files[] = {0x92, 0xa1, 'a', 0xa1, 'b'};
-    assert_int_equal(cw_outbuf_add_packed(&ob, "files", files, sizeof files), 0);
+    const char *const files[] = {"a", "b\xff"};
+    assert_int_equal(cw_outbuf_add_strlist(&ob, "files", files, 2), 0);
+    cw_num_t st[3] = {{.i = -5}, {.is_unsigned = true, .u = UINT64_MAX}, {.i = 7}};
+    assert_int_equal(cw_outbuf_add_numlist(&ob, "stat", st, 3), 0);
     assert_int_equal(cw_outbuf_add_int(&ob, "rc", -1), 0);
     assert_int_equal(cw_outbuf_add_int(&ob, "big", INT64_MAX), 0);
     assert_int_equal(cw_outbuf_add_float(&ob, "elapsed", 1.25), 0);
@@ -862,22 +864,31 @@ static void test_pack_values(void **state)
     assert_int_equal(msgpack_unpack_next(&u, (const char *)b.data, b.len, &off),
                      MSGPACK_UNPACK_SUCCESS);
     const msgpack_object *args = &u.data.via.map.ptr[1].val;
-    assert_int_equal(args->via.array.size, 6);
+    assert_int_equal(args->via.array.size, 7);
     const msgpack_object *offs = &args->via.array.ptr[0].via.array.ptr[1].via.array.ptr[1];
     assert_int_equal(offs->via.array.ptr[2].via.u64, 70000);
     const msgpack_object *v = &args->via.array.ptr[1].via.array.ptr[1];
     assert_true(obj_is_str(&args->via.array.ptr[1].via.array.ptr[0], "files"));
     assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
-    assert_true(obj_is_str(&v->via.array.ptr[1], "b"));
+    assert_int_equal(v->via.array.size, 2);
+    assert_true(obj_is_str(&v->via.array.ptr[0], "a"));
+    assert_true(obj_is_str(&v->via.array.ptr[1], "b" FFFD));
     v = &args->via.array.ptr[2].via.array.ptr[1];
+    assert_true(obj_is_str(&args->via.array.ptr[2].via.array.ptr[0], "stat"));
+    assert_int_equal(v->via.array.size, 3);
+    assert_int_equal(v->via.array.ptr[0].via.i64, -5);
+    assert_int_equal(v->via.array.ptr[1].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_true(v->via.array.ptr[1].via.u64 == UINT64_MAX);
+    assert_int_equal(v->via.array.ptr[2].via.u64, 7);
+    v = &args->via.array.ptr[3].via.array.ptr[1];
     assert_int_equal(v->type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
     assert_int_equal(v->via.i64, -1);
-    v = &args->via.array.ptr[3].via.array.ptr[1];
-    assert_int_equal(v->via.u64, (uint64_t)INT64_MAX);
     v = &args->via.array.ptr[4].via.array.ptr[1];
+    assert_int_equal(v->via.u64, (uint64_t)INT64_MAX);
+    v = &args->via.array.ptr[5].via.array.ptr[1];
     assert_int_equal(v->type, MSGPACK_OBJECT_FLOAT64);
     assert_true(v->via.f64 == 1.25);
-    v = &args->via.array.ptr[5].via.array.ptr[1];
+    v = &args->via.array.ptr[6].via.array.ptr[1];
     assert_true(obj_is_str(v, "bad" FFFD));
     msgpack_unpacked_destroy(&u);
     coll_free(&c);
@@ -1092,7 +1103,7 @@ static void test_streams_interleaved(void **state)
     cw_buf_t b = CW_BUF_INIT;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_write);
-    assert_int_equal(cw_outbuf_pack_update(&ob, &pk, 0, (cw_str_t){"1", 1}), 1);
+    assert_int_equal(cw_pack_update(&pk, 0, (cw_str_t){"1", 1}, &ob), 1);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -1161,7 +1172,7 @@ static void test_pack_enomem(void **state)
         limited_t l = {CW_BUF_INIT, limit};
         msgpack_packer pk;
         msgpack_packer_init(&pk, &l, limited_write);
-        int rc = cw_outbuf_pack_update(&ob, &pk, 1, (cw_str_t){"x", 1});
+        int rc = cw_pack_update(&pk, 1, (cw_str_t){"x", 1}, &ob);
         cw_buf_free(&l.b);
         if (rc == 1)
             break; /* the limit was large enough */

@@ -186,7 +186,7 @@ static void stream_close(shell_t *sh, shell_stream_t *s)
     close(s->fd);
     s->fd = -1;
     if (s->want && cw_lines_pending(&s->lines)) {
-        cw_lines_flush(&s->lines, &sh->cmd->out, cw_now());
+        cw_lines_flush(&s->lines, &sh->cmd->out, cw_cmd_now(sh->cmd));
         cw_cmd_output_added(sh->cmd);
     }
 }
@@ -241,7 +241,7 @@ static void stream_poll_cb(uv_poll_t *h, int status, int events)
             sh->line_count += count_line_ends(shell_rbuf, (size_t)n);
             if (sh->line_count > cmd->args.max_lines) {
                 sh->max_lines_hit = true;
-                cw_lines_feed(&s->lines, &cmd->out, shell_rbuf, (size_t)n, cw_now());
+                cw_lines_feed(&s->lines, &cmd->out, shell_rbuf, (size_t)n, cw_cmd_now(cmd));
                 cw_cmd_output_added(cmd);
                 char why[256];
                 snprintf(why, sizeof why,
@@ -257,7 +257,7 @@ static void stream_poll_cb(uv_poll_t *h, int status, int events)
                 return;
             }
         }
-        if (cw_lines_feed(&s->lines, &cmd->out, shell_rbuf, (size_t)n, cw_now()) < 0)
+        if (cw_lines_feed(&s->lines, &cmd->out, shell_rbuf, (size_t)n, cw_cmd_now(cmd)) < 0)
             cw_error("command %s: out of memory", cmd->id);
         cw_cmd_output_added(cmd);
         if (cw_cmd_should_pause(cmd)) {
@@ -458,13 +458,13 @@ static void shell_poll_logfiles(shell_t *sh, bool final)
             if (n <= 0)
                 break;
             shell_touch(sh);
-            cw_lines_feed(&lf->lines, &cmd->out, shell_rbuf, (size_t)n, cw_now());
+            cw_lines_feed(&lf->lines, &cmd->out, shell_rbuf, (size_t)n, cw_cmd_now(cmd));
             cw_cmd_output_added(cmd);
             if (cw_cmd_should_pause(cmd))
                 return;
         }
         if (final && cw_lines_pending(&lf->lines)) {
-            cw_lines_flush(&lf->lines, &cmd->out, cw_now());
+            cw_lines_flush(&lf->lines, &cmd->out, cw_cmd_now(cmd));
             cw_cmd_output_added(cmd);
         }
     }
@@ -522,7 +522,7 @@ static int shell_start(cw_cmd_t *cmd)
     sh->cmd = cmd;
     sh->in_fd = -1;
     sh->out.fd = sh->err.fd = -1;
-    uv_loop_t *loop = cmd->w->loop;
+    uv_loop_t *loop = cw_cmd_loop(cmd);
     uv_timer_t *timers[] = {&sh->t_timeout, &sh->t_maxtime, &sh->t_sigterm, &sh->t_backup,
                             &sh->t_logpoll};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
@@ -531,7 +531,7 @@ static int shell_start(cw_cmd_t *cmd)
     }
     sh->timers_init = true;
 
-    size_t maxline = cmd->w->settings.max_line_length;
+    size_t maxline = cmd->settings.max_line_length;
     cw_lines_init(&sh->out.lines, CW_STREAM_STDOUT, NULL, maxline);
     cw_lines_init(&sh->err.lines, CW_STREAM_STDERR, NULL, maxline);
     sh->out.want = a->want_stdout;
@@ -551,7 +551,7 @@ static int shell_start(cw_cmd_t *cmd)
         cw_cmd_add_int(cmd, "rc", -1);
         return rc;
     }
-    rc = cw_env_build(cmd->w->environ, a->env, a->workdir, &sh->envp, err, sizeof err);
+    rc = cw_env_build(cmd->cs->env.environ, &a->env, a->workdir, &sh->envp, err, sizeof err);
     if (rc < 0) {
         cw_cmd_header(cmd, "%s", rc == -ENOMEM ? "out of memory" : err);
         cw_cmd_add_int(cmd, "rc", -1);
@@ -599,8 +599,8 @@ static int shell_start(cw_cmd_t *cmd)
     rc = cw_proc_spawn(sh->proc, &po, err, sizeof err);
     if (rc < 0) {
         /* like a shell: 127 for a missing program, 126 when it cannot run */
-        cw_lines_feed(&sh->err.lines, &cmd->out, (const uint8_t *)err, strlen(err), cw_now());
-        cw_lines_flush(&sh->err.lines, &cmd->out, cw_now());
+        cw_lines_feed(&sh->err.lines, &cmd->out, (const uint8_t *)err, strlen(err), cw_cmd_now(cmd));
+        cw_lines_flush(&sh->err.lines, &cmd->out, cw_cmd_now(cmd));
         int code = rc == -ENOENT ? 127 : 126;
         if (strncmp(err, "cannot run", 10) != 0)
             code = -1;

@@ -121,7 +121,7 @@ static void xfer_stderr(xfer_t *x, const char *msg)
     cw_utf8_repair((const uint8_t *)msg, strlen(msg), &line);
     if (line.len == 0 || line.data[line.len - 1] != '\n')
         cw_buf_append(&line, "\n", 1);
-    cw_outbuf_add_lines(ob, CW_STREAM_STDERR, NULL, (const char *)line.data, line.len, cw_now());
+    cw_outbuf_add_lines(ob, CW_STREAM_STDERR, NULL, (const char *)line.data, line.len, cw_cmd_now(x->cmd));
     cw_buf_free(&line);
     cw_cmd_output_added(x->cmd);
 }
@@ -166,34 +166,53 @@ static const char *not_regular(mode_t mode)
                             : "not a regular file";
 }
 
-/* Text of an exception response (for messages). */
-static void resp_text(const cw_msg_t *resp, char *out, size_t n)
+/* Text of the master's refusal (for messages). */
+static void answer_text(const cw_xfer_answer_t *a, char *out, size_t n)
 {
-    cw_str_t s;
-    if (cw_obj_str(&resp->u.response.result, &s))
-        snprintf(out, n, "%.*s", (int)(s.len > 400 ? 400 : s.len), s.ptr);
+    if (a->error && a->error_len)
+        snprintf(out, n, "%.*s", (int)(a->error_len > 400 ? 400 : a->error_len), a->error);
     else
         snprintf(out, n, "(no message)");
+}
+
+/* The block size to use: the step's, within what the link carries in one
+ * message (Perspective Broker: 640 KiB). */
+static size_t block_size(const xfer_t *x)
+{
+    size_t bs = (size_t)x->cmd->args.blocksize, max = cw_cmd_max_block(x->cmd);
+    return max && bs > max ? max : bs;
+}
+
+/* Ask the master (through the command's session); false when that cannot
+ * be done (the link is gone, out of memory): the caller ends the transfer. */
+static bool xfer_ask(xfer_t *x, const cw_xfer_req_t *req, cw_xfer_cb cb)
+{
+    x->req_busy = true;
+    if (cw_cmd_xfer(x->cmd, req, cb) < 0) {
+        x->req_busy = false;
+        return false;
+    }
+    return true;
 }
 
 /* ---- upload_file ---- */
 
 static void upload_read_next(xfer_t *x);
 
-static void utime_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
+static void utime_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
-    xfer_t *x = ((cw_cmd_t *)ctx)->state;
+    xfer_t *x = cmd->state;
     x->req_busy = false;
-    if (resp == NULL) {
+    if (ans->status == CW_ECLOSED) {
         xfer_end(x, 1, NULL, NULL);
         return;
     }
-    if (resp->u.response.is_exception) {
+    if (ans->status < 0) {
         /* Buildbot <= 4.3 cannot set times over msgpack (reference §8.2). The
          * file is there; the master's answer decides the step (EXCEPTION),
          * as with the stock worker, but the log says what happened. */
         char t[450], failure[600];
-        resp_text(resp, t, sizeof t);
+        answer_text(ans, t, sizeof t);
         cw_cmd_header(x->cmd,
                       "keepstamp: the master could not set the file times (a known bug of "
                       "Buildbot masters up to 4.3 with this protocol): %s",
@@ -205,75 +224,51 @@ static void utime_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
     xfer_end(x, x->rc, NULL, NULL);
 }
 
-static void upload_close_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
+static void upload_close_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
-    xfer_t *x = ((cw_cmd_t *)ctx)->state;
+    xfer_t *x = cmd->state;
     x->req_busy = false;
-    if (resp == NULL) {
+    if (ans->status == CW_ECLOSED) {
         xfer_end(x, 1, NULL, NULL);
         return;
     }
-    if (resp->u.response.is_exception) {
+    if (ans->status < 0) {
         char t[450], msg[600];
-        resp_text(resp, t, sizeof t);
+        answer_text(ans, t, sizeof t);
         snprintf(msg, sizeof msg, "the master could not store the upload: %s", t);
         xfer_end(x, 1, msg, NULL);
         return;
     }
     cw_args_t *a = &x->cmd->args;
     if (a->keepstamp && x->rc == 0 && !x->stopping) {
-        cw_buf_t b = CW_BUF_INIT;
-        msgpack_packer pk;
-        cw_pack_init(&pk, &b);
-        cw_conn_t *conn = cw_cmd_conn(x->cmd);
-        if (conn == NULL) {
-            cw_buf_free(&b);
+        cw_xfer_req_t req = {.op = CW_XFER_UTIME, .atime = x->atime, .mtime = x->mtime};
+        if (!xfer_ask(x, &req, utime_done))
             xfer_end(x, 1, NULL, NULL);
-            return;
-        }
-        int64_t seq = cw_conn_next_seq(conn);
-        cw_pack_utime(&pk, seq, x->cmd->idstr, x->atime, x->mtime);
-        x->req_busy = true;
-        if (cw_cmd_request(x->cmd, seq, &b, utime_done) < 0) {
-            x->req_busy = false;
-            xfer_end(x, 1, NULL, NULL);
-        }
         return;
     }
     xfer_end(x, x->rc, NULL, NULL);
 }
 
-/* Tell the master the file is complete (only when it really is). */
-static void upload_send_close(xfer_t *x, cw_op_t op)
+/* Tell the master the file (CW_XFER_CLOSE) or the tar stream
+ * (CW_XFER_UNPACK) is complete (only when it really is). */
+static void upload_send_close(xfer_t *x, cw_xfer_op_t op)
 {
-    cw_conn_t *conn = cw_cmd_conn(x->cmd);
-    if (conn == NULL) {
+    cw_xfer_req_t req = {.op = op};
+    if (!xfer_ask(x, &req, upload_close_done))
         xfer_end(x, 1, NULL, NULL);
-        return;
-    }
-    cw_buf_t b = CW_BUF_INIT;
-    msgpack_packer pk;
-    cw_pack_init(&pk, &b);
-    int64_t seq = cw_conn_next_seq(conn);
-    cw_pack_cmd_simple(&pk, seq, op, x->cmd->idstr);
-    x->req_busy = true;
-    if (cw_cmd_request(x->cmd, seq, &b, upload_close_done) < 0) {
-        x->req_busy = false;
-        xfer_end(x, 1, NULL, NULL);
-    }
 }
 
-static void upload_write_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
+static void upload_write_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
-    xfer_t *x = ((cw_cmd_t *)ctx)->state;
+    xfer_t *x = cmd->state;
     x->req_busy = false;
-    if (resp == NULL) {
+    if (ans->status == CW_ECLOSED) {
         xfer_end(x, 1, NULL, NULL);
         return;
     }
-    if (resp->u.response.is_exception) {
+    if (ans->status < 0) {
         char t[450], msg[600];
-        resp_text(resp, t, sizeof t);
+        answer_text(ans, t, sizeof t);
         snprintf(msg, sizeof msg, "the master refused upload data: %s", t);
         xfer_end(x, 1, msg, NULL);
         return;
@@ -291,33 +286,22 @@ static void upload_write_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
     if (x->rc != 0) {
         /* maxsize reached: the truncated file is still delivered, as the
          * stock worker does, and the step fails */
-        upload_send_close(x, CW_OP_UPLOAD_FILE_CLOSE);
+        upload_send_close(x, CW_XFER_CLOSE);
         return;
     }
     upload_read_next(x);
 }
 
 /* Send one chunk (copied into the message). */
-static int upload_send_chunk(xfer_t *x, cw_op_t op, const uint8_t *data, size_t len)
+static int upload_send_chunk(xfer_t *x, const uint8_t *data, size_t len)
 {
-    cw_conn_t *conn = cw_cmd_conn(x->cmd);
-    if (conn == NULL)
-        return CW_ECLOSED;
-    cw_buf_t b = CW_BUF_INIT;
-    if (cw_buf_reserve(&b, len + 96) < 0)
-        return -ENOMEM;
-    msgpack_packer pk;
-    cw_pack_init(&pk, &b);
-    int64_t seq = cw_conn_next_seq(conn);
-    if (cw_pack_write(&pk, seq, op, x->cmd->idstr, data, len) < 0) {
-        cw_buf_free(&b);
-        return -ENOMEM;
-    }
+    cw_xfer_req_t req = {.op = CW_XFER_WRITE, .data = data, .len = len};
     x->req_busy = true;
-    x->done_bytes += len;
-    int rc = cw_cmd_request(x->cmd, seq, &b, upload_write_done);
+    int rc = cw_cmd_xfer(x->cmd, &req, upload_write_done);
     if (rc < 0)
         x->req_busy = false;
+    else
+        x->done_bytes += len;
     return rc;
 }
 
@@ -338,7 +322,7 @@ static void upload_read_cb(uv_fs_t *req)
         return;
     }
     if (n == 0) {
-        upload_send_close(x, CW_OP_UPLOAD_FILE_CLOSE);
+        upload_send_close(x, CW_XFER_CLOSE);
         return;
     }
     size_t len = (size_t)n;
@@ -354,11 +338,11 @@ static void upload_read_cb(uv_fs_t *req)
         xfer_stderr(x, m.data ? (const char *)m.data : "Maximum filesize reached");
         cw_buf_free(&m);
         if (len == 0) {
-            upload_send_close(x, CW_OP_UPLOAD_FILE_CLOSE);
+            upload_send_close(x, CW_XFER_CLOSE);
             return;
         }
     }
-    int rc = upload_send_chunk(x, CW_OP_UPLOAD_FILE_WRITE, x->buf, len);
+    int rc = upload_send_chunk(x, x->buf, len);
     if (rc < 0)
         xfer_end(x, 1, rc == -ENOMEM ? "out of memory" : NULL, NULL);
 }
@@ -368,7 +352,7 @@ static void upload_read_next(xfer_t *x)
     x->fs.data = x;
     x->fs_busy = true;
     uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)x->buflen);
-    int rc = uv_fs_read(x->cmd->w->loop, &x->fs, x->fd, &b, 1, (int64_t)x->file_off,
+    int rc = uv_fs_read(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, (int64_t)x->file_off,
                         upload_read_cb);
     if (rc < 0) {
         x->fs_busy = false;
@@ -418,7 +402,7 @@ static void upload_open_cb(uv_fs_t *req)
 static int upload_file_start(xfer_t *x)
 {
     cw_args_t *a = &x->cmd->args;
-    x->buflen = (size_t)a->blocksize;
+    x->buflen = block_size(x);
     x->buf = malloc(x->buflen);
     if (x->buf == NULL)
         return -ENOMEM;
@@ -426,7 +410,7 @@ static int upload_file_start(xfer_t *x)
     x->fs_busy = true;
     /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
      * once open); it does nothing to reads of a regular file */
-    int rc = uv_fs_open(x->cmd->w->loop, &x->fs, a->path,
+    int rc = uv_fs_open(cw_cmd_loop(x->cmd), &x->fs, a->path,
                         O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0, upload_open_cb);
     if (rc < 0)
         x->fs_busy = false;
@@ -726,7 +710,7 @@ static void tar_async_cb(uv_async_t *h)
             xfer_end_path(x, 1, "Maximum filesize reached, truncating file '", a->path, "'");
             return;
         }
-        int rc = upload_send_chunk(x, CW_OP_UPLOAD_DIRECTORY_WRITE, chunk.data, len);
+        int rc = upload_send_chunk(x, chunk.data, len);
         cw_buf_free(&chunk);
         if (rc < 0)
             xfer_end(x, 1, rc == -ENOMEM ? "out of memory" : NULL, NULL);
@@ -737,7 +721,7 @@ static void tar_async_cb(uv_async_t *h)
         return;
     }
     if (eof)
-        upload_send_close(x, CW_OP_UPLOAD_DIRECTORY_UNPACK);
+        upload_send_close(x, CW_XFER_UNPACK);
 }
 
 static int upload_dir_start(xfer_t *x)
@@ -755,13 +739,13 @@ static int upload_dir_start(xfer_t *x)
     if (t == NULL)
         return -ENOMEM;
     x->tar = t;
-    t->blocksize = (size_t)a->blocksize;
+    t->blocksize = block_size(x);
     t->compress = a->compress;
     t->root = strdup(a->path);
     atomic_init(&t->stop, false);
     uv_mutex_init(&t->mu);
     uv_cond_init(&t->cond);
-    uv_async_init(x->cmd->w->loop, &t->async, tar_async_cb);
+    uv_async_init(cw_cmd_loop(x->cmd), &t->async, tar_async_cb);
     t->async.data = x;
     t->async_init = true;
     cw_cmd_header(x->cmd, "sending %s", a->path);
@@ -889,9 +873,10 @@ static void copy_back_done(uv_work_t *req, int status)
 }
 
 /* The master has been told we are done; the data is complete: put it in place. */
-static void read_close_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
+static void read_close_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
-    xfer_t *x = ((cw_cmd_t *)ctx)->state;
+    (void)ans;
+    xfer_t *x = cmd->state;
     x->req_busy = false;
     cw_args_t *a = &x->cmd->args;
     if (x->rc != 0 || x->stopping) {
@@ -901,7 +886,7 @@ static void read_close_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
     if (x->dl_mode == DL_COPY_BACK) {
         x->work.data = x;
         x->work_busy = true;
-        int rc = uv_queue_work(x->cmd->w->loop, &x->work, copy_back_work, copy_back_done);
+        int rc = uv_queue_work(cw_cmd_loop(x->cmd), &x->work, copy_back_work, copy_back_done);
         if (rc < 0) {
             x->work_busy = false;
             xfer_end_path(x, 1, "Cannot write file '", a->path, "' for download: %s",
@@ -944,21 +929,9 @@ static void download_finish(xfer_t *x, int rc, const char *msg)
         xfer_stderr(x, msg);
     if (rc != 0)
         download_unlink_tmp(x);
-    cw_conn_t *conn = cw_cmd_conn(x->cmd);
-    if (conn == NULL) {
+    cw_xfer_req_t req = {.op = CW_XFER_READ_CLOSE};
+    if (!xfer_ask(x, &req, read_close_done))
         xfer_end(x, 1, NULL, NULL);
-        return;
-    }
-    cw_buf_t b = CW_BUF_INIT;
-    msgpack_packer pk;
-    cw_pack_init(&pk, &b);
-    int64_t seq = cw_conn_next_seq(conn);
-    cw_pack_cmd_simple(&pk, seq, CW_OP_READ_FILE_CLOSE, x->cmd->idstr);
-    x->req_busy = true;
-    if (cw_cmd_request(x->cmd, seq, &b, read_close_done) < 0) {
-        x->req_busy = false;
-        xfer_end(x, 1, NULL, NULL);
-    }
 }
 
 /* download_finish with "pre'PATH'post" (path elided) on stderr. */
@@ -1009,7 +982,7 @@ static void download_write_next(xfer_t *x)
     uv_buf_t b = uv_buf_init((char *)x->buf + x->wdone, (unsigned)(x->buflen - x->wdone));
     /* a character device (DL_DIRECT) has no offsets: -1 writes at the current position */
     int64_t off = x->dl_mode == DL_DIRECT && x->dest_chr ? -1 : (int64_t)x->file_off;
-    int rc = uv_fs_write(x->cmd->w->loop, &x->fs, x->fd, &b, 1, off, download_write_cb);
+    int rc = uv_fs_write(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, off, download_write_cb);
     if (rc < 0) {
         x->fs_busy = false;
         download_finish_path(x, "Cannot write file '", x->cmd->args.path, "' for download: ",
@@ -1017,12 +990,12 @@ static void download_write_next(xfer_t *x)
     }
 }
 
-static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
+static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
-    xfer_t *x = ((cw_cmd_t *)ctx)->state;
+    xfer_t *x = cmd->state;
     x->req_busy = false;
     cw_args_t *a = &x->cmd->args;
-    if (resp == NULL) {
+    if (ans->status == CW_ECLOSED) {
         xfer_end(x, 1, NULL, NULL);
         return;
     }
@@ -1030,17 +1003,16 @@ static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
         download_finish(x, 1, NULL);
         return;
     }
-    if (resp->u.response.is_exception) {
+    if (ans->status < 0) {
         char t[450], msg[600];
-        resp_text(resp, t, sizeof t);
+        answer_text(ans, t, sizeof t);
         snprintf(msg, sizeof msg, "the master failed to read the file: %s", t);
         download_finish(x, 1, msg);
         return;
     }
-    const msgpack_object *r = &resp->u.response.result;
-    const uint8_t *data = NULL;
-    size_t len = 0;
-    if (r->type == MSGPACK_OBJECT_NIL) {
+    const uint8_t *data = ans->data;
+    size_t len = ans->len;
+    if (ans->nil) {
         if (x->done_bytes == 0 && !x->probing) {
             download_finish(
                 x, 1,
@@ -1051,13 +1023,7 @@ static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
             return;
         }
         len = 0; /* after data, treat nil as end of file */
-    } else if (r->type == MSGPACK_OBJECT_BIN) {
-        data = (const uint8_t *)r->via.bin.ptr;
-        len = r->via.bin.size;
-    } else if (r->type == MSGPACK_OBJECT_STR) {
-        data = (const uint8_t *)r->via.str.ptr;
-        len = r->via.str.size;
-    } else {
+    } else if (ans->not_data) {
         download_finish(x, 1, "download failed: the master answered update_read_file with "
                               "something that is not data");
         return;
@@ -1086,7 +1052,7 @@ static void read_file_done(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
 static void download_request(xfer_t *x)
 {
     cw_args_t *a = &x->cmd->args;
-    int64_t length = a->blocksize;
+    int64_t length = (int64_t)block_size(x);
     if (a->maxsize >= 0) {
         int64_t left = a->maxsize - (int64_t)x->done_bytes;
         if (left <= 0) {
@@ -1096,22 +1062,10 @@ static void download_request(xfer_t *x)
             length = left;
         }
     }
-    cw_conn_t *conn = cw_cmd_conn(x->cmd);
-    if (conn == NULL) {
+    x->buflen = block_size(x);
+    cw_xfer_req_t req = {.op = CW_XFER_READ, .length = length};
+    if (!xfer_ask(x, &req, read_file_done))
         xfer_end(x, 1, NULL, NULL);
-        return;
-    }
-    x->buflen = (size_t)a->blocksize;
-    cw_buf_t b = CW_BUF_INIT;
-    msgpack_packer pk;
-    cw_pack_init(&pk, &b);
-    int64_t seq = cw_conn_next_seq(conn);
-    cw_pack_read_file(&pk, seq, x->cmd->idstr, length);
-    x->req_busy = true;
-    if (cw_cmd_request(x->cmd, seq, &b, read_file_done) < 0) {
-        x->req_busy = false;
-        xfer_end(x, 1, NULL, NULL);
-    }
 }
 
 /* Follow symbolic links from path (at most 40, like the kernel) to the
@@ -1215,7 +1169,7 @@ static int download_start(xfer_t *x)
     cw_args_t *a = &x->cmd->args;
     char ebuf[128];
     x->cmd_mode = a->mode;
-    x->buf = malloc((size_t)a->blocksize);
+    x->buf = malloc(block_size(x));
     if (x->buf == NULL)
         return -ENOMEM;
     /* parent directories, as the stock worker makes them */
@@ -1257,7 +1211,7 @@ static int download_start(xfer_t *x)
         /* the requested mode; else the old file's; else what open(2) gives */
         mode_t mode = a->mode >= 0 ? (mode_t)a->mode
                       : exists     ? st.st_mode & 07777
-                                   : 0666 & ~x->cmd->w->cfg->umask;
+                                   : 0666 & ~(mode_t)x->cmd->cs->env.umask;
         x->dl_mode = exists && st.st_nlink > 1 ? DL_COPY_BACK : DL_RENAME;
         rc = download_make_tmp(x);
         if (rc == -EACCES || rc == -EPERM || rc == -EROFS) {
@@ -1353,7 +1307,7 @@ static void xfer_interrupt(cw_cmd_t *cmd, const char *why)
     /* with nothing in flight, end now; otherwise the pending callback does
      * (a copy back, once started, is finished: the data is complete) */
     if (!x->fs_busy && !x->req_busy && !x->work_busy) {
-        if (cmd->kind == CW_CMD_DOWNLOAD_FILE && !cmd->detached)
+        if (cmd->kind == CW_CMD_DOWNLOAD_FILE && cmd->session != NULL)
             download_finish(x, 1, NULL);
         else
             xfer_end(x, 1, NULL, NULL);
@@ -1364,7 +1318,7 @@ static void xfer_interrupt(cw_cmd_t *cmd, const char *why)
 static void xfer_free(xfer_t *x, cw_cmd_t *cmd)
 {
     if (cmd)
-        cmd->w->bytes_transfer += x->done_bytes;
+        cw_cmd_count_transfer(cmd, x->done_bytes);
     if (x->fd >= 0)
         close(x->fd);
     if (x->tmp_path)

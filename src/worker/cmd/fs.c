@@ -29,15 +29,10 @@ typedef struct fs_job {
     cw_buf_t header; /* header text (lines) */
     cw_buf_t stderr_text;
     cw_buf_t stdout_text; /* cpdir: the cp -v style log */
-    const char *value_key; /* "files" / "stat" or NULL */
-    cw_buf_t value;        /* packed msgpack value for value_key */
+    const char *value_key; /* "files" or "stat", or NULL */
+    cw_strlist_t files;    /* "files" (listdir, glob) */
+    cw_num_t stat[10];     /* "stat" */
 } fs_job_t;
-
-/* Packer that appends to a cw_buf_t (the job's value). */
-static void job_packer(fs_job_t *job, msgpack_packer *pk)
-{
-    cw_pack_init(pk, &job->value);
-}
 
 /* Stock error report: "<cmd>: <strerror>: <path>" and rc = errno. */
 static void job_error(fs_job_t *job, const char *what, int err, const char *path)
@@ -88,31 +83,16 @@ static void do_listdir(fs_job_t *job)
         job_error(job, "listdir", errno, path);
         return;
     }
-    /* two passes: count, then pack (the array header needs the count) */
-    size_t n = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL)
+    int rc = 0;
+    while (rc == 0 && (de = readdir(d)) != NULL)
         if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-            n++;
-    rewinddir(d);
-    msgpack_packer pk;
-    job_packer(job, &pk);
-    msgpack_pack_array(&pk, n);
-    size_t k = 0;
-    cw_buf_t name = CW_BUF_INIT;
-    while ((de = readdir(d)) != NULL && k < n) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        cw_buf_reset(&name);
-        cw_utf8_repair((const uint8_t *)de->d_name, strlen(de->d_name), &name);
-        cw_pack_strn(&pk, (const char *)name.data, name.len);
-        k++;
-    }
-    /* entries removed between the passes: pad so the array stays valid */
-    for (; k < n; k++)
-        cw_pack_str(&pk, "");
-    cw_buf_free(&name);
+            rc = cw_strlist_add(&job->files, de->d_name);
     closedir(d);
+    if (rc < 0) {
+        job_error(job, "listdir", -rc, path);
+        return;
+    }
     job->value_key = "files";
     job->rc = 0;
 }
@@ -125,19 +105,18 @@ static void do_stat(fs_job_t *job)
         job_error(job, "stat", errno, path);
         return;
     }
-    msgpack_packer pk;
-    job_packer(job, &pk);
-    msgpack_pack_array(&pk, 10);
-    msgpack_pack_int64(&pk, (int64_t)st.st_mode);
-    msgpack_pack_uint64(&pk, (uint64_t)st.st_ino);
-    msgpack_pack_uint64(&pk, (uint64_t)st.st_dev);
-    msgpack_pack_uint64(&pk, (uint64_t)st.st_nlink);
-    msgpack_pack_int64(&pk, (int64_t)st.st_uid);
-    msgpack_pack_int64(&pk, (int64_t)st.st_gid);
-    msgpack_pack_int64(&pk, (int64_t)st.st_size);
-    msgpack_pack_int64(&pk, (int64_t)st.st_atime);
-    msgpack_pack_int64(&pk, (int64_t)st.st_mtime);
-    msgpack_pack_int64(&pk, (int64_t)st.st_ctime);
+    /* os.stat()'s tuple: mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime */
+    cw_num_t *v = job->stat;
+    v[0] = (cw_num_t){.i = (int64_t)st.st_mode};
+    v[1] = (cw_num_t){.is_unsigned = true, .u = (uint64_t)st.st_ino};
+    v[2] = (cw_num_t){.is_unsigned = true, .u = (uint64_t)st.st_dev};
+    v[3] = (cw_num_t){.is_unsigned = true, .u = (uint64_t)st.st_nlink};
+    v[4] = (cw_num_t){.i = (int64_t)st.st_uid};
+    v[5] = (cw_num_t){.i = (int64_t)st.st_gid};
+    v[6] = (cw_num_t){.i = (int64_t)st.st_size};
+    v[7] = (cw_num_t){.i = (int64_t)st.st_atime};
+    v[8] = (cw_num_t){.i = (int64_t)st.st_mtime};
+    v[9] = (cw_num_t){.i = (int64_t)st.st_ctime};
     job->value_key = "stat";
     job->rc = 0;
 }
@@ -154,24 +133,12 @@ static void do_rmfile(fs_job_t *job)
 
 static void do_glob(fs_job_t *job)
 {
-    cw_strlist_t l = {0};
-    int rc = cw_glob(job->cmd->args.path, &job->stop, &l);
+    int rc = cw_glob(job->cmd->args.path, &job->stop, &job->files);
     if (rc < 0) {
         job_error(job, "glob", -rc, job->cmd->args.path);
-        cw_strlist_free(&l);
+        cw_strlist_free(&job->files);
         return;
     }
-    msgpack_packer pk;
-    job_packer(job, &pk);
-    msgpack_pack_array(&pk, l.n);
-    cw_buf_t name = CW_BUF_INIT;
-    for (size_t i = 0; i < l.n; i++) {
-        cw_buf_reset(&name);
-        cw_utf8_repair((const uint8_t *)l.v[i], strlen(l.v[i]), &name);
-        cw_pack_strn(&pk, (const char *)name.data, name.len);
-    }
-    cw_buf_free(&name);
-    cw_strlist_free(&l);
     job->value_key = "files";
     job->rc = 0;
 }
@@ -250,7 +217,7 @@ static void fs_after(uv_work_t *req, int status)
     if (status == UV_ECANCELED) {
         job->rc = -1;
     }
-    double now = cw_now();
+    double now = cw_cmd_now(cmd);
     if (job->stdout_text.len) {
         cw_buf_t fixed = CW_BUF_INIT;
         cw_utf8_repair(job->stdout_text.data, job->stdout_text.len, &fixed);
@@ -272,8 +239,10 @@ static void fs_after(uv_work_t *req, int status)
                             fixed.len, now);
         cw_buf_free(&fixed);
     }
-    if (job->value_key)
-        cw_outbuf_add_packed(&cmd->out, job->value_key, job->value.data, job->value.len);
+    if (job->value_key && strcmp(job->value_key, "files") == 0)
+        cw_cmd_add_strlist(cmd, "files", (const char *const *)job->files.v, job->files.n);
+    else if (job->value_key)
+        cw_cmd_add_numlist(cmd, job->value_key, job->stat, 10);
     cw_cmd_add_int(cmd, "rc", job->rc);
     cw_cmd_finish(cmd, NULL);
 }
@@ -289,7 +258,7 @@ static int fs_start(cw_cmd_t *cmd)
     job->cmd = cmd;
     atomic_init(&job->stop, false);
     job->req.data = job;
-    int rc = uv_queue_work(cmd->w->loop, &job->req, fs_work, fs_after);
+    int rc = uv_queue_work(cw_cmd_loop(cmd), &job->req, fs_work, fs_after);
     if (rc < 0) {
         cw_cmd_header(cmd, "cannot start: %s", uv_strerror(rc));
         cw_cmd_add_int(cmd, "rc", -1);
@@ -313,7 +282,7 @@ static void fs_destroy(cw_cmd_t *cmd)
         cw_buf_free(&job->header);
         cw_buf_free(&job->stderr_text);
         cw_buf_free(&job->stdout_text);
-        cw_buf_free(&job->value);
+        cw_strlist_free(&job->files);
         free(job);
         cmd->state = NULL;
     }
