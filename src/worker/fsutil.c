@@ -1,4 +1,5 @@
-/* File-system helpers: mkdir -p and a native rm -rf (see fsutil.h). */
+/* File-system helpers: mkdir -p, rm -rf, glob, cp -R and a tree walker,
+ * natively and without recursion (see fsutil.h). */
 #include "fsutil.h"
 
 #include "cworker/cw.h"
@@ -12,6 +13,253 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* What every walk shares                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Directory descriptors one walk keeps open per tree it walks, whatever
+ * its depth (the worker's commands and connections share the fd table). */
+#define FS_WINDOW 16
+
+/* Bytes of a path shown in an error line, and in a cp -v line. */
+#define FS_SHOWN_MAX  1024
+#define FS_LOGGED_MAX 4096
+
+/* How a walk opens a directory: never through a link. */
+#define FS_OPEN_DIR (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+
+/* What a walk says when a directory's ".." is no longer the directory it
+ * came down from. */
+#define FS_MOVED_MSG "directory moved during the walk"
+
+/* Has the caller asked us to stop? */
+static bool stopped(atomic_bool *stop)
+{
+    return stop != NULL && atomic_load(stop);
+}
+
+/* A path for an error line, bounded whatever it holds. */
+static void put_path(cw_buf_t *b, const char *p)
+{
+    cw_buf_append_elided(b, p, FS_SHOWN_MAX);
+}
+
+/* The depth limit, as every walk names it. */
+static void depth_msg(cw_buf_t *b, size_t max_depth)
+{
+    cw_buf_printf(b, "directory tree deeper than the limit of %zu levels (fs-max-depth)",
+                  max_depth);
+}
+
+/* Make room for need elements of size in *v; 0 or -ENOMEM. */
+static int fs_grow(void **v, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need)
+        ncap *= 2;
+    if (ncap > SIZE_MAX / size)
+        return -ENOMEM;
+    void *nv = realloc(*v, ncap * size);
+    if (nv == NULL)
+        return -ENOMEM;
+    *v = nv;
+    *cap = ncap;
+    return 0;
+}
+
+/* A path buffer set to s (NUL-terminated); 0 or -ENOMEM. */
+static int path_set(cw_buf_t *b, const char *s)
+{
+    cw_buf_reset(b);
+    size_t n = strlen(s);
+    if (cw_buf_reserve(b, n + 1) < 0)
+        return -ENOMEM;
+    memcpy(b->data, s, n + 1);
+    b->len = n;
+    return 0;
+}
+
+/* Append "/" (unless the path is empty or ends with one) and name; the
+ * buffer stays NUL-terminated.  0 or -ENOMEM. */
+static int path_push(cw_buf_t *b, const char *name)
+{
+    size_t n = strlen(name);
+    bool sep = b->len > 0 && b->data[b->len - 1] != '/';
+    if (cw_buf_reserve(b, sep + n + 1) < 0)
+        return -ENOMEM;
+    if (sep)
+        b->data[b->len++] = '/';
+    memcpy(b->data + b->len, name, n + 1);
+    b->len += n;
+    return 0;
+}
+
+/* Back to a shorter path. */
+static void path_pop(cw_buf_t *b, size_t len)
+{
+    b->len = len;
+    if (b->data != NULL)
+        b->data[len] = '\0';
+}
+
+/* The name stack: the names left to visit on every level of a walk, each
+ * level's above its parent's, arranged so that the next one to visit is on
+ * top.  An entry is [d_type + 1][name][NUL] (the type byte is never 0, so
+ * an entry starts just after the previous NUL).  A walk's memory is thus one
+ * path plus what is left to visit on each level of it, as with fts. */
+
+/* A name being read: where it is on the stack, and its inode number. */
+typedef struct ns_ent {
+    size_t off;
+    ino_t ino;
+} ns_ent_t;
+
+/* qsort order: inode number, then the order read. */
+static int ns_ent_cmp(const void *a, const void *b)
+{
+    const ns_ent_t *x = a, *y = b;
+    if (x->ino != y->ino)
+        return x->ino < y->ino ? -1 : 1;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Push the entries of the directory fd (less "." and "..") on the name
+ * stack ns, to come off in the order read, or in inode order when by_ino.
+ * 0, -EINTR, -ENOMEM or the -errno of reading (the names read before a
+ * failure stay). */
+static int ns_read(cw_buf_t *ns, int fd, bool by_ino, atomic_bool *stop)
+{
+    size_t start = ns->len;
+    /* a descriptor of its own for the DIR, which closes it */
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (d == NULL) {
+        int err = errno;
+        if (dfd >= 0)
+            close(dfd);
+        return -err;
+    }
+    ns_ent_t *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            rc = -errno;
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (stopped(stop)) {
+            rc = -EINTR;
+            break;
+        }
+        size_t len = strlen(de->d_name);
+        unsigned char kind = (unsigned char)(de->d_type + 1);
+        if (fs_grow((void **)&v, &cap, n + 1, sizeof *v) < 0 || cw_buf_reserve(ns, len + 2) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        v[n].off = ns->len;
+        v[n++].ino = de->d_ino;
+        ns->data[ns->len++] = kind;
+        memcpy(ns->data + ns->len, de->d_name, len + 1);
+        ns->len += len + 1;
+    }
+    closedir(d);
+    if (by_ino && n > 1)
+        qsort(v, n, sizeof *v, ns_ent_cmp);
+    /* the last to visit goes at the bottom */
+    char *tmp = n > 1 ? malloc(ns->len - start) : NULL;
+    if (tmp != NULL) {
+        size_t pos = 0;
+        for (size_t i = n; i-- > 0;) {
+            size_t len = strlen((const char *)ns->data + v[i].off) + 1;
+            memcpy(tmp + pos, ns->data + v[i].off, len);
+            pos += len;
+        }
+        memcpy(ns->data + start, tmp, pos);
+        free(tmp);
+    } else if (n > 1) {
+        rc = -ENOMEM;
+        ns->len = start;
+    }
+    free(v);
+    return rc;
+}
+
+/* Take the next name of the level whose names start at `start` off the
+ * stack: the name (valid until the stack grows again) and its d_type, or
+ * NULL when the level has none left. */
+static const char *ns_pop(cw_buf_t *ns, size_t start, unsigned char *kind)
+{
+    if (ns->len <= start)
+        return NULL;
+    size_t end = ns->len - 1; /* its NUL */
+    size_t i = end;
+    while (i > start && ns->data[i - 1] != '\0')
+        i--;
+    *kind = (unsigned char)(ns->data[i] - 1);
+    ns->len = i;
+    return (const char *)ns->data + i + 1;
+}
+
+/* An open directory of a walk: its descriptor (-1 once the window has
+ * moved past it) and what it is (st_dev, st_ino). */
+typedef struct fs_dir {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+} fs_dir_t;
+
+/* A level of a walk that holds one tree. */
+typedef struct fs_level {
+    fs_dir_t dir;
+    size_t names; /* where its names start on the name stack */
+    size_t plen;  /* the length of its path */
+    size_t name;  /* where its own name starts in that path */
+} fs_level_t;
+
+/* Levels lv[0..n) were just made n: close the descriptor that falls out
+ * of the window of the last FS_WINDOW. */
+static void fs_window(fs_level_t *lv, size_t n)
+{
+    if (n > FS_WINDOW && lv[n - 1 - FS_WINDOW].dir.fd >= 0) {
+        close(lv[n - 1 - FS_WINDOW].dir.fd);
+        lv[n - 1 - FS_WINDOW].dir.fd = -1;
+    }
+}
+
+/* Bring back the descriptor of parent (closed by the window) through
+ * child's "..", and check that it is still the directory met on the way
+ * down: anything else means the tree was moved under us, and the walk must
+ * stop rather than go on somewhere else.  0, -ESTALE for a different
+ * directory, or -errno. */
+static int fs_reopen_parent(fs_dir_t *parent, const fs_dir_t *child)
+{
+    int fd = openat(child->fd, "..", FS_OPEN_DIR);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        return -err;
+    }
+    if (st.st_dev != parent->dev || st.st_ino != parent->ino) {
+        close(fd);
+        return -ESTALE;
+    }
+    parent->fd = fd;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* mkdir -p                                                                 */
+/* ------------------------------------------------------------------------ */
 
 int cw_mkdirs(const char *path, mode_t mode)
 {
@@ -41,84 +289,186 @@ int cw_mkdirs(const char *path, mode_t mode)
     return rc;
 }
 
-/* Note a failure to remove path (dirfd-relative name shown with its parent). */
+/* ------------------------------------------------------------------------ */
+/* rm -rf                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* One line "cannot remove 'p': <strerror>" in errors (p elided); returns
+ * the first failure so far, or -err. */
 static int rm_fail(cw_buf_t *errors, const char *shown, int err, int first)
 {
-    char ebuf[128];
-    if (errors) /* on the thread pool: a thread-safe strerror */
-        cw_buf_printf(errors, "cannot remove '%s': %s\n", shown,
-                      cw_errstr(err, ebuf, sizeof ebuf));
+    if (errors != NULL) {
+        char ebuf[128]; /* on the thread pool: a thread-safe strerror */
+        cw_buf_append_str(errors, "cannot remove '");
+        put_path(errors, shown);
+        cw_buf_printf(errors, "': %s\n", cw_errstr(err, ebuf, sizeof ebuf));
+    }
     return first ? first : -err;
 }
 
-/* Remove the directory `name` under dirfd (already known to be a directory,
- * not a link) and everything in it.  shown is its path for messages. */
-static int rm_dir_at(int dirfd, const char *name, const char *shown, atomic_bool *stop,
-                     cw_buf_t *errors, int depth)
+/* One cw_rmtree walk: the shown path of the current entry, the names left
+ * on every level, and the levels from the top down. */
+typedef struct rm_ctx {
+    atomic_bool *stop;
+    cw_buf_t *errors;
+    size_t max_depth;
+    int first;      /* -errno of the first failure */
+    cw_buf_t path;  /* shown path (NUL-terminated) */
+    cw_buf_t names; /* name stack */
+    fs_level_t *lv; /* lv[0] is the top directory */
+    size_t n, cap;
+} rm_ctx_t;
+
+/* Open the directory name (under at, at path offset name_off of the shown
+ * path), made u+rwx first if need be, as a new level with its entries on
+ * the name stack.  0; a negative code that ends the walk (CW_ETOOBIG,
+ * -EINTR, -ENOMEM), or another -errno when just this directory failed
+ * (already reported). */
+static int rm_enter(rm_ctx_t *c, int at, const char *name, size_t name_off)
 {
-    if (stop && atomic_load(stop))
-        return -EINTR;
-    if (depth > 4096)
-        return rm_fail(errors, shown, ELOOP, 0);
-    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    const char *shown = (const char *)c->path.data;
+    if (c->n > c->max_depth) {
+        if (c->errors != NULL) {
+            cw_buf_append_str(c->errors, "cannot remove '");
+            put_path(c->errors, shown);
+            cw_buf_append_str(c->errors, "': ");
+            depth_msg(c->errors, c->max_depth);
+            cw_buf_append_str(c->errors, "\n");
+        }
+        return CW_ETOOBIG;
+    }
+    int fd = openat(at, name, FS_OPEN_DIR);
     if (fd < 0 && errno == EACCES) {
         /* chmod u+rwx and try again, as the stock worker does */
         struct stat st;
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-            fchmodat(dirfd, name, (st.st_mode & 07777) | S_IRWXU, 0);
-        fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            fchmodat(at, name, (st.st_mode & 07777) | S_IRWXU, 0);
+        fd = openat(at, name, FS_OPEN_DIR);
     }
-    if (fd < 0)
-        return rm_fail(errors, shown, errno, 0);
-    int first = 0;
-    struct stat dst;
-    if (fstat(fd, &dst) == 0 && (dst.st_mode & S_IRWXU) != S_IRWXU)
-        fchmod(fd, (dst.st_mode & 07777) | S_IRWXU);
-    int dfd = dup(fd);
-    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-    if (d == NULL) {
-        if (dfd >= 0)
-            close(dfd);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        c->first = rm_fail(c->errors, shown, err, c->first);
+        return -err;
+    }
+    if ((st.st_mode & S_IRWXU) != S_IRWXU)
+        fchmod(fd, (st.st_mode & 07777) | S_IRWXU);
+    size_t names = c->names.len;
+    int rc = ns_read(&c->names, fd, false, c->stop);
+    if (rc == 0 && fs_grow((void **)&c->lv, &c->cap, c->n + 1, sizeof *c->lv) < 0)
+        rc = -ENOMEM;
+    if (rc < 0) {
+        /* unreadable: leave it (its removal could only fail) */
+        if (rc != -EINTR && rc != -ENOMEM)
+            c->first = rm_fail(c->errors, shown, -rc, c->first);
+        c->names.len = names;
         close(fd);
-        return rm_fail(errors, shown, errno, 0);
+        return rc;
     }
-    struct dirent *de;
-    cw_buf_t sub = CW_BUF_INIT;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (stop && atomic_load(stop)) {
-            first = first ? first : -EINTR;
-            break;
-        }
-        cw_buf_reset(&sub);
-        cw_buf_printf(&sub, "%s/%s", shown, de->d_name);
-        const char *subshown = sub.data ? (const char *)sub.data : de->d_name;
-        struct stat st;
-        bool is_dir = de->d_type == DT_DIR;
-        if (de->d_type == DT_UNKNOWN && fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-            is_dir = S_ISDIR(st.st_mode);
-        if (is_dir) {
-            char *copy = strdup(subshown);
-            int rc = copy ? rm_dir_at(fd, de->d_name, copy, stop, errors, depth + 1) : -ENOMEM;
-            free(copy);
-            if (rc < 0 && !first)
-                first = rc;
-            /* rm_dir_at reused `sub` through its own buffer; restore nothing */
-        } else if (unlinkat(fd, de->d_name, 0) < 0 && errno != ENOENT) {
-            first = rm_fail(errors, subshown, errno, first);
-        }
-    }
-    cw_buf_free(&sub);
-    closedir(d);
-    close(fd);
-    if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
-        first = rm_fail(errors, shown, errno, first);
-    return first;
+    c->lv[c->n++] = (fs_level_t){
+        .dir = {fd, st.st_dev, st.st_ino}, .names = names, .plen = c->path.len, .name = name_off};
+    fs_window(c->lv, c->n);
+    return 0;
 }
 
-int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
+/* The directory at the top of the stack is empty: remove it from its
+ * parent, whose descriptor is brought back first if the window closed it.
+ * 0, or a code that ends the walk. */
+static int rm_leave(rm_ctx_t *c, const char *top)
 {
+    fs_level_t *l = &c->lv[c->n - 1];
+    if (c->n == 1) {
+        close(l->dir.fd);
+        c->n = 0;
+        if (unlinkat(AT_FDCWD, top, AT_REMOVEDIR) < 0 && errno != ENOENT)
+            c->first = rm_fail(c->errors, top, errno, c->first);
+        return 0;
+    }
+    fs_level_t *p = l - 1;
+    if (p->dir.fd < 0) {
+        int rc = fs_reopen_parent(&p->dir, &l->dir);
+        if (rc < 0) {
+            path_pop(&c->path, p->plen);
+            if (c->errors != NULL) {
+                char ebuf[128];
+                cw_buf_append_str(c->errors, "cannot remove '");
+                put_path(c->errors, (const char *)c->path.data);
+                cw_buf_printf(c->errors, "': %s; stopped\n",
+                              rc == -ESTALE ? FS_MOVED_MSG : cw_errstr(-rc, ebuf, sizeof ebuf));
+            }
+            return rc;
+        }
+    }
+    close(l->dir.fd);
+    c->n--;
+    if (unlinkat(p->dir.fd, (const char *)c->path.data + l->name, AT_REMOVEDIR) < 0 &&
+        errno != ENOENT)
+        c->first = rm_fail(c->errors, (const char *)c->path.data, errno, c->first);
+    path_pop(&c->path, p->plen);
+    return 0;
+}
+
+/* Remove the directory top and everything in it, depth first, without
+ * recursion: the levels are on the heap, at most FS_WINDOW of them hold a
+ * descriptor. */
+static int rm_tree(rm_ctx_t *c, const char *top)
+{
+    if (path_set(&c->path, top) < 0)
+        return -ENOMEM;
+    int end = rm_enter(c, AT_FDCWD, top, 0);
+    if (end != -EINTR && end != -ENOMEM && end != CW_ETOOBIG)
+        end = 0;
+    while (end == 0 && c->n > 0) {
+        fs_level_t *l = &c->lv[c->n - 1];
+        if (stopped(c->stop)) {
+            end = -EINTR;
+            break;
+        }
+        unsigned char kind;
+        const char *name = ns_pop(&c->names, l->names, &kind);
+        if (name == NULL) {
+            end = rm_leave(c, top);
+            continue;
+        }
+        size_t plen = c->path.len;
+        if (path_push(&c->path, name) < 0) {
+            end = -ENOMEM;
+            break;
+        }
+        size_t name_off = c->path.len - strlen(name);
+        name = (const char *)c->path.data + name_off;
+        bool is_dir = kind == DT_DIR;
+        struct stat st;
+        if (kind == DT_UNKNOWN && fstatat(l->dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            is_dir = S_ISDIR(st.st_mode);
+        if (is_dir) {
+            int rc = rm_enter(c, l->dir.fd, name, name_off);
+            if (rc == -EINTR || rc == -ENOMEM || rc == CW_ETOOBIG)
+                end = rc;
+            else if (rc < 0)
+                path_pop(&c->path, plen);
+            continue;
+        }
+        if (unlinkat(l->dir.fd, name, 0) < 0 && errno != ENOENT)
+            c->first = rm_fail(c->errors, (const char *)c->path.data, errno, c->first);
+        path_pop(&c->path, plen);
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (c->lv[i].dir.fd >= 0)
+            close(c->lv[i].dir.fd);
+    c->n = 0;
+    if (end != 0 && c->first == 0)
+        c->first = end;
+    return c->first;
+}
+
+/* rm -rf path (see fsutil.h). */
+int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors)
+{
+    if (stopped(stop))
+        return -EINTR;
     struct stat st;
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : rm_fail(errors, path, errno, 0);
@@ -143,9 +493,20 @@ int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
         if (rc <= 0)
             return rc;
     }
-    /* A trailing slash on a directory path is fine for openat; strip it for
+    /* A trailing slash on a directory path is fine for openat, and for
      * unlinkat(AT_REMOVEDIR) of the top, which the kernel also accepts. */
-    return rm_dir_at(AT_FDCWD, path, path, stop, errors, 0);
+    rm_ctx_t c = {.stop = stop, .errors = errors, .max_depth = max_depth};
+    int rc = rm_tree(&c, path);
+    cw_buf_free(&c.path);
+    cw_buf_free(&c.names);
+    free(c.lv);
+    return rc;
+}
+
+/* rm -rf path with the default depth limit. */
+int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
+{
+    return cw_rmtree_limited(path, CW_FS_MAX_DEPTH, stop, errors);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -195,12 +556,6 @@ static void strlist_clear(cw_strlist_t *l)
     for (size_t i = 0; i < l->n; i++)
         free(l->v[i]);
     l->n = 0;
-}
-
-/* Has the caller asked us to stop? */
-static bool stopped(atomic_bool *stop)
-{
-    return stop != NULL && atomic_load(stop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1007,7 +1362,7 @@ static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **b
             *cfr = false;
         }
 #else
-        *cfr = false; /* no copy_file_range here (macOS, FreeBSD < 13) */
+        *cfr = false;                  /* no copy_file_range here (macOS, FreeBSD < 13) */
 #endif
         enum { CHUNK = 128 * 1024 };
         if (*buf == NULL && (*buf = malloc(CHUNK)) == NULL)

@@ -9,6 +9,7 @@
 
 #include "cw_config.h"
 #include "cworker/buf.h"
+#include "cworker/cw.h"
 
 /* struct stat's nanosecond times (struct timespec): st_atim/st_mtim
  * (POSIX 2008: Linux, the BSDs), st_atimespec/st_mtimespec (macOS). */
@@ -25,13 +26,34 @@
  * is not one — as os.makedirs reports them to the stock worker). */
 int cw_mkdirs(const char *path, mode_t mode);
 
+/* The deepest a walk goes below its top directory (rmtree, copytree, the
+ * walker, '**' in a glob), and the most components a glob pattern may have,
+ * unless the worker's configuration (fs-max-depth) says otherwise.  The
+ * walks need no limit of their own: they do not recurse, keep a fixed
+ * number of descriptors and, per level, a few dozen bytes and the names
+ * still to visit.  The limit bounds what a hostile tree or pattern can cost
+ * (at 100000 levels: about 10 MB of bookkeeping plus one path) while being
+ * far beyond any real tree; GNU rm and cp, which have no limit, handle trees
+ * this deep too, so a build that made one can still clean it up. */
+#define CW_FS_MAX_DEPTH 100000
+
 /* rm -rf, natively: removes path whatever it is.  Never follows a symbolic
  * link (a link is removed, not its target).  Directories without read,
  * write or search permission for us are made accessible (u+rwx) and tried
- * again.  A missing path is not an error.  Stops early when *stop becomes
- * true.  Each failure is described on its own line in errors ("cannot
- * remove 'p': Permission denied\n").  Returns 0, or the -errno of the first
- * failure (-EINTR when stopped). */
+ * again.  A missing path is not an error.  Any depth up to max_depth levels
+ * below path, with at most 16 directory descriptors open and memory for one
+ * path plus the names left to visit on its levels; past max_depth it stops
+ * (CW_ETOOBIG, with a line naming the limit).  On the way back up, a
+ * directory whose descriptor was let go is reopened through "..", and if
+ * that is no longer the same directory (the tree was moved under us) the
+ * removal stops there (-ESTALE) rather than go on somewhere else.  Stops
+ * early when *stop becomes true.  Each failure is described on its own line
+ * in errors ("cannot remove 'p': Permission denied\n", p elided past 1024
+ * bytes).  Returns 0, or the first failure: -errno, -EINTR when stopped,
+ * CW_ETOOBIG, -ESTALE.  Call cw_rm_refusal() first for rm's safety rules. */
+int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors);
+
+/* cw_rmtree_limited(path, CW_FS_MAX_DEPTH, stop, errors). */
 int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors);
 
 /* A growable list of heap strings. */
@@ -51,9 +73,9 @@ void cw_strlist_free(cw_strlist_t *l);
  * pattern component that starts with '.', a pattern without magic yields
  * itself if it exists (lstat), results are in directory order (unsorted)
  * and absolute when the pattern is.  Unlike Python, a path is never
- * returned twice (Python repeats some for patterns like "a/ ** / **").  Unreadable directories are skipped,
- * like Python.  Stops early when *stop becomes true (-EINTR).  Returns 0,
- * -EINTR or -ENOMEM. */
+ * returned twice (Python repeats some for patterns like "a/ ** / **").  Unreadable directories are
+ * skipped, like Python.  Stops early when *stop becomes true (-EINTR).  Returns 0, -EINTR or
+ * -ENOMEM. */
 int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
 
 /* cp -R -P -p from to, natively.  If `to` is an existing directory the copy
