@@ -45,11 +45,11 @@ static void put_path(cw_buf_t *b, const char *p)
     cw_buf_append_elided(b, p, FS_SHOWN_MAX);
 }
 
-/* The depth limit, as every walk names it. */
-static void depth_msg(cw_buf_t *b, size_t max_depth)
+/* The depth limit, as every walk names it ("directory tree deeper than
+ * the limit of N levels (fs-max-depth)"). */
+static void depth_msg(cw_buf_t *b, const char *what, size_t max_depth)
 {
-    cw_buf_printf(b, "directory tree deeper than the limit of %zu levels (fs-max-depth)",
-                  max_depth);
+    cw_buf_printf(b, "%s deeper than the limit of %zu levels (fs-max-depth)", what, max_depth);
 }
 
 /* Make room for need elements of size in *v; 0 or -ENOMEM. */
@@ -332,7 +332,7 @@ static int rm_enter(rm_ctx_t *c, int at, const char *name, size_t name_off)
             cw_buf_append_str(c->errors, "cannot remove '");
             put_path(c->errors, shown);
             cw_buf_append_str(c->errors, "': ");
-            depth_msg(c->errors, c->max_depth);
+            depth_msg(c->errors, "directory tree", c->max_depth);
             cw_buf_append_str(c->errors, "\n");
         }
         return CW_ETOOBIG;
@@ -828,6 +828,15 @@ static bool fnpat_match(const fnpat_t *fp, const uint32_t *s, size_t n)
 /* glob: CPython 3.11 glob._iglob (recursive=True), step by step           */
 /* ------------------------------------------------------------------------ */
 
+/* One glob: the whole pattern, the depth limit, the stop flag, and where
+ * a failure is described. */
+typedef struct glob_ctx {
+    const char *pattern;
+    size_t max_depth;
+    atomic_bool *stop;
+    cw_buf_t *errors;
+} glob_ctx_t;
+
 /* glob.has_magic: any of the three wildcard characters. */
 static bool has_magic(const char *s)
 {
@@ -956,101 +965,225 @@ static int glob_zero(const char *dir, const char *base, cw_strlist_t *names)
     return path_isdir(dir) ? cw_strlist_add(names, "") : 0;
 }
 
-/* glob._rlistdir: every non-hidden name below dir, depth first, as paths
- * relative to the top (rel is dir's own relative path).  Links to
- * directories are followed, as os.scandir(path) does; the kernel's limits
- * on symlink hops (ELOOP) and path length end loops, as they do for
- * Python. */
-static int glob_rlist(const char *dir, const char *rel, bool dironly, atomic_bool *stop,
-                      cw_strlist_t *names)
+/* One directory of a '**' walk: its names, the next one to look at, and
+ * the lengths of its path and of its path relative to the top. */
+typedef struct rl_frame {
+    cw_strlist_t names;
+    size_t i, plen, rlen;
+} rl_frame_t;
+
+/* The limit, for a glob: "glob 'pattern': <what> deeper than ...". */
+static void glob_depth_fail(cw_buf_t *errors, const char *pattern, const char *what,
+                            size_t max_depth)
 {
-    cw_strlist_t sub = {0};
-    int rc = glob_listdir(dir, dironly, stop, &sub);
-    for (size_t i = 0; rc == 0 && i < sub.n; i++) {
-        const char *x = sub.v[i];
+    if (errors == NULL)
+        return;
+    cw_buf_append_str(errors, "glob '");
+    put_path(errors, pattern);
+    cw_buf_append_str(errors, "': ");
+    depth_msg(errors, what, max_depth);
+    cw_buf_append_str(errors, "\n");
+}
+
+/* glob._rlistdir: every non-hidden name below dir, depth first, as paths
+ * relative to dir, appended to names.  Links to directories are followed,
+ * as os.scandir(path) does; the kernel's limits on symlink hops (ELOOP) and
+ * path length end loops, as they do for Python.  The directories being
+ * walked are on the heap, not the stack; one deeper than max_depth that has
+ * entries fails the glob (CW_ETOOBIG). */
+static int glob_rlist(const char *dir, bool dironly, const glob_ctx_t *g, cw_strlist_t *names)
+{
+    cw_buf_t path = CW_BUF_INIT, rel = CW_BUF_INIT;
+    rl_frame_t *f = NULL;
+    size_t n = 0, cap = 0;
+    int rc = path_set(&path, dir);
+    if (rc == 0)
+        rc = path_set(&rel, "");
+    if (rc == 0)
+        rc = fs_grow((void **)&f, &cap, 1, sizeof *f);
+    if (rc == 0) {
+        f[n++] = (rl_frame_t){.plen = path.len};
+        rc = glob_listdir(dir, dironly, g->stop, &f[0].names);
+    }
+    while (rc == 0 && n > 0) {
+        rl_frame_t *fr = &f[n - 1];
+        if (fr->i == fr->names.n) {
+            cw_strlist_free(&fr->names);
+            n--;
+            continue;
+        }
+        const char *x = fr->names.v[fr->i++];
         if (x[0] == '.')
             continue;
-        char *relx = glob_join(rel, x);
-        char *path = glob_join(dir, x);
-        if (relx == NULL || path == NULL) {
-            free(relx);
-            free(path);
+        path_pop(&path, fr->plen);
+        path_pop(&rel, fr->rlen);
+        if (path_push(&path, x) < 0 || path_push(&rel, x) < 0 ||
+            fs_grow((void **)&f, &cap, n + 1, sizeof *f) < 0) {
             rc = -ENOMEM;
             break;
         }
-        rc = strlist_take(names, relx);
-        if (rc == 0)
-            rc = glob_rlist(path, relx, dironly, stop, names);
-        free(path);
+        rc = cw_strlist_add(names, (const char *)rel.data);
+        if (rc < 0)
+            break;
+        /* then what is below it, before its next sibling */
+        f[n] = (rl_frame_t){.plen = path.len, .rlen = rel.len};
+        rc = glob_listdir((const char *)path.data, dironly, g->stop, &f[n].names);
+        n++;
+        if (rc == 0 && n - 1 > g->max_depth && f[n - 1].names.n > 0) {
+            glob_depth_fail(g->errors, g->pattern, "directory tree", g->max_depth);
+            rc = CW_ETOOBIG;
+        }
     }
-    cw_strlist_free(&sub);
+    for (size_t i = 0; i < n; i++)
+        cw_strlist_free(&f[i].names);
+    free(f);
+    cw_buf_free(&path);
+    cw_buf_free(&rel);
     return rc;
 }
 
 /* glob._glob2: '**' is the directory itself ("") and all below it. */
-static int glob_two(const char *dir, bool dironly, atomic_bool *stop, cw_strlist_t *names)
+static int glob_two(const char *dir, bool dironly, const glob_ctx_t *g, cw_strlist_t *names)
 {
     int rc = cw_strlist_add(names, "");
-    return rc < 0 ? rc : glob_rlist(dir, "", dironly, stop, names);
+    return rc < 0 ? rc : glob_rlist(dir, dironly, g, names);
 }
 
 /* Matches of one component pattern base inside dir. */
-static int glob_in_dir(const char *dir, const char *base, bool dironly, atomic_bool *stop,
+static int glob_in_dir(const char *dir, const char *base, bool dironly, const glob_ctx_t *g,
                        cw_strlist_t *names)
 {
     if (!has_magic(base))
         return glob_zero(dir, base, names);
     if (strcmp(base, "**") == 0)
-        return glob_two(dir, dironly, stop, names);
-    return glob_one(dir, base, dironly, stop, names);
+        return glob_two(dir, dironly, g, names);
+    return glob_one(dir, base, dironly, g->stop, names);
 }
 
-/* glob._iglob: all matches of pathname, in Python's order, appended. */
-static int glob_iglob(const char *pathname, bool dironly, atomic_bool *stop, cw_strlist_t *out)
-{
-    /* os.path.split: the head loses its trailing slashes unless it is
-     * nothing but slashes */
-    const char *slash = strrchr(pathname, '/');
-    size_t cut = slash ? (size_t)(slash - pathname) + 1 : 0;
-    const char *base = pathname + cut;
-    size_t dlen = cut;
-    if (strspn(pathname, "/") < cut)
-        while (dlen > 0 && pathname[dlen - 1] == '/')
-            dlen--;
-    char *dirname = strndup(pathname, dlen);
-    if (dirname == NULL)
-        return -ENOMEM;
+/* One step of glob._iglob's recursion: the pattern's first len bytes,
+ * split (os.path.split) into a directory part [0, dlen) and a last
+ * component [cut, len). */
+typedef struct gl_step {
+    size_t len, cut, dlen;
+} gl_step_t;
 
+/* os.path.split of pattern[0, len): the step (lead: how many slashes
+ * the whole pattern starts with). */
+static gl_step_t glob_split(const char *pattern, size_t len, size_t lead)
+{
+    const char *slash = cw_memrchr(pattern, '/', len);
+    gl_step_t s = {len, slash ? (size_t)(slash - pattern) + 1 : 0, 0};
+    /* the head loses its trailing slashes unless it is nothing but slashes */
+    s.dlen = s.cut;
+    if (lead < s.cut)
+        while (s.dlen > 0 && pattern[s.dlen - 1] == '/')
+            s.dlen--;
+    return s;
+}
+
+/* Matches of base (dironly: directories only) in each of dirs, joined to
+ * them, appended to out in order. */
+static int glob_step(const cw_strlist_t *dirs, const char *base, bool dironly, const glob_ctx_t *g,
+                     cw_strlist_t *out)
+{
+    cw_strlist_t names = {0};
     int rc = 0;
-    if (!has_magic(pathname)) {
-        if (*base ? path_lexists(pathname) : path_isdir(dirname))
-            rc = cw_strlist_add(out, pathname);
-        free(dirname);
-        return rc;
-    }
-    if (*dirname == '\0') {
-        rc = glob_in_dir("", base, dironly, stop, out);
-        free(dirname);
-        return rc;
-    }
-    cw_strlist_t dirs = {0}, names = {0};
-    if (has_magic(dirname))
-        rc = glob_iglob(dirname, true, stop, &dirs);
-    else
-        rc = cw_strlist_add(&dirs, dirname);
-    for (size_t i = 0; rc == 0 && i < dirs.n; i++) {
-        if (stopped(stop)) {
+    for (size_t i = 0; rc == 0 && i < dirs->n; i++) {
+        if (stopped(g->stop)) {
             rc = -EINTR;
             break;
         }
         strlist_clear(&names);
-        rc = glob_in_dir(dirs.v[i], base, dironly, stop, &names);
+        rc = glob_in_dir(dirs->v[i], base, dironly, g, &names);
         for (size_t k = 0; rc == 0 && k < names.n; k++)
-            rc = strlist_take(out, py_join(dirs.v[i], names.v[k]));
+            rc = strlist_take(out, py_join(dirs->v[i], names.v[k]));
     }
     cw_strlist_free(&names);
-    cw_strlist_free(&dirs);
-    free(dirname);
+    return rc;
+}
+
+/* glob._iglob(pathname, dironly=False): all matches, in Python's order,
+ * appended to out.  Python recurses on the directory part while it has
+ * wildcards, then matches one component per level on the way back; here
+ * the splits are made first (as offsets into the pattern: no copies) and
+ * the levels then matched from the innermost out, so a pattern's length
+ * costs neither stack nor quadratic memory. */
+static int glob_iglob(const glob_ctx_t *g, cw_strlist_t *out)
+{
+    const char *pathname = g->pattern;
+    size_t len = strlen(pathname);
+    size_t magic = strcspn(pathname, "*?["), lead = strspn(pathname, "/");
+    gl_step_t s = glob_split(pathname, len, lead);
+    if (magic == len) {
+        bool ok;
+        if (pathname[s.cut] != '\0') {
+            ok = path_lexists(pathname);
+        } else {
+            char *dirname = strndup(pathname, s.dlen);
+            if (dirname == NULL)
+                return -ENOMEM;
+            ok = path_isdir(dirname);
+            free(dirname);
+        }
+        return ok ? cw_strlist_add(out, pathname) : 0;
+    }
+    gl_step_t *steps = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        if (fs_grow((void **)&steps, &cap, n + 1, sizeof *steps) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        steps[n++] = s;
+        if (n > g->max_depth) {
+            glob_depth_fail(g->errors, pathname, "pattern", g->max_depth);
+            rc = CW_ETOOBIG;
+            break;
+        }
+        /* the directory part has wildcards: Python recurses on it */
+        if (s.dlen == 0 || magic >= s.dlen)
+            break;
+        s = glob_split(pathname, s.dlen, lead);
+    }
+    cw_strlist_t cur = {0}, next = {0};
+    if (rc == 0) {
+        /* the innermost level: in "" (names as they are), or in a
+         * directory without wildcards */
+        gl_step_t *in = &steps[n - 1];
+        char *base = strndup(pathname + in->cut, in->len - in->cut);
+        char *dir = strndup(pathname, in->dlen);
+        if (base == NULL || dir == NULL)
+            rc = -ENOMEM;
+        else if (in->dlen == 0)
+            rc = glob_in_dir("", base, n > 1, g, &cur);
+        else if ((rc = cw_strlist_add(&next, dir)) == 0)
+            rc = glob_step(&next, base, n > 1, g, &cur);
+        free(base);
+        free(dir);
+    }
+    /* then outwards: the matches of each level are the directories of the
+     * next (none left: no match, whatever the rest says) */
+    for (size_t k = n - 1; rc == 0 && k-- > 0 && cur.n > 0;) {
+        char *base = strndup(pathname + steps[k].cut, steps[k].len - steps[k].cut);
+        if (base == NULL) {
+            rc = -ENOMEM;
+            break;
+        }
+        strlist_clear(&next);
+        rc = glob_step(&cur, base, k > 0, g, &next);
+        free(base);
+        cw_strlist_t t = cur;
+        cur = next;
+        next = t;
+    }
+    for (size_t i = 0; rc == 0 && i < cur.n; i++) {
+        rc = strlist_take(out, cur.v[i]);
+        cur.v[i] = NULL;
+    }
+    cw_strlist_free(&cur);
+    cw_strlist_free(&next);
+    free(steps);
     return rc;
 }
 
@@ -1064,12 +1197,14 @@ static size_t str_hash(const char *s)
 }
 
 /* Python's glob.glob(pattern, recursive=True), without repeats (see fsutil.h). */
-int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
+int cw_glob_limited(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
+                    cw_buf_t *errors)
 {
     if (stopped(stop))
         return -EINTR;
     cw_strlist_t all = {0};
-    int rc = glob_iglob(pattern, false, stop, &all);
+    glob_ctx_t g = {pattern, max_depth, stop, errors};
+    int rc = glob_iglob(&g, &all);
     /* glob.iglob drops the "" that '**' at the very start yields first */
     size_t start = 0;
     if (rc == 0 && strncmp(pattern, "**", 2) == 0 && all.n > 0 && all.v[0][0] == '\0')
@@ -1106,6 +1241,12 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
             free(out->v[--out->n]);
     }
     return rc;
+}
+
+/* glob with the default depth limit and no message. */
+int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
+{
+    return cw_glob_limited(pattern, CW_FS_MAX_DEPTH, stop, out, NULL);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -73,9 +73,18 @@ void cw_strlist_free(cw_strlist_t *l);
  * pattern component that starts with '.', a pattern without magic yields
  * itself if it exists (lstat), results are in directory order (unsorted)
  * and absolute when the pattern is.  Unlike Python, a path is never
- * returned twice (Python repeats some for patterns like "a/ ** / **").  Unreadable directories are
- * skipped, like Python.  Stops early when *stop becomes true (-EINTR).  Returns 0, -EINTR or
- * -ENOMEM. */
+ * returned twice (Python repeats some for patterns like "a/ ** / **").
+ * Unreadable directories are skipped, like Python.  No recursion: neither
+ * a pattern of many components nor a deep tree under '**' uses more stack.
+ * A pattern with more than max_depth components from its first wildcard
+ * on, or a '**' reaching a directory with entries more than max_depth
+ * levels down, fails with CW_ETOOBIG and a line in errors (may be NULL)
+ * naming the limit.  Stops early when *stop becomes true (-EINTR).
+ * Returns 0, -EINTR, CW_ETOOBIG or -ENOMEM; on failure out is as it was. */
+int cw_glob_limited(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
+                    cw_buf_t *errors);
+
+/* cw_glob_limited(pattern, CW_FS_MAX_DEPTH, stop, out, NULL). */
 int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
 
 /* cp -R -P -p from to, natively.  If `to` is an existing directory the copy

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -476,6 +477,38 @@ static void strlist_basics(void **state)
 /* glob                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* A glob run on a thread of its own, with a small stack. */
+typedef struct glob_job {
+    const char *pattern;
+    size_t max_depth;
+    cw_strlist_t out;
+    cw_buf_t err;
+    int rc;
+} glob_job_t;
+
+/* Thread body: the glob. */
+static void *glob_thread(void *arg)
+{
+    glob_job_t *j = arg;
+    j->rc = cw_glob_limited(j->pattern, j->max_depth, NULL, &j->out, &j->err);
+    return NULL;
+}
+
+/* Run the glob on a thread whose stack is stack bytes: 0 when the thread
+ * ran (a stack overflow kills the process instead). */
+static int glob_on_small_stack(glob_job_t *j, size_t stack)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, stack) != 0)
+        return -1;
+    int rc = pthread_create(&th, &attr, glob_thread, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0)
+        return -1;
+    return pthread_join(th, NULL) == 0 ? 0 : -1;
+}
+
 /* Build the glob fixture in t: hidden entries, nesting, links to dirs and
  * files, a broken link, a link loop, odd names, an unreadable dir. */
 static void build_glob_tree(const char *t)
@@ -868,6 +901,104 @@ static void glob_unreadable_dir(void **state)
     char *t = make_tmpdir();
     build_glob_tree(t);
     assert_int_equal(in_child(glob_unreadable_child, t, true), 0);
+    remove_tmpdir(t);
+}
+
+/* A pattern of 30,000 "/ *" components (without the space; today: one recursion per
+ * component, and a copy of the directory part per level) on a 256 KiB
+ * stack: no match, no crash.  Past the limit: CW_ETOOBIG, named. */
+static int glob_long_pattern_child(void *arg)
+{
+    const char *t = arg;
+    cw_buf_t p = CW_BUF_INIT;
+    cw_buf_printf(&p, "%s", t);
+    for (int i = 0; i < 30000; i++)
+        cw_buf_printf(&p, "/*");
+    glob_job_t j = {.pattern = bstr(&p), .max_depth = CW_FS_MAX_DEPTH};
+    int bad = 0;
+    if (glob_on_small_stack(&j, 256 * 1024) < 0)
+        return FAIL("no thread\n");
+    if (j.rc != 0 || j.out.n != 0 || j.err.len != 0)
+        bad += FAIL("rc %d, %zu results, errors '%.200s'\n", j.rc, j.out.n, bstr(&j.err));
+    cw_strlist_free(&j.out);
+    j.max_depth = 29999;
+    if (glob_on_small_stack(&j, 256 * 1024) < 0)
+        return FAIL("no thread\n");
+    if (j.rc != CW_ETOOBIG || j.out.n != 0 ||
+        strstr(bstr(&j.err), "/*/*': pattern deeper than the limit of 29999 levels "
+                             "(fs-max-depth)\n") == NULL ||
+        strncmp(bstr(&j.err), "glob '/", 7) != 0 || strstr(bstr(&j.err), "...[") == NULL ||
+        j.err.len > 1200)
+        bad += FAIL("limit: rc %d, errors '%.300s'\n", j.rc, bstr(&j.err));
+    cw_strlist_free(&j.out);
+    cw_buf_free(&j.err);
+    cw_buf_free(&p);
+    return bad != 0;
+}
+
+/* Long patterns need no stack. */
+static void glob_long_pattern(void **state)
+{
+    (void)state;
+    char *t = make_fast_tmpdir();
+    char *p = xfmt("%s/a/b", t);
+    assert_int_equal(mkdir_p(p), 0);
+    free(p);
+    assert_int_equal(in_child(glob_long_pattern_child, t, false), 0);
+    remove_tmpdir(t);
+}
+
+/* '**' over 1,500 nested directories (today: one recursion per level) on
+ * a 64 KiB stack: every level, in order.  One level more than the limit
+ * allows: CW_ETOOBIG, named. */
+static int glob_deep_tree_child(void *arg)
+{
+    const char *t = arg;
+    char *pat = xfmt("%s/**", t);
+    glob_job_t j = {.pattern = pat, .max_depth = CW_FS_MAX_DEPTH};
+    int bad = 0;
+    if (glob_on_small_stack(&j, 64 * 1024) < 0)
+        return FAIL("no thread\n");
+    if (j.rc != 0 || j.out.n != 1502)
+        bad += FAIL("rc %d, %zu results\n", j.rc, j.out.n);
+    cw_buf_t want = CW_BUF_INIT;
+    cw_buf_printf(&want, "%s/", t);
+    for (size_t i = 0; bad == 0 && i < j.out.n; i++) {
+        if (i == 1501)
+            cw_buf_printf(&want, "/leaf");
+        else if (i > 0)
+            cw_buf_printf(&want, i == 1 ? "d" : "/d");
+        if (strcmp(j.out.v[i], bstr(&want)) != 0)
+            bad += FAIL("result %zu: '%.100s'\n", i, j.out.v[i]);
+    }
+    cw_strlist_free(&j.out);
+    cw_buf_free(&want);
+    /* the deepest directory holds the leaf, 1,500 levels down */
+    j.max_depth = 1499;
+    if (glob_on_small_stack(&j, 64 * 1024) < 0)
+        return FAIL("no thread\n");
+    if (j.rc != CW_ETOOBIG || j.out.n != 0 ||
+        strstr(bstr(&j.err), "/**': directory tree deeper than the limit of 1499 levels "
+                             "(fs-max-depth)\n") == NULL)
+        bad += FAIL("limit: rc %d, errors '%.300s'\n", j.rc, bstr(&j.err));
+    cw_strlist_free(&j.out);
+    j.max_depth = 1500;
+    if (glob_on_small_stack(&j, 64 * 1024) < 0 || j.rc != 0 || j.out.n != 1502)
+        bad += FAIL("at the limit: rc %d\n", j.rc);
+    cw_strlist_free(&j.out);
+    cw_buf_free(&j.err);
+    free(pat);
+    return bad != 0;
+}
+
+/* Deep trees under '**' need no stack. */
+static void glob_deep_tree(void **state)
+{
+    (void)state;
+    char *t = make_fast_tmpdir();
+    assert_true(strlen(t) + 1500 * 2 + 10 < 4096); /* within PATH_MAX */
+    assert_int_equal(build_chain(t, 1500, "d", false), 0);
+    assert_int_equal(in_child(glob_deep_tree_child, t, false), 0);
     remove_tmpdir(t);
 }
 
@@ -1944,6 +2075,8 @@ int main(void)
         cmocka_unit_test(glob_unreadable_dir),
         cmocka_unit_test(glob_no_duplicates),
         cmocka_unit_test(glob_stop_and_append),
+        cmocka_unit_test(glob_long_pattern),
+        cmocka_unit_test(glob_deep_tree),
         cmocka_unit_test(copytree_like_cp),
         cmocka_unit_test(copytree_into_existing_dir),
         cmocka_unit_test(copytree_top_symlink),
