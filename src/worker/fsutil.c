@@ -1253,22 +1253,42 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
 /* cp -R -P -p -v                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Nesting bound: each level holds two directory fds while its children are
- * copied, and the worker's other commands and connections share the fd
- * table (often limited to 1024). */
-#define CP_MAX_DEPTH 256
+/* Bytes copied between two looks at the stop flag: a few milliseconds of
+ * any disk, so an interrupt is never kept waiting for a big file. */
+#define CP_CHUNK (4 << 20)
 
 /* The shown paths of the current item; they move as the buffers grow, so
  * they are looked up at each use. */
 #define CP_SRC(c) ((const char *)(c)->src.data)
 #define CP_DST(c) ((const char *)(c)->dst.data)
 
+/* What cp -p gives a copy: the original's owner, mode and times. */
+typedef struct cp_meta {
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    struct timespec atim, mtim;
+} cp_meta_t;
+
+/* A directory being copied: the original and the copy (descriptors let go
+ * by the window are -1), where its names start on the name stack, the
+ * lengths of its shown paths, and what its copy gets once filled. */
+typedef struct cp_level {
+    fs_dir_t src, dst;
+    size_t names;
+    size_t slen, dlen;
+    cp_meta_t meta;
+} cp_level_t;
+
 /* One cw_copytree call: its options, results so far and where it is. */
 typedef struct cp_ctx {
     atomic_bool *stop;
     cw_buf_t *log, *errors;
+    size_t max_depth;
     int first;      /* -errno of the first failure */
     bool root;      /* ownership is ours to keep */
+    bool unwind;    /* copy no more: stopped, "into itself", too deep */
+    bool fatal;     /* and touch nothing more: the tree moved under us */
     bool into_self; /* unwinding after "into itself" */
     bool have_self; /* the top destination directory is known */
     dev_t self_dev;
@@ -1276,7 +1296,16 @@ typedef struct cp_ctx {
     const char *top_src; /* the paths as given, for "into itself" */
     const char *top_dst;
     cw_buf_t src, dst; /* shown paths of the current item (NUL-terminated) */
+    cw_buf_t names;    /* name stack */
+    cp_level_t *lv;    /* the directories being copied, lv[0] the top */
+    size_t n, cap;
 } cp_ctx_t;
+
+/* The attributes of st that cp -p keeps. */
+static cp_meta_t cp_meta(const struct stat *st)
+{
+    return (cp_meta_t){st->st_mode, st->st_uid, st->st_gid, CW_ST_ATIM(st), CW_ST_MTIM(st)};
+}
 
 /* The C.UTF-8 printability of a decoded character, near enough for names. */
 static bool cp_printable(uint32_t c)
@@ -1393,8 +1422,22 @@ static void cp_quote(cw_buf_t *b, const char *s)
     cw_buf_append_str(b, "'");
 }
 
-/* Record a failure: "cp: " + fmt with each %s a quoted path, then
- * ": strerror" when err is an errno worth showing.  Returns -err. */
+/* cp_quote of s elided to max bytes first (a path of any length). */
+static void cp_quote_elided(cw_buf_t *b, const char *s, size_t max)
+{
+    if (strlen(s) <= max) {
+        cp_quote(b, s);
+        return;
+    }
+    cw_buf_t e = CW_BUF_INIT;
+    if (cw_buf_append_elided(&e, s, max) == 0 && cw_buf_append(&e, "", 1) == 0)
+        cp_quote(b, (const char *)e.data);
+    cw_buf_free(&e);
+}
+
+/* Record a failure: "cp: " + fmt with each %s a quoted path (elided past
+ * FS_SHOWN_MAX), then ": strerror" when err is an errno worth showing.
+ * Returns -err. */
 static int cp_fail(cp_ctx_t *c, int err, bool show_err, const char *fmt, const char *p1,
                    const char *p2)
 {
@@ -1404,7 +1447,7 @@ static int cp_fail(cp_ctx_t *c, int err, bool show_err, const char *fmt, const c
         cw_buf_append_str(c->errors, "cp: ");
         for (const char *f = fmt; *f; f++) {
             if (f[0] == '%' && f[1] == 's' && np < 2) {
-                cp_quote(c->errors, paths[np++]);
+                cp_quote_elided(c->errors, paths[np++], FS_SHOWN_MAX);
                 f++;
             } else {
                 cw_buf_append(c->errors, f, 1);
@@ -1421,71 +1464,62 @@ static int cp_fail(cp_ctx_t *c, int err, bool show_err, const char *fmt, const c
     return -err;
 }
 
-/* cp -v's line for an item: 'src' -> 'dst'. */
+/* cp -v's line for an item: 'src' -> 'dst' (paths elided past
+ * FS_LOGGED_MAX, so the log grows with the number of entries, not with
+ * their depth squared). */
 static void cp_verbose(cp_ctx_t *c)
 {
     if (c->log == NULL)
         return;
-    cp_quote(c->log, CP_SRC(c));
+    cp_quote_elided(c->log, CP_SRC(c), FS_LOGGED_MAX);
     cw_buf_append_str(c->log, " -> ");
-    cp_quote(c->log, CP_DST(c));
+    cp_quote_elided(c->log, CP_DST(c), FS_LOGGED_MAX);
     cw_buf_append_str(c->log, "\n");
-}
-
-/* Set a shown path (as given, or parent + "/" + name); 0 or -ENOMEM. */
-static int cp_path_push(cw_buf_t *b, const char *name)
-{
-    if (b->len > 0 && b->data[b->len - 1] != '/' && cw_buf_append_str(b, "/") < 0)
-        return -ENOMEM;
-    return cw_buf_printf(b, "%s", name);
-}
-
-/* Back to a shorter shown path. */
-static void cp_path_pop(cw_buf_t *b, size_t len)
-{
-    b->len = len;
-    if (b->data != NULL)
-        b->data[len] = '\0';
 }
 
 /* Give the copy (open as fd, or dfd/dname without following a link) the
  * owner, mode and times of the original, as cp -p does: owner first, since
  * chown clears the set-id bits the mode then restores. */
-static void cp_attrs(cp_ctx_t *c, int fd, int dfd, const char *dname, const struct stat *st)
+static void cp_attrs(cp_ctx_t *c, int fd, int dfd, const char *dname, const cp_meta_t *st)
 {
-    bool link = S_ISLNK(st->st_mode);
-    mode_t mode = st->st_mode & 07777;
-    int r = fd >= 0 ? fchown(fd, st->st_uid, st->st_gid)
-                    : fchownat(dfd, dname, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW);
+    bool link = S_ISLNK(st->mode);
+    mode_t mode = st->mode & 07777;
+    int r = fd >= 0 ? fchown(fd, st->uid, st->gid)
+                    : fchownat(dfd, dname, st->uid, st->gid, AT_SYMLINK_NOFOLLOW);
     if (r < 0 && c->root) {
         cp_fail(c, errno, true, "failed to preserve ownership for %s", CP_DST(c), NULL);
     } else if (r < 0) {
         /* Like cp -p as a user: keep the group if we may, quietly give up
          * the owner, and then no set-id bits; cp also drops the sticky bit,
          * but a directory keeps it (observed with cp 9.1). */
-        r = fd >= 0 ? fchown(fd, (uid_t)-1, st->st_gid)
-                    : fchownat(dfd, dname, (uid_t)-1, st->st_gid, AT_SYMLINK_NOFOLLOW);
-        mode &= ~(mode_t)(S_ISUID | S_ISGID | (S_ISDIR(st->st_mode) ? 0 : S_ISVTX));
+        r = fd >= 0 ? fchown(fd, (uid_t)-1, st->gid)
+                    : fchownat(dfd, dname, (uid_t)-1, st->gid, AT_SYMLINK_NOFOLLOW);
+        mode &= ~(mode_t)(S_ISUID | S_ISGID | (S_ISDIR(st->mode) ? 0 : S_ISVTX));
     }
     if (!link) {
         r = fd >= 0 ? fchmod(fd, mode) : fchmodat(dfd, dname, mode, 0);
         if (r < 0)
             cp_fail(c, errno, true, "preserving permissions for %s", CP_DST(c), NULL);
     }
-    struct timespec ts[2] = {CW_ST_ATIM(st), CW_ST_MTIM(st)};
+    struct timespec ts[2] = {st->atim, st->mtim};
     r = fd >= 0 ? futimens(fd, ts) : utimensat(dfd, dname, ts, AT_SYMLINK_NOFOLLOW);
     if (r < 0)
         cp_fail(c, errno, true, "preserving times for %s", CP_DST(c), NULL);
 }
 
 /* Copy len bytes at off from in to out (same offset), copy_file_range while
- * the kernel takes it, read/write after.  Returns bytes copied (short at
- * EOF) or -errno, *wside telling whether writing failed. */
-static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **buf, bool *wside)
+ * the kernel takes it, read/write after, CP_CHUNK bytes at most between two
+ * looks at the stop flag.  A short write is written on until it completes or
+ * fails.  Returns bytes copied (short at EOF), -EINTR when stopped, or
+ * -errno, *wside telling whether writing failed. */
+static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **buf, bool *wside,
+                      atomic_bool *stop)
 {
     off_t done = 0;
     while (done < len) {
-        size_t want = (size_t)(len - done < (1 << 30) ? len - done : (1 << 30));
+        if (stopped(stop))
+            return -EINTR;
+        size_t want = (size_t)(len - done < CP_CHUNK ? len - done : CP_CHUNK);
 #if CW_HAVE_COPY_FILE_RANGE
         if (*cfr) {
             off_t i = off + done, o = off + done;
@@ -1533,13 +1567,14 @@ static off_t cp_range(int in, int out, off_t off, off_t len, bool *cfr, char **b
 }
 
 /* The data of a regular file, holes kept as holes (SEEK_DATA/SEEK_HOLE),
- * up to the size seen at the start or EOF if the file shrank. */
-static void cp_data(cp_ctx_t *c, int in, int out)
+ * up to the size seen at the start or EOF if the file shrank.  Failures are
+ * reported; returns -EINTR when stopped (not reported), else 0. */
+static int cp_data(cp_ctx_t *c, int in, int out)
 {
     struct stat st;
     if (fstat(in, &st) < 0) {
         cp_fail(c, errno, true, "cannot fstat %s", CP_SRC(c), NULL);
-        return;
+        return 0;
     }
     off_t size = st.st_size, pos = 0;
     bool cfr = true, wside = false;
@@ -1562,7 +1597,11 @@ static void cp_data(cp_ctx_t *c, int in, int out)
             pos = hole > pos ? hole : size;
             continue;
         }
-        off_t n = cp_range(in, out, data, hole - data, &cfr, &buf, &wside);
+        off_t n = cp_range(in, out, data, hole - data, &cfr, &buf, &wside, c->stop);
+        if (n == -EINTR) {
+            free(buf);
+            return -EINTR;
+        }
         if (n < 0) {
             err = (int)-n;
             break;
@@ -1581,6 +1620,18 @@ static void cp_data(cp_ctx_t *c, int in, int out)
     if (err != 0)
         cp_fail(c, err, true, wside ? "error writing %s" : "error reading %s",
                 wside ? CP_DST(c) : CP_SRC(c), NULL);
+    return 0;
+}
+
+/* A copy interrupted half way is not left to pass for a copy: it goes, and
+ * errors says so (its -v line is already out). */
+static void cp_drop_partial(cp_ctx_t *c, int dfd, const char *dname)
+{
+    if (unlinkat(dfd, dname, 0) < 0 && errno != ENOENT)
+        cp_fail(c, errno, true, "interrupted: cannot remove the partial copy %s", CP_DST(c), NULL);
+    else
+        cp_fail(c, EINTR, false, "interrupted: removed the partial copy %s", CP_DST(c), NULL);
+    c->unwind = true;
 }
 
 /* A regular file: into a new file, or over the existing one (through a
@@ -1608,9 +1659,12 @@ static void cp_reg(cp_ctx_t *c, int sfd, const char *sname, const struct stat *s
                                    S_IRUSR | S_IWUSR);
     if (out < 0) {
         cp_fail(c, errno, true, "cannot create regular file %s", CP_DST(c), NULL);
+    } else if (cp_data(c, in, out) == -EINTR) {
+        close(out);
+        cp_drop_partial(c, dfd, dname);
     } else {
-        cp_data(c, in, out);
-        cp_attrs(c, out, -1, NULL, st);
+        cp_meta_t m = cp_meta(st);
+        cp_attrs(c, out, -1, NULL, &m);
         if (close(out) < 0)
             cp_fail(c, errno, true, "failed to close %s", CP_DST(c), NULL);
     }
@@ -1628,7 +1682,7 @@ static bool cp_unlink_old(cp_ctx_t *c, int dfd, const char *dname, const struct 
     }
     if (c->log != NULL) {
         cw_buf_append_str(c->log, "removed ");
-        cp_quote(c->log, CP_DST(c));
+        cp_quote_elided(c->log, CP_DST(c), FS_LOGGED_MAX);
         cw_buf_append_str(c->log, "\n");
     }
     return true;
@@ -1662,10 +1716,11 @@ static void cp_link(cp_ctx_t *c, int sfd, const char *sname, const struct stat *
     target[n] = '\0';
     if (cp_unlink_old(c, dfd, dname, dst)) {
         cp_verbose(c);
+        cp_meta_t m = cp_meta(st);
         if (symlinkat(target, dfd, dname) < 0)
             cp_fail(c, errno, true, "cannot create symbolic link %s", CP_DST(c), NULL);
         else
-            cp_attrs(c, -1, dfd, dname, st);
+            cp_attrs(c, -1, dfd, dname, &m);
     }
     free(target);
 }
@@ -1686,82 +1741,46 @@ static void cp_special(cp_ctx_t *c, const struct stat *st, int dfd, const char *
         cp_fail(c, errno, true, "cannot create special file %s", CP_DST(c), NULL);
         return;
     }
-    cp_attrs(c, -1, dfd, dname, st);
+    cp_meta_t m = cp_meta(st);
+    cp_attrs(c, -1, dfd, dname, &m);
 }
 
-static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char *dname, int depth);
-
-/* A directory entry, kept to copy entries in inode order as cp does (it
- * reads faster, and the -v lines come out in the same order as cp's). */
-typedef struct cp_ent {
-    ino_t ino;
-    char *name;
-} cp_ent_t;
-
-/* qsort order: by inode number. */
-static int cp_ent_cmp(const void *a, const void *b)
+/* Levels lv[0..n) were just made n: let go of the pair of descriptors that
+ * falls out of the window of the last FS_WINDOW. */
+static void cp_window(cp_level_t *lv, size_t n)
 {
-    const cp_ent_t *x = a, *y = b;
-    return x->ino < y->ino ? -1 : x->ino > y->ino;
-}
-
-/* Read the names in d (without . and ..); 0 or -errno. */
-static int cp_read_dir(DIR *d, atomic_bool *stop, cp_ent_t **out, size_t *outn)
-{
-    cp_ent_t *v = NULL;
-    size_t n = 0, cap = 0;
-    int rc = 0;
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(d);
-        if (de == NULL) {
-            rc = -errno;
-            break;
-        }
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (stopped(stop)) {
-            rc = -EINTR;
-            break;
-        }
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 32;
-            cp_ent_t *nv = realloc(v, ncap * sizeof *nv);
-            if (nv == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        if ((v[n].name = strdup(de->d_name)) == NULL) {
-            rc = -ENOMEM;
-            break;
-        }
-        v[n++].ino = de->d_ino;
+    if (n > FS_WINDOW) {
+        cp_level_t *l = &lv[n - 1 - FS_WINDOW];
+        if (l->src.fd >= 0)
+            close(l->src.fd);
+        if (l->dst.fd >= 0)
+            close(l->dst.fd);
+        l->src.fd = l->dst.fd = -1;
     }
-    if (n > 1)
-        qsort(v, n, sizeof *v, cp_ent_cmp);
-    *out = v;
-    *outn = n;
-    return rc;
 }
 
-/* A directory: made (or merged into), filled, then given its mode and
- * times, so a read-only directory can still be filled and its mtime is
- * not disturbed by the entries made in it. */
+/* A directory: made (or merged into), then pushed as a level whose
+ * entries cp_walk copies; its mode and times come after them (cp_leave),
+ * so a read-only directory can still be filled and its mtime is not
+ * disturbed by the entries made in it. */
 static void cp_dir(cp_ctx_t *c, int sfd, const char *sname, const struct stat *st, int dfd,
-                   const char *dname, const struct stat *dst, int depth)
+                   const char *dname, const struct stat *dst)
 {
     if (c->have_self && st->st_dev == c->self_dev && st->st_ino == c->self_ino) {
         /* our own copy is inside what we copy: cp stops there */
         cp_fail(c, EINVAL, false, "cannot copy a directory, %s, into itself, %s", c->top_src,
                 c->top_dst);
-        c->into_self = true;
+        c->into_self = c->unwind = true;
         return;
     }
-    if (depth >= CP_MAX_DEPTH) {
-        cp_fail(c, ENAMETOOLONG, true, "cannot access %s", CP_SRC(c), NULL);
+    if (c->n > c->max_depth) {
+        char fmt[128];
+        snprintf(fmt, sizeof fmt,
+                 "cannot copy %%s: directory tree deeper than the limit of %zu levels "
+                 "(fs-max-depth)",
+                 c->max_depth);
+        cp_fail(c, -CW_ETOOBIG, false, fmt, CP_SRC(c), NULL);
+        c->unwind = true;
         return;
     }
     if (dst != NULL && !S_ISDIR(dst->st_mode)) {
@@ -1777,61 +1796,52 @@ static void cp_dir(cp_ctx_t *c, int sfd, const char *sname, const struct stat *s
         }
         cp_verbose(c);
     }
-    int out = openat(dfd, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (out < 0) {
+    int out = openat(dfd, dname, FS_OPEN_DIR);
+    struct stat ost, ist;
+    if (out < 0 || fstat(out, &ost) < 0) {
         cp_fail(c, errno, true, "cannot access %s", CP_DST(c), NULL);
+        if (out >= 0)
+            close(out);
         return;
     }
-    struct stat ost;
-    if (!c->have_self && fstat(out, &ost) == 0) {
+    if (!c->have_self) {
         c->have_self = true;
         c->self_dev = ost.st_dev;
         c->self_ino = ost.st_ino;
     }
-    int in = openat(sfd, sname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    DIR *d = in >= 0 ? fdopendir(in) : NULL;
-    if (d == NULL) {
-        cp_fail(c, errno, true, "cannot access %s", CP_SRC(c), NULL);
+    cp_meta_t meta = cp_meta(st);
+    int in = openat(sfd, sname, FS_OPEN_DIR);
+    if (in < 0 || fstat(in, &ist) < 0 ||
+        fs_grow((void **)&c->lv, &c->cap, c->n + 1, sizeof *c->lv) < 0) {
+        cp_fail(c, in < 0 ? errno : ENOMEM, true, "cannot access %s", CP_SRC(c), NULL);
         if (in >= 0)
             close(in);
-    } else {
-        cp_ent_t *ents;
-        size_t n;
-        int rc = cp_read_dir(d, c->stop, &ents, &n);
-        if (rc == -EINTR && c->first == 0)
-            c->first = -EINTR;
-        else if (rc < 0)
-            cp_fail(c, -rc, true, "cannot access %s", CP_SRC(c), NULL);
-        size_t slen = c->src.len, dlen = c->dst.len;
-        for (size_t i = 0; i < n && rc != -EINTR && !c->into_self; i++) {
-            if (stopped(c->stop)) {
-                if (c->first == 0)
-                    c->first = -EINTR;
-                break;
-            }
-            if (cp_path_push(&c->src, ents[i].name) < 0 ||
-                cp_path_push(&c->dst, ents[i].name) < 0) {
-                cp_path_pop(&c->src, slen);
-                cp_path_pop(&c->dst, dlen);
-                cp_fail(c, ENOMEM, true, "cannot access %s", CP_SRC(c), NULL);
-                break;
-            }
-            cp_item(c, dirfd(d), ents[i].name, out, ents[i].name, depth + 1);
-            cp_path_pop(&c->src, slen);
-            cp_path_pop(&c->dst, dlen);
-        }
-        for (size_t i = 0; i < n; i++)
-            free(ents[i].name);
-        free(ents);
-        closedir(d);
+        cp_attrs(c, out, -1, NULL, &meta);
+        close(out);
+        return;
     }
-    cp_attrs(c, out, -1, NULL, st);
-    close(out);
+    c->lv[c->n++] = (cp_level_t){.src = {in, ist.st_dev, ist.st_ino},
+                                 .dst = {out, ost.st_dev, ost.st_ino},
+                                 .names = c->names.len,
+                                 .slen = c->src.len,
+                                 .dlen = c->dst.len,
+                                 .meta = meta};
+    cp_window(c->lv, c->n);
+    /* in inode order, as cp reads them: faster, and the -v lines come out
+     * in cp's order */
+    int rc = ns_read(&c->names, in, true, c->stop);
+    if (rc == -EINTR) {
+        if (c->first == 0)
+            c->first = -EINTR;
+        c->unwind = true;
+    } else if (rc < 0) {
+        cp_fail(c, -rc, true, "cannot access %s", CP_SRC(c), NULL);
+    }
 }
 
 /* Copy whatever sname (under sfd) is to dname (under dfd); c->src/c->dst
- * show their paths. */
-static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char *dname, int depth)
+ * show their paths.  A directory becomes a new level. */
+static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char *dname)
 {
     struct stat st, dst;
     if (fstatat(sfd, sname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
@@ -1845,7 +1855,7 @@ static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char
     }
     const struct stat *dp = exists ? &dst : NULL;
     if (S_ISDIR(st.st_mode))
-        cp_dir(c, sfd, sname, &st, dfd, dname, dp, depth);
+        cp_dir(c, sfd, sname, &st, dfd, dname, dp);
     else if (exists && S_ISDIR(dst.st_mode))
         cp_fail(c, EISDIR, false, "cannot overwrite directory %s with non-directory", CP_DST(c),
                 NULL);
@@ -1857,11 +1867,94 @@ static void cp_item(cp_ctx_t *c, int sfd, const char *sname, int dfd, const char
         cp_special(c, &st, dfd, dname, dp);
 }
 
-/* cp -R -P -p -v from to (see fsutil.h). */
-int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
-                cw_buf_t *errors)
+/* The directory on top is done: its parent's descriptors come back first
+ * if the window let them go (through "..", checked: a moved tree ends the
+ * copy), then the copy gets its mode and times and the level goes. */
+static void cp_leave(cp_ctx_t *c)
 {
-    cp_ctx_t c = {.stop = stop, .log = log, .errors = errors, .root = geteuid() == 0};
+    cp_level_t *l = &c->lv[c->n - 1];
+    if (c->n > 1) {
+        cp_level_t *p = l - 1;
+        bool src_side = true;
+        int rc = p->src.fd < 0 ? fs_reopen_parent(&p->src, &l->src) : 0;
+        if (rc == 0 && p->dst.fd < 0) {
+            src_side = false;
+            rc = fs_reopen_parent(&p->dst, &l->dst);
+        }
+        if (rc < 0) {
+            path_pop(&c->src, p->slen);
+            path_pop(&c->dst, p->dlen);
+            const char *shown = src_side ? CP_SRC(c) : CP_DST(c);
+            if (rc == -ESTALE)
+                cp_fail(c, ESTALE, false, "cannot access %s: " FS_MOVED_MSG "; stopped", shown,
+                        NULL);
+            else
+                cp_fail(c, -rc, true, "cannot access %s", shown, NULL);
+            c->fatal = true;
+            return;
+        }
+    }
+    path_pop(&c->src, l->slen);
+    path_pop(&c->dst, l->dlen);
+    cp_attrs(c, l->dst.fd, -1, NULL, &l->meta);
+    close(l->dst.fd);
+    close(l->src.fd);
+    c->names.len = l->names;
+    c->n--;
+    if (c->n > 0) {
+        path_pop(&c->src, l[-1].slen);
+        path_pop(&c->dst, l[-1].dlen);
+    }
+}
+
+/* Copy what the levels on the stack hold, depth first, without recursion:
+ * the levels are on the heap, at most FS_WINDOW of them hold descriptors. */
+static void cp_walk(cp_ctx_t *c)
+{
+    while (c->n > 0 && !c->fatal) {
+        cp_level_t *l = &c->lv[c->n - 1];
+        if (!c->unwind && stopped(c->stop)) {
+            if (c->first == 0)
+                c->first = -EINTR;
+            c->unwind = true;
+        }
+        unsigned char kind;
+        const char *name = c->unwind ? NULL : ns_pop(&c->names, l->names, &kind);
+        if (name == NULL) {
+            cp_leave(c);
+            continue;
+        }
+        size_t len = strlen(name), slen = l->slen, dlen = l->dlen;
+        if (path_push(&c->src, name) < 0 || path_push(&c->dst, name) < 0) {
+            path_pop(&c->src, slen);
+            path_pop(&c->dst, dlen);
+            cp_fail(c, ENOMEM, true, "cannot access %s", CP_SRC(c), NULL);
+            c->unwind = true;
+            continue;
+        }
+        size_t n = c->n;
+        cp_item(c, l->src.fd, CP_SRC(c) + c->src.len - len, l->dst.fd,
+                CP_DST(c) + c->dst.len - len);
+        if (c->n == n) {
+            path_pop(&c->src, slen);
+            path_pop(&c->dst, dlen);
+        }
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->lv[i].src.fd >= 0)
+            close(c->lv[i].src.fd);
+        if (c->lv[i].dst.fd >= 0)
+            close(c->lv[i].dst.fd);
+    }
+    c->n = 0;
+}
+
+/* cp -R -P -p -v from to (see fsutil.h). */
+int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
+                        cw_buf_t *log, cw_buf_t *errors)
+{
+    cp_ctx_t c = {
+        .stop = stop, .log = log, .errors = errors, .max_depth = max_depth, .root = geteuid() == 0};
     if (stopped(stop))
         return -EINTR;
     struct stat st;
@@ -1880,22 +1973,29 @@ int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *l
     } else {
         rc = cw_buf_printf(&c.dst, "%s", to);
     }
-    if (rc < 0)
-        goto nomem;
-    if (cw_buf_printf(&c.src, "%s", from) < 0)
-        goto nomem;
-    c.top_src = from;
-    char *top_dst = strdup((const char *)c.dst.data);
-    if (top_dst == NULL)
-        goto nomem;
-    c.top_dst = top_dst;
-    cp_item(&c, AT_FDCWD, from, AT_FDCWD, top_dst, 0);
+    char *top_dst = NULL;
+    if (rc == 0)
+        rc = path_set(&c.src, from);
+    if (rc == 0 && (top_dst = strdup((const char *)c.dst.data)) == NULL)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        c.top_src = from;
+        c.top_dst = top_dst;
+        cp_item(&c, AT_FDCWD, from, AT_FDCWD, top_dst);
+        cp_walk(&c);
+        rc = c.first;
+    }
     free(top_dst);
+    free(c.lv);
+    cw_buf_free(&c.names);
     cw_buf_free(&c.src);
     cw_buf_free(&c.dst);
-    return c.first;
-nomem:
-    cw_buf_free(&c.src);
-    cw_buf_free(&c.dst);
-    return -ENOMEM;
+    return rc;
+}
+
+/* cp -R -P -p -v with the default depth limit. */
+int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
+                cw_buf_t *errors)
+{
+    return cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors);
 }

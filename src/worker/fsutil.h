@@ -96,9 +96,24 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
  * (Linux, FreeBSD >= 13) and the kernel takes it, else with pread/pwrite;
  * holes are kept where lseek knows SEEK_DATA/SEEK_HOLE.
  * For each item copied a line "'src' -> 'dst'\n" goes to log (like
- * cp -v); each failure a line "cp: cannot ...: <strerror>\n" to errors,
- * and copying goes on with the next item.  Returns 0 when everything was
- * copied, else the -errno of the first failure (-EINTR when stopped). */
+ * cp -v, paths elided past 4096 bytes); each failure a line
+ * "cp: cannot ...: <strerror>\n" to errors (paths elided past 1024 bytes),
+ * and copying goes on with the next item.
+ * Any depth up to max_depth levels below from, without recursion, with at
+ * most 16 directory descriptors open on each side; past max_depth the copy
+ * stops (CW_ETOOBIG, a line naming the limit).  Directories whose
+ * descriptors were let go are reopened through ".." and must still be the
+ * ones met on the way down, on both sides, or the copy stops there
+ * (-ESTALE).  *stop is looked at between entries and every 4 MiB of a
+ * file: an interrupted copy returns -EINTR within milliseconds, and the
+ * file it was copying is removed ("cp: interrupted: removed the partial
+ * copy 'dst'\n" in errors) rather than left looking complete; directories
+ * already made get their modes and times.  Returns 0 when everything was
+ * copied, else the first failure: -errno, -EINTR, CW_ETOOBIG, -ESTALE. */
+int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
+                        cw_buf_t *log, cw_buf_t *errors);
+
+/* cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors). */
 int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
                 cw_buf_t *errors);
 
