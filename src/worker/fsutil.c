@@ -1999,3 +1999,178 @@ int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *l
 {
     return cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors);
 }
+
+/* ------------------------------------------------------------------------ */
+/* The tree walker                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A walk below a root directory (see fsutil.h). */
+struct cw_walk {
+    atomic_bool *stop;
+    cw_buf_t *errors;
+    size_t max_depth;
+    int fail;       /* what ended the walk (sticky), or 0 */
+    bool done;      /* every entry was returned */
+    bool descend;   /* the last entry returned is a directory to enter */
+    size_t pending; /* where its name starts in path */
+    char *root;     /* as given, for messages about the root itself */
+    cw_buf_t path;  /* the current entry's path below the root */
+    cw_buf_t names; /* name stack */
+    fs_level_t *lv; /* lv[0] is the root */
+    size_t n, cap;
+};
+
+/* End the walk with rc and, when what is not NULL, the line
+ * "<what> 'path': <why>" (path: the walk's path cut to len bytes, the root
+ * when that is empty; why: the errno text, or the text given). */
+static int walk_fail(cw_walk_t *w, int rc, const char *what, size_t len, const char *why)
+{
+    w->fail = rc;
+    if (what == NULL || w->errors == NULL)
+        return rc;
+    path_pop(&w->path, len);
+    char ebuf[128];
+    cw_buf_printf(w->errors, "%s '", what);
+    put_path(w->errors, len > 0 ? (const char *)w->path.data : w->root);
+    cw_buf_printf(w->errors, "': %s\n", why != NULL ? why : cw_errstr(-rc, ebuf, sizeof ebuf));
+    return rc;
+}
+
+/* Enter the directory name under at (the root: at is AT_FDCWD and links
+ * are followed, as for any path given) as a new level.  0 or the error that
+ * ends the walk. */
+static int walk_enter(cw_walk_t *w, int at, const char *name, size_t name_off)
+{
+    size_t len = w->path.len;
+    if (w->n > w->max_depth) {
+        cw_buf_t why = CW_BUF_INIT;
+        depth_msg(&why, "directory tree", w->max_depth);
+        cw_buf_append(&why, "", 1);
+        int rc = walk_fail(w, CW_ETOOBIG, "cannot read directory", len,
+                           why.data ? (const char *)why.data : "too deep");
+        cw_buf_free(&why);
+        return rc;
+    }
+    int fd = openat(at, name, w->n == 0 ? O_RDONLY | O_DIRECTORY | O_CLOEXEC : FS_OPEN_DIR);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        return walk_fail(w, -err, "cannot read directory", len, NULL);
+    }
+    size_t names = w->names.len;
+    int rc = ns_read(&w->names, fd, false, w->stop);
+    if (rc == 0 && fs_grow((void **)&w->lv, &w->cap, w->n + 1, sizeof *w->lv) < 0)
+        rc = -ENOMEM;
+    if (rc < 0) {
+        w->names.len = names;
+        close(fd);
+        return walk_fail(w, rc, rc == -EINTR ? NULL : "cannot read directory", len, NULL);
+    }
+    w->lv[w->n++] = (fs_level_t){
+        .dir = {fd, st.st_dev, st.st_ino}, .names = names, .plen = len, .name = name_off};
+    fs_window(w->lv, w->n);
+    return 0;
+}
+
+/* Start a walk below root (see fsutil.h). */
+int cw_walk_open(cw_walk_t **wp, const char *root, size_t max_depth, atomic_bool *stop,
+                 cw_buf_t *errors)
+{
+    *wp = NULL;
+    cw_walk_t *w = calloc(1, sizeof *w);
+    if (w == NULL || (w->root = strdup(root)) == NULL || path_set(&w->path, "") < 0) {
+        cw_walk_close(w);
+        return -ENOMEM;
+    }
+    w->stop = stop;
+    w->errors = errors;
+    w->max_depth = max_depth;
+    int rc = stopped(stop) ? -EINTR : walk_enter(w, AT_FDCWD, root, 0);
+    if (rc < 0) {
+        cw_walk_close(w);
+        return rc;
+    }
+    *wp = w;
+    return 0;
+}
+
+/* The next entry, depth first, a directory before what it holds (see
+ * fsutil.h). */
+int cw_walk_next(cw_walk_t *w, cw_walk_entry_t *e)
+{
+    if (w->fail != 0)
+        return w->fail;
+    if (w->done)
+        return 0;
+    if (w->descend) {
+        w->descend = false;
+        int rc = walk_enter(w, w->lv[w->n - 1].dir.fd, (const char *)w->path.data + w->pending,
+                            w->pending);
+        if (rc < 0)
+            return rc;
+    }
+    for (;;) {
+        if (stopped(w->stop))
+            return walk_fail(w, -EINTR, NULL, 0, NULL);
+        fs_level_t *l = &w->lv[w->n - 1];
+        unsigned char kind;
+        const char *name = ns_pop(&w->names, l->names, &kind);
+        if (name == NULL) {
+            /* this directory is done: back to its parent */
+            if (w->n == 1) {
+                close(l->dir.fd);
+                w->n = 0;
+                w->done = true;
+                return 0;
+            }
+            fs_level_t *p = l - 1;
+            if (p->dir.fd < 0) {
+                int rc = fs_reopen_parent(&p->dir, &l->dir);
+                if (rc < 0)
+                    return walk_fail(w, rc, "cannot read directory", p->plen,
+                                     rc == -ESTALE ? FS_MOVED_MSG : NULL);
+            }
+            close(l->dir.fd);
+            w->n--;
+            path_pop(&w->path, p->plen);
+            continue;
+        }
+        size_t len = strlen(name);
+        path_pop(&w->path, l->plen);
+        if (path_push(&w->path, name) < 0)
+            return walk_fail(w, -ENOMEM, NULL, 0, NULL);
+        size_t off = w->path.len - len;
+        const char *nm = (const char *)w->path.data + off;
+        if (fstatat(l->dir.fd, nm, &e->st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (errno == ENOENT)
+                continue; /* gone since the directory was read */
+            return walk_fail(w, -errno, "cannot stat", w->path.len, NULL);
+        }
+        e->path = (const char *)w->path.data;
+        e->name = nm;
+        e->dirfd = l->dir.fd;
+        e->depth = w->n;
+        if (S_ISDIR(e->st.st_mode)) {
+            w->descend = true;
+            w->pending = off;
+        }
+        return 1;
+    }
+}
+
+/* End a walk, closing its descriptors; NULL-safe. */
+void cw_walk_close(cw_walk_t *w)
+{
+    if (w == NULL)
+        return;
+    for (size_t i = 0; i < w->n; i++)
+        if (w->lv[i].dir.fd >= 0)
+            close(w->lv[i].dir.fd);
+    free(w->lv);
+    free(w->root);
+    cw_buf_free(&w->path);
+    cw_buf_free(&w->names);
+    free(w);
+}

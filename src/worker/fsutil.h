@@ -5,6 +5,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "cw_config.h"
@@ -116,5 +117,47 @@ int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atom
 /* cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors). */
 int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
                 cw_buf_t *errors);
+
+/* A walk over everything below a directory, for DirectoryUpload's tar
+ * stream: pre-order (a directory, then what it holds), each directory's
+ * entries in the order the file system lists them, links never followed.
+ * Any depth up to max_depth levels below the root, without recursion, with
+ * at most 16 directory descriptors open (plus one while a directory is
+ * read) and memory for one path plus the names left to visit on its levels.
+ * Like rmtree and copytree, a directory whose descriptor was let go is
+ * reopened through ".." and must be the one met on the way down. */
+typedef struct cw_walk cw_walk_t;
+
+/* One entry.  Everything in it is valid until the next cw_walk_next or
+ * cw_walk_close call. */
+typedef struct cw_walk_entry {
+    const char *path; /* below the root: "a", "a/b" (any length: use
+                         dirfd and name to reach it) */
+    const char *name; /* its last component */
+    int dirfd;        /* the directory holding it, for openat/readlinkat/
+                         fstatat(dirfd, name, ...); the walk's: not closed */
+    size_t depth;     /* 1 for the root's own entries */
+    struct stat st;   /* its lstat: a link is a link, sockets included */
+} cw_walk_entry_t;
+
+/* Start a walk below root (a path; a link to a directory is followed).
+ * On failure *w is NULL and errors (may be NULL) has a line "cannot read
+ * directory 'root': <strerror>\n".  Returns 0, -errno, -EINTR. */
+int cw_walk_open(cw_walk_t **w, const char *root, size_t max_depth, atomic_bool *stop,
+                 cw_buf_t *errors);
+
+/* The next entry into *e: 1, or 0 when the walk is complete, or a
+ * negative code that ends it (returned again by later calls), with a line
+ * in errors naming the path (elided past 1024 bytes) for all but -EINTR
+ * and -ENOMEM: -errno ("cannot read directory 'a/b': Permission
+ * denied\n", "cannot stat 'a/c': ...\n"), CW_ETOOBIG (a directory more
+ * than max_depth levels down: "cannot read directory 'p': directory tree
+ * deeper than the limit of N levels (fs-max-depth)\n"), -ESTALE (the tree
+ * was moved during the walk), -EINTR (*stop became true).  Entries that
+ * vanish between reading a directory and looking at them are skipped. */
+int cw_walk_next(cw_walk_t *w, cw_walk_entry_t *e);
+
+/* End a walk (complete or not) and free it; NULL-safe. */
+void cw_walk_close(cw_walk_t *w);
 
 #endif

@@ -2436,6 +2436,314 @@ static void rmtree_tree_moved(void **state)
 #endif
 }
 
+/* ------------------------------------------------------------------------ */
+/* The tree walker                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Walk root to the end: "path type depth" lines in order ('d' directory,
+ * 'f' file, 'l' link, 'p' fifo, 's' socket), each entry also checked
+ * against what its dirfd and name reach.  Returns the walk's last code. */
+static int walk_all(const char *root, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
+                    cw_buf_t *err)
+{
+    cw_walk_t *w;
+    int rc = cw_walk_open(&w, root, max_depth, stop, err);
+    if (rc < 0)
+        return rc;
+    cw_walk_entry_t e;
+    while ((rc = cw_walk_next(w, &e)) == 1) {
+        struct stat st;
+        const char *slash = strrchr(e.path, '/');
+        if (fstatat(e.dirfd, e.name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_ino != e.st.st_ino ||
+            strcmp(slash ? slash + 1 : e.path, e.name) != 0) {
+            rc = FAIL("entry '%s': name '%s' or dirfd wrong\n", e.path, e.name);
+            break;
+        }
+        char type = S_ISDIR(e.st.st_mode)    ? 'd'
+                    : S_ISLNK(e.st.st_mode)  ? 'l'
+                    : S_ISFIFO(e.st.st_mode) ? 'p'
+                    : S_ISSOCK(e.st.st_mode) ? 's'
+                                             : 'f';
+        char *line = xfmt("%s %c %zu", e.path, type, e.depth);
+        cw_strlist_add(out, line);
+        free(line);
+    }
+    int again = rc <= 0 ? cw_walk_next(w, &e) : 0;
+    if (rc <= 0 && again != rc) /* the end, or a failure, stays */
+        rc = FAIL("then %d after %d\n", again, rc);
+    cw_walk_close(w);
+    return rc;
+}
+
+/* Is the walk in pre-order: each entry right below the last directory on
+ * the path it came down, a directory's content right after it? */
+static int check_preorder(const cw_strlist_t *l)
+{
+    cw_strlist_t stack = {0}; /* directories still open, outermost first */
+    int bad = 0;
+    for (size_t i = 0; i < l->n && !bad; i++) {
+        char *p = strdup(l->v[i]);
+        char *sp = strrchr(p, ' '), *tp;
+        *sp = '\0';
+        tp = strrchr(p, ' ');
+        *tp = '\0';
+        const char *slash = strrchr(p, '/');
+        size_t plen = slash ? (size_t)(slash - p) : 0;
+        /* close directories until the parent is on top */
+        while (stack.n > 0 && !(strlen(stack.v[stack.n - 1]) == plen &&
+                                strncmp(stack.v[stack.n - 1], p, plen) == 0))
+            free(stack.v[--stack.n]);
+        if ((plen == 0) != (stack.n == 0))
+            bad = FAIL("'%s' comes after its directory's content\n", p);
+        if (strtoul(sp + 1, NULL, 10) != stack.n + 1)
+            bad = FAIL("'%s': depth %s\n", p, sp + 1);
+        if (tp[1] == 'd')
+            cw_strlist_add(&stack, p);
+        free(p);
+    }
+    cw_strlist_free(&stack);
+    return bad;
+}
+
+/* Sort a list in place (insertion sort: the lists are small). */
+static void sort_strings(cw_strlist_t *l)
+{
+    for (size_t i = 1; i < l->n; i++)
+        for (size_t k = i; k > 0 && strcmp(l->v[k - 1], l->v[k]) > 0; k--) {
+            char *x = l->v[k];
+            l->v[k] = l->v[k - 1];
+            l->v[k - 1] = x;
+        }
+}
+
+/* Every entry once, in pre-order, links not followed, with what openat
+ * needs; the end and errors stay the end and errors. */
+static void walk_tree(void **state)
+{
+    (void)state;
+    char *t = make_tmpdir();
+    char *r = xfmt("%s/r", t);
+    assert_int_equal(build_rm_tree(r), 0); /* f a/g a/b/h a/b/c/i a/fifo a/rel */
+    static const char *more[] = {"empty", "z/y/x", "a/b/c/d"};
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++) {
+        char *p = xfmt("%s/%s", r, more[i]);
+        assert_int_equal(mkdir_p(p), 0);
+        free(p);
+    }
+    char *l = xfmt("%s/dirlink", r), *sock = xfmt("%s/z/sock", r);
+    assert_int_equal(symlink("a", l), 0);
+    int sfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, sock);
+    assert_int_equal(bind(sfd, (struct sockaddr *)&sun, sizeof sun), 0);
+    close(sfd);
+    static const char *want[] = {
+        "a d 1",      "a/b d 2",    "a/b/c d 3", "a/b/c/d d 4", "a/b/c/i f 4", "a/b/h f 3",
+        "a/fifo p 2", "a/g f 2",    "a/rel l 2", "dirlink l 1", "empty d 1",   "f f 1",
+        "z d 1",      "z/sock s 2", "z/y d 2",   "z/y/x d 3",
+    };
+    int fds = open_count();
+    cw_strlist_t got = {0};
+    cw_buf_t err = CW_BUF_INIT;
+    assert_int_equal(walk_all(r, CW_FS_MAX_DEPTH, NULL, &got, &err), 0);
+    assert_int_equal(err.len, 0);
+    assert_int_equal(check_preorder(&got), 0);
+    sort_strings(&got);
+    assert_int_equal(got.n, sizeof want / sizeof *want);
+    for (size_t i = 0; i < got.n; i++)
+        assert_string_equal(got.v[i], want[i]);
+    cw_strlist_free(&got);
+    /* through a link to the root, and with a trailing slash */
+    char *top = xfmt("%s/top", t), *slash = xfmt("%s/r/", t);
+    assert_int_equal(symlink("r", top), 0);
+    assert_int_equal(walk_all(top, CW_FS_MAX_DEPTH, NULL, &got, &err), 0);
+    assert_int_equal(got.n, sizeof want / sizeof *want);
+    cw_strlist_free(&got);
+    assert_int_equal(walk_all(slash, CW_FS_MAX_DEPTH, NULL, &got, &err), 0);
+    assert_int_equal(got.n, sizeof want / sizeof *want);
+    cw_strlist_free(&got);
+    assert_int_equal(open_count(), fds);
+    /* a root that is not there, or not a directory */
+    char *missing = xfmt("%s/missing", t), *file = xfmt("%s/r/f", t);
+    cw_walk_t *w = (cw_walk_t *)1;
+    assert_int_equal(cw_walk_open(&w, missing, 10, NULL, &err), -ENOENT);
+    assert_null(w);
+    assert_int_equal(cw_walk_open(&w, file, 10, NULL, &err), -ENOTDIR);
+    char *msg = xfmt("cannot read directory '%s': No such file or directory\n"
+                     "cannot read directory '%s': Not a directory\n",
+                     missing, file);
+    assert_string_equal(bstr(&err), msg);
+    cw_walk_close(NULL);
+    /* stopped: -EINTR, from the start or in the middle */
+    atomic_bool stop = true;
+    assert_int_equal(cw_walk_open(&w, r, 10, &stop, NULL), -EINTR);
+    atomic_store(&stop, false);
+    assert_int_equal(cw_walk_open(&w, r, 10, &stop, NULL), 0);
+    cw_walk_entry_t e;
+    assert_int_equal(cw_walk_next(w, &e), 1);
+    atomic_store(&stop, true);
+    assert_int_equal(cw_walk_next(w, &e), -EINTR);
+    assert_int_equal(cw_walk_next(w, &e), -EINTR);
+    cw_walk_close(w);
+    assert_int_equal(open_count(), fds);
+    free(msg);
+    free(missing);
+    free(file);
+    free(top);
+    free(slash);
+    free(sock);
+    free(l);
+    free(r);
+    cw_buf_free(&err);
+    remove_tmpdir(t);
+}
+
+/* An unreadable directory ends the walk with its name. */
+static int walk_unreadable_child(void *arg)
+{
+    const char *t = arg;
+    char *r = xfmt("%s/r", t), *a = xfmt("%s/r/a", t);
+    int bad = 0;
+    if (mkdir(r, 0755) < 0 || mkdir(a, 0) < 0)
+        return FAIL("mkdir\n");
+    cw_strlist_t got = {0};
+    cw_buf_t err = CW_BUF_INIT;
+    int rc = walk_all(r, 10, NULL, &got, &err);
+    if (rc != -EACCES || got.n != 1 ||
+        strcmp(bstr(&err), "cannot read directory 'a': Permission denied\n") != 0)
+        bad = FAIL("rc %d, %zu entries, errors '%s'\n", rc, got.n, bstr(&err));
+    cw_strlist_free(&got);
+    cw_buf_free(&err);
+    free(a);
+    free(r);
+    return bad;
+}
+
+/* Permissions that really apply: as nobody. */
+static void walk_unreadable(void **state)
+{
+    (void)state;
+    char *t = make_tmpdir();
+    if (geteuid() == 0)
+        assert_int_equal(chown(t, NOBODY, NOBODY), 0);
+    assert_int_equal(in_child(walk_unreadable_child, t, true), 0);
+    remove_tmpdir(t);
+}
+
+/* 3,000 levels (a file in each) under a limit of 64 descriptors: every
+ * entry, in pre-order, and no descriptor left behind. */
+static int walk_deep_child(void *arg)
+{
+    const char *r = arg;
+    if (limit_fds(64) < 0)
+        return FAIL("setrlimit: %s\n", strerror(errno));
+    int fds = open_count(), bad = 0;
+    cw_walk_t *w;
+    if (cw_walk_open(&w, r, CW_FS_MAX_DEPTH, NULL, NULL) < 0)
+        return FAIL("open\n");
+    cw_walk_entry_t e;
+    size_t dirs = 0, files = 0;
+    int rc;
+    while ((rc = cw_walk_next(w, &e)) == 1 && !bad) {
+        size_t slashes = 0;
+        for (const char *p = e.path; *p; p++)
+            slashes += *p == '/';
+        if (e.depth != slashes + 1)
+            bad = FAIL("'%.50s...': depth %zu\n", e.path, e.depth);
+        if (S_ISDIR(e.st.st_mode)) {
+            /* the one directory of each level, outermost first */
+            if (e.depth != ++dirs)
+                bad = FAIL("directory at depth %zu after %zu\n", e.depth, dirs - 1);
+        } else {
+            /* before its level's directory, or after all below it */
+            files++;
+            if (e.depth != dirs + 1 && dirs != 3000)
+                bad = FAIL("file '%s' at depth %zu, %zu directories seen\n", e.name, e.depth, dirs);
+        }
+    }
+    if (rc != 0 || dirs != 3000 || files != 3001)
+        bad += FAIL("rc %d, %zu directories, %zu files\n", rc, dirs, files);
+    cw_walk_close(w);
+    if (open_count() != fds)
+        bad += FAIL("descriptors: %d before, %d after\n", fds, open_count());
+    return bad != 0;
+}
+
+/* Deep trees with few descriptors. */
+static void walk_deep(void **state)
+{
+    (void)state;
+    char *t = make_fast_tmpdir();
+    char *r = xfmt("%s/r", t);
+    assert_int_equal(mkdir(r, 0755), 0);
+    assert_int_equal(build_chain(r, 3000, "d", true), 0);
+    assert_int_equal(in_child(walk_deep_child, r, false), 0);
+    free(r);
+    remove_tmpdir(t);
+}
+
+/* Past max_depth: entries down to the limit, then CW_ETOOBIG naming the
+ * directory and the limit. */
+static void walk_depth_limit(void **state)
+{
+    (void)state;
+    char *t = make_tmpdir();
+    char *r = xfmt("%s/r", t);
+    assert_int_equal(mkdir(r, 0755), 0);
+    assert_int_equal(build_chain(r, 10, "d", false), 0);
+    cw_strlist_t got = {0};
+    cw_buf_t err = CW_BUF_INIT;
+    assert_int_equal(walk_all(r, 5, NULL, &got, &err), CW_ETOOBIG);
+    assert_int_equal(got.n, 6); /* d .. d/d/d/d/d/d, the last not entered */
+    assert_string_equal(got.v[5], "d/d/d/d/d/d d 6");
+    assert_string_equal(bstr(&err), "cannot read directory 'd/d/d/d/d/d': directory tree deeper "
+                                    "than the limit of 5 levels (fs-max-depth)\n");
+    cw_strlist_free(&got);
+    cw_buf_reset(&err);
+    assert_int_equal(walk_all(r, 10, NULL, &got, &err), 0);
+    assert_int_equal(got.n, 11);
+    cw_strlist_free(&got);
+    cw_buf_free(&err);
+    free(r);
+    remove_tmpdir(t);
+}
+
+/* A directory moved out of the tree while the walk is below it: on the
+ * way back up its ".." is another directory, and the walk ends there. */
+static void walk_tree_moved(void **state)
+{
+    (void)state;
+    char *t = make_tmpdir();
+    char *r = xfmt("%s/r", t), *moved = xfmt("%s/moved", t);
+    assert_int_equal(mkdir(r, 0755), 0);
+    assert_int_equal(build_chain(r, 40, "d", true), 0);
+    char *r10 = chain_path(r, 10);
+    cw_walk_t *w;
+    cw_buf_t err = CW_BUF_INIT;
+    assert_int_equal(cw_walk_open(&w, r, CW_FS_MAX_DEPTH, NULL, &err), 0);
+    cw_walk_entry_t e;
+    int rc;
+    while ((rc = cw_walk_next(w, &e)) == 1 && strcmp(e.name, "leaf") != 0)
+        ;
+    assert_int_equal(rc, 1);
+    assert_int_equal(e.depth, 41);
+    assert_int_equal(rename(r10, moved), 0);
+    while ((rc = cw_walk_next(w, &e)) == 1)
+        assert_true(e.depth > 10); /* what is left below the moved one */
+    assert_int_equal(rc, -ESTALE);
+    char *d9 = chain_path("d", 8);
+    char *want = xfmt("cannot read directory '%s': directory moved during the walk\n", d9);
+    assert_string_equal(bstr(&err), want);
+    cw_walk_close(w);
+    free(want);
+    free(d9);
+    free(r10);
+    free(moved);
+    free(r);
+    cw_buf_free(&err);
+    remove_tmpdir(t);
+}
+
 /* The fsutil test group. */
 int main(void)
 {
@@ -2475,6 +2783,11 @@ int main(void)
         cmocka_unit_test(rmtree_depth_limit),
         cmocka_unit_test(rmtree_long_path_message),
         cmocka_unit_test(rmtree_tree_moved),
+        cmocka_unit_test(walk_tree),
+        cmocka_unit_test(walk_unreadable),
+        cmocka_unit_test(walk_deep),
+        cmocka_unit_test(walk_depth_limit),
+        cmocka_unit_test(walk_tree_moved),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
