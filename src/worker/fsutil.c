@@ -510,6 +510,94 @@ int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
 }
 
 /* ------------------------------------------------------------------------ */
+/* rm's safety rules                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* How the base directory's ancestors are opened: only to be looked at
+ * (O_PATH needs no read permission on them). */
+#ifdef O_PATH
+#define FS_OPEN_LOOK (O_PATH | O_DIRECTORY | O_CLOEXEC)
+#else
+#define FS_OPEN_LOOK (O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+#endif
+
+/* The same file system object? */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* A refusal: rc, and the line head + path (elided) + tail in why. */
+static int refuse(cw_buf_t *why, int rc, const char *head, const char *path, const char *tail)
+{
+    if (why != NULL) {
+        cw_buf_append_str(why, head);
+        put_path(why, path);
+        cw_buf_append_str(why, tail);
+        cw_buf_append_str(why, "\n");
+    }
+    return rc;
+}
+
+/* Would rm -rf refuse path, or would it take the worker's base directory
+ * with it (see fsutil.h)? */
+int cw_rm_refusal(const char *path, const char *basedir, cw_buf_t *why)
+{
+    size_t n = strlen(path), end = n;
+    while (end > 0 && path[end - 1] == '/')
+        end--;
+    size_t start = end;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    if (end > start && path[start] == '.' &&
+        (end - start == 1 || (end - start == 2 && path[start + 1] == '.')))
+        return refuse(why, -EINVAL, "refusing to remove '.' or '..' directory: skipping '", path,
+                      "'");
+    /* lstat: a link given without a trailing slash is what rm removes,
+     * never its target; with one, the kernel follows it */
+    struct stat st, root;
+    if (n == 0 || lstat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+        return 0; /* nothing there, or no directory: nothing recursive */
+    bool have_root = stat("/", &root) == 0;
+    if (have_root && same_file(&st, &root))
+        return refuse(why, -EPERM, "it is dangerous to operate recursively on '", path,
+                      strcmp(path, "/") == 0 ? "'" : "' (same as '/')");
+    if (basedir == NULL)
+        return 0;
+    /* the base directory, then each parent through "..", up to the root */
+    int fd = open(basedir, FS_OPEN_LOOK);
+    struct stat b, prev = {0};
+    int rc = 0;
+    for (size_t up = 0; fd >= 0 && fstat(fd, &b) == 0; up++) {
+        if (same_file(&st, &b)) {
+            rc = refuse(why, -EPERM, "refusing to remove '", path,
+                        up == 0 ? "': it is the worker's base directory"
+                                : "': it contains the worker's base directory");
+            break;
+        }
+        if ((have_root && same_file(&b, &root)) || (up > 0 && same_file(&b, &prev)))
+            break;
+        prev = b;
+        int parent = openat(fd, "..", FS_OPEN_LOOK);
+        close(fd);
+        fd = parent;
+    }
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Text for a code from these functions (see fsutil.h). */
+const char *cw_fs_strerror(int rc, char *buf, size_t len)
+{
+    if (rc == CW_ETOOBIG)
+        return "directory tree deeper than the configured limit (fs-max-depth)";
+    if (rc < 0 && rc > CW_ERR_BASE)
+        return cw_errstr(-rc, buf, len);
+    return cw_strerror(rc);
+}
+
+/* ------------------------------------------------------------------------ */
 /* String lists                                                             */
 /* ------------------------------------------------------------------------ */
 

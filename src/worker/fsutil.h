@@ -57,6 +57,30 @@ int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_
 /* cw_rmtree_limited(path, CW_FS_MAX_DEPTH, stop, errors). */
 int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors);
 
+/* rm -rf's safety rules, checked before anything is touched: returns 0
+ * when path may be removed, else a negative code and a line in why (may be
+ * NULL) naming the rule:
+ *  -EINVAL  the last component (after trailing slashes) is "." or ".."
+ *           ("refusing to remove '.' or '..' directory: skipping 'x/.'"),
+ *           whether or not it exists, as rm does;
+ *  -EPERM   path is the root directory, by (st_dev, st_ino) as
+ *           rm --preserve-root compares ("it is dangerous to operate
+ *           recursively on '/'", or "on 'p' (same as '/')");
+ *  -EPERM   path is basedir ("refusing to remove 'p': it is the worker's
+ *           base directory") or one of its ancestors, found through ".."
+ *           up to the root ("...: it contains the worker's base
+ *           directory"); basedir may be NULL (no such rule).
+ * path is looked at with lstat: a symbolic link given without a trailing
+ * slash is allowed (what goes is the link, not its target); with one, the
+ * link is followed and its target judged.  A path that does not exist, or
+ * is not a directory, is allowed (nothing recursive to refuse).  Paths in
+ * why are elided past 1024 bytes.  Blocking (a few stat calls). */
+int cw_rm_refusal(const char *path, const char *basedir, cw_buf_t *why);
+
+/* The text for a code these functions return: CW_ETOOBIG as the depth
+ * limit (fs-max-depth), -errno as strerror (thread-safe: may use buf). */
+const char *cw_fs_strerror(int rc, char *buf, size_t len);
+
 /* A growable list of heap strings. */
 typedef struct cw_strlist {
     char **v;

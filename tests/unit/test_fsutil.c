@@ -2744,6 +2744,140 @@ static void walk_tree_moved(void **state)
     remove_tmpdir(t);
 }
 
+/* ------------------------------------------------------------------------ */
+/* rm's safety rules                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* cw_rm_refusal(path, basedir): rc, and why is exactly want ("" for none). */
+static int refusal_is(const char *path, const char *basedir, int rc, const char *want)
+{
+    cw_buf_t why = CW_BUF_INIT;
+    int got = cw_rm_refusal(path, basedir, &why);
+    int bad = 0;
+    if (got != rc || strcmp(bstr(&why), want) != 0)
+        bad = FAIL("'%s': rc %d (want %d), '%s'\n", path, got, rc, bstr(&why));
+    if (cw_rm_refusal(path, basedir, NULL) != rc)
+        bad = FAIL("'%s': without why\n", path);
+    cw_buf_free(&why);
+    return bad;
+}
+
+/* Every rule, with rm's words where it has them, and what is allowed. */
+static void rm_refusal_rules(void **state)
+{
+    (void)state;
+    char *t = make_tmpdir();
+    char *b = xfmt("%s/base", t), *build = xfmt("%s/base/build", t);
+    assert_int_equal(mkdir_p(build), 0);
+    int bad = 0;
+    /* "." and "..", existing or not */
+    static const char *dots[] = {".",    "..", "./",  "../",      "x/..",      "x/.",
+                                 "x/./", "/.", "/..", "a/b/..//", "B/build/.", "B/build/./"};
+    for (size_t i = 0; i < sizeof dots / sizeof *dots; i++) {
+        char *want = xfmt("refusing to remove '.' or '..' directory: skipping '%s'\n", dots[i]);
+        bad += refusal_is(dots[i], b, -EINVAL, want);
+        free(want);
+    }
+    char *dotb = xfmt("%s/build/.", b);
+    char *want = xfmt("refusing to remove '.' or '..' directory: skipping '%s'\n", dotb);
+    bad += refusal_is(dotb, b, -EINVAL, want);
+    free(want);
+    free(dotb);
+    /* the root, by what it is */
+    bad += refusal_is("/", b, -EPERM, "it is dangerous to operate recursively on '/'\n");
+    bad += refusal_is("//", NULL, -EPERM,
+                      "it is dangerous to operate recursively on '//' (same as '/')\n");
+    char *rootlink = xfmt("%s/rootlink", t), *rootslash = xfmt("%s/rootlink/", t);
+    assert_int_equal(symlink("/", rootlink), 0);
+    bad += refusal_is(rootlink, b, 0, ""); /* the link goes, not / */
+    want = xfmt("it is dangerous to operate recursively on '%s' (same as '/')\n", rootslash);
+    bad += refusal_is(rootslash, b, -EPERM, want);
+    free(want);
+    /* the base directory and its ancestors, however they are reached */
+    char *bslash = xfmt("%s/", b), *bdot = xfmt("%s/build/../../base", b);
+    static const char *base_msg = "': it is the worker's base directory\n";
+    static const char *up_msg = "': it contains the worker's base directory\n";
+    const char *same[] = {b, bslash, bdot};
+    for (size_t i = 0; i < 3; i++) {
+        want = xfmt("refusing to remove '%s%s", same[i], base_msg);
+        bad += refusal_is(same[i], b, -EPERM, want);
+        free(want);
+    }
+    const char *ups[] = {t, "/tmp", "/tmp/"};
+    for (size_t i = 0; i < 3; i++) {
+        want = xfmt("refusing to remove '%s%s", ups[i], up_msg);
+        bad += refusal_is(ups[i], b, -EPERM, want);
+        free(want);
+    }
+    /* through links: to the base directory itself, or to its parent */
+    char *blink = xfmt("%s/blink", t), *blinks = xfmt("%s/blink/", t);
+    char *plink = xfmt("%s/plink", t), *viap = xfmt("%s/plink/base", t);
+    assert_int_equal(symlink("base", blink), 0);
+    assert_int_equal(symlink(".", plink), 0);
+    bad += refusal_is(blink, b, 0, "");
+    want = xfmt("refusing to remove '%s%s", blinks, base_msg);
+    bad += refusal_is(blinks, b, -EPERM, want);
+    free(want);
+    want = xfmt("refusing to remove '%s%s", viap, base_msg);
+    bad += refusal_is(viap, b, -EPERM, want);
+    free(want);
+    /* a base directory given through a link: what it is counts */
+    want = xfmt("refusing to remove '%s%s", b, base_msg);
+    bad += refusal_is(b, blink, -EPERM, want);
+    free(want);
+    want = xfmt("refusing to remove '%s%s", t, up_msg);
+    bad += refusal_is(t, blinks, -EPERM, want);
+    free(want);
+    /* allowed: inside the base directory, beside it, missing, files,
+     * names that only start with dots, no base directory */
+    char *f = xfmt("%s/file", t), *missing = xfmt("%s/missing", t);
+    char *beside = xfmt("%s/beside", t), *dots3 = xfmt("%s/...", t);
+    assert_int_equal(write_file(f, "x", 0644), 0);
+    assert_int_equal(mkdir(beside, 0755), 0);
+    const char *ok[] = {build, f, missing, beside, dots3, "", ".hidden", "a/.b", "..."};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
+        bad += refusal_is(ok[i], b, 0, "");
+    bad += refusal_is(t, NULL, 0, "");
+    bad += refusal_is(t, missing, 0, "");
+    /* a path as long as can be: the line stays bounded */
+    cw_buf_t lp = CW_BUF_INIT, why = CW_BUF_INIT;
+    for (int i = 0; i < 1500; i++)
+        cw_buf_printf(&lp, "x/");
+    cw_buf_printf(&lp, "..");
+    assert_int_equal(cw_rm_refusal(bstr(&lp), b, &why), -EINVAL);
+    assert_true(why.len < 1200);
+    assert_non_null(strstr(bstr(&why), "x/x/..'\n"));
+    cw_buf_free(&lp);
+    cw_buf_free(&why);
+    assert_int_equal(bad, 0);
+    free(f);
+    free(missing);
+    free(beside);
+    free(dots3);
+    free(blink);
+    free(blinks);
+    free(plink);
+    free(viap);
+    free(bslash);
+    free(bdot);
+    free(rootlink);
+    free(rootslash);
+    free(b);
+    free(build);
+    remove_tmpdir(t);
+}
+
+/* The texts for the codes the walks return. */
+static void fs_strerror_texts(void **state)
+{
+    (void)state;
+    char buf[128];
+    assert_string_equal(cw_fs_strerror(CW_ETOOBIG, buf, sizeof buf),
+                        "directory tree deeper than the configured limit (fs-max-depth)");
+    assert_string_equal(cw_fs_strerror(-ENOENT, buf, sizeof buf), "No such file or directory");
+    assert_string_equal(cw_fs_strerror(-ESTALE, buf, sizeof buf), "Stale file handle");
+}
+
 /* The fsutil test group. */
 int main(void)
 {
@@ -2788,6 +2922,8 @@ int main(void)
         cmocka_unit_test(walk_deep),
         cmocka_unit_test(walk_depth_limit),
         cmocka_unit_test(walk_tree_moved),
+        cmocka_unit_test(rm_refusal_rules),
+        cmocka_unit_test(fs_strerror_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
