@@ -1094,6 +1094,10 @@ static int glob_rlist(const char *dir, bool dironly, const glob_ctx_t *g, cw_str
         rc = glob_listdir(dir, dironly, g->stop, &f[0].names);
     }
     while (rc == 0 && n > 0) {
+        if (stopped(g->stop)) {
+            rc = -EINTR;
+            break;
+        }
         rl_frame_t *fr = &f[n - 1];
         if (fr->i == fr->names.n) {
             cw_strlist_free(&fr->names);
@@ -1741,10 +1745,13 @@ static void cp_reg(cp_ctx_t *c, int sfd, const char *sname, const struct stat *s
         cp_fail(c, errno, true, "cannot open %s for reading", CP_SRC(c), NULL);
         return;
     }
-    /* cp says "cannot create" whether or not the file was there */
-    int out = dst != NULL ? openat(dfd, dname, O_WRONLY | O_TRUNC | O_NOCTTY | O_CLOEXEC)
-                          : openat(dfd, dname, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC,
-                                   S_IRUSR | S_IWUSR);
+    /* cp says "cannot create" whether or not the file was there.  What is
+     * there may be a fifo (cp then waits for a reader forever): O_NONBLOCK
+     * makes that fail (ENXIO), and makes no difference to a file. */
+    int out = dst != NULL
+                  ? openat(dfd, dname, O_WRONLY | O_TRUNC | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+                  : openat(dfd, dname, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC,
+                           S_IRUSR | S_IWUSR);
     if (out < 0) {
         cp_fail(c, errno, true, "cannot create regular file %s", CP_DST(c), NULL);
     } else if (cp_data(c, in, out) == -EINTR) {

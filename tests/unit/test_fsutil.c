@@ -1830,7 +1830,8 @@ static void copytree_tree_moved(void **state)
 }
 
 /* Paths longer than an error line may show: elided there, both ends kept;
- * a full file system (here: the file size limit) gives the real errno text. */
+ * a full file system (here: the file size limit) gives the real errno text;
+ * a fifo in the way of a file is reported, not waited on. */
 static int copytree_fsize_child(void *arg)
 {
     const char *base = arg;
@@ -1875,6 +1876,18 @@ static void copytree_messages(void **state)
     close(fd);
     free(chunk);
     assert_int_equal(in_child(copytree_fsize_child, base, false), 0);
+    /* a fifo where the copy of a file goes: cp would wait for a reader
+     * forever; we report it (and the test would hang otherwise) */
+    char *dst = xfmt("%s/fdst", base), *fifo = xfmt("%s/fdst/big", base);
+    assert_int_equal(mkdir(dst, 0755), 0);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    run_cw(base, "src/big", "fdst/big", NULL, &cw);
+    assert_int_equal(cw.rc, -ENXIO);
+    assert_string_equal(bstr(&cw.err),
+                        "cp: cannot create regular file 'fdst/big': No such device or address\n");
+    cp_run_free(&cw);
+    free(dst);
+    free(fifo);
     free(src);
     free(big);
     remove_tmpdir(base);
