@@ -42,8 +42,9 @@ int cw_mkdirs(const char *path, mode_t mode);
  * link (a link is removed, not its target).  Directories without read,
  * write or search permission for us are made accessible (u+rwx) and tried
  * again.  A missing path is not an error.  Any depth up to max_depth levels
- * below path, with at most 16 directory descriptors open and memory for one
- * path plus the names left to visit on its levels; past max_depth it stops
+ * below path, keeping 16 directory descriptors open (18 at most, for a
+ * moment) and memory for one path plus the names left to visit on its
+ * levels; past max_depth it stops
  * (CW_ETOOBIG, with a line naming the limit).  On the way back up, a
  * directory whose descriptor was let go is reopened through "..", and if
  * that is no longer the same directory (the tree was moved under us) the
@@ -124,8 +125,9 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
  * cp -v, paths elided past 4096 bytes); each failure a line
  * "cp: cannot ...: <strerror>\n" to errors (paths elided past 1024 bytes),
  * and copying goes on with the next item.
- * Any depth up to max_depth levels below from, without recursion, with at
- * most 16 directory descriptors open on each side; past max_depth the copy
+ * Any depth up to max_depth levels below from, without recursion, keeping
+ * 16 directory descriptors open on each side (34 descriptors at most, with
+ * the two of a file being copied); past max_depth the copy
  * stops (CW_ETOOBIG, a line naming the limit).  Directories whose
  * descriptors were let go are reopened through ".." and must still be the
  * ones met on the way down, on both sides, or the copy stops there
@@ -145,9 +147,9 @@ int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *l
 /* A walk over everything below a directory, for DirectoryUpload's tar
  * stream: pre-order (a directory, then what it holds), each directory's
  * entries in the order the file system lists them, links never followed.
- * Any depth up to max_depth levels below the root, without recursion, with
- * at most 16 directory descriptors open (plus one while a directory is
- * read) and memory for one path plus the names left to visit on its levels.
+ * Any depth up to max_depth levels below the root, without recursion,
+ * keeping 16 directory descriptors open (18 at most, for a moment) and
+ * memory for one path plus the names left to visit on its levels.
  * Like rmtree and copytree, a directory whose descriptor was let go is
  * reopened through ".." and must be the one met on the way down. */
 typedef struct cw_walk cw_walk_t;
