@@ -589,6 +589,7 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
     cw_cmd_env_t env = {
         .loop = loop,
         .environ = environ,
+        .basedir = cfg->basedir,
         .umask = cfg->umask,
         .max_pending_output = cfg->max_pending_output,
         .max_commands = cfg->max_commands,

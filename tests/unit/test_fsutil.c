@@ -593,7 +593,7 @@ typedef struct glob_job {
 static void *glob_thread(void *arg)
 {
     glob_job_t *j = arg;
-    j->rc = cw_glob_limited(j->pattern, j->max_depth, NULL, &j->out, &j->err);
+    j->rc = cw_glob(j->pattern, j->max_depth, NULL, &j->out, &j->err);
     return NULL;
 }
 
@@ -748,7 +748,7 @@ static int check_glob(const char *pattern, const char *cwd, bool *py_repeats)
     int saved = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (saved < 0 || chdir(cwd) < 0)
         return FAIL("cannot enter %s\n", cwd);
-    int rc = cw_glob(pattern, NULL, &got);
+    int rc = cw_glob(pattern, CW_FS_MAX_DEPTH, NULL, &got, NULL);
     if (fchdir(saved) < 0)
         bad++;
     close(saved);
@@ -956,7 +956,7 @@ static void glob_fnmatch_fuzz(void **state)
     for (size_t i = 0; i < pats.n && bad < 5; i++, line = strtok_r(NULL, "\n", &save)) {
         assert_non_null(line);
         cw_strlist_t got = {0};
-        assert_int_equal(cw_glob(pats.v[i], NULL, &got), 0);
+        assert_int_equal(cw_glob(pats.v[i], CW_FS_MAX_DEPTH, NULL, &got, NULL), 0);
         cw_buf_t mine = CW_BUF_INIT;
         for (size_t k = 0; k < got.n; k++) {
             if (k > 0)
@@ -1116,7 +1116,7 @@ static void glob_no_duplicates(void **state)
     assert_int_equal(check_glob(p, "/", &repeats), 0);
     assert_true(repeats); /* so the filter above really was exercised */
     cw_strlist_t got = {0};
-    assert_int_equal(cw_glob(p, NULL, &got), 0);
+    assert_int_equal(cw_glob(p, CW_FS_MAX_DEPTH, NULL, &got, NULL), 0);
     for (size_t i = 0; i < got.n; i++)
         for (size_t k = i + 1; k < got.n; k++)
             assert_string_not_equal(got.v[i], got.v[k]);
@@ -1134,13 +1134,13 @@ static void glob_stop_and_append(void **state)
     char *p = xfmt("%s/**", t);
     atomic_bool stop = true;
     cw_strlist_t out = {0};
-    assert_int_equal(cw_glob(p, &stop, &out), -EINTR);
+    assert_int_equal(cw_glob(p, CW_FS_MAX_DEPTH, &stop, &out, NULL), -EINTR);
     assert_int_equal(out.n, 0);
     /* results are appended after what the list holds */
     atomic_store(&stop, false);
     assert_int_equal(cw_strlist_add(&out, "keep"), 0);
     char *q = xfmt("%s/a/*.txt", t);
-    assert_int_equal(cw_glob(q, &stop, &out), 0);
+    assert_int_equal(cw_glob(q, CW_FS_MAX_DEPTH, &stop, &out, NULL), 0);
     assert_int_equal(out.n, 2);
     assert_string_equal(out.v[0], "keep");
     char *want = xfmt("%s/a/f.txt", t);
@@ -1185,7 +1185,7 @@ static void run_cw(const char *base, const char *from, const char *to, atomic_bo
     int saved = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (saved < 0 || chdir(base) < 0)
         abort();
-    r->rc = cw_copytree(from, to, stop, &r->out, &r->err);
+    r->rc = cw_copytree(from, to, CW_FS_MAX_DEPTH, stop, &r->out, &r->err);
     if (fchdir(saved) < 0)
         abort();
     close(saved);
@@ -1608,7 +1608,7 @@ static void copytree_deep(void **state)
     int saved = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_int_equal(chdir(base), 0);
     memset(&cw, 0, sizeof cw);
-    cw.rc = cw_copytree_limited("deeper", "deeper3", 100, NULL, &cw.out, &cw.err);
+    cw.rc = cw_copytree("deeper", "deeper3", 100, NULL, &cw.out, &cw.err);
     assert_int_equal(fchdir(saved), 0);
     close(saved);
     assert_int_equal(cw.rc, CW_ETOOBIG);
@@ -1749,7 +1749,7 @@ static void copytree_interrupt(void **state)
     assert_int_equal(interrupt_copy(base), 0);
     if (atomic_load(&cfr_refused))
         fprintf(stderr, "note: the kernel refused copy_file_range: read/write was tested\n");
-    assert_int_equal(cw_rmtree(dst, NULL, NULL), 0);
+    assert_int_equal(cw_rmtree(dst, CW_FS_MAX_DEPTH, NULL, NULL), 0);
 #endif
 #ifdef HAVE_SLOW_PWRITE
     atomic_store(&no_cfr, true);
@@ -2110,13 +2110,13 @@ static void rmtree_tree(void **state)
     char *r = xfmt("%s/r", t);
     assert_int_equal(build_rm_tree(r), 0);
     cw_buf_t err = CW_BUF_INIT;
-    assert_int_equal(cw_rmtree(r, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(err.len, 0);
     assert_int_equal(access(r, F_OK), -1);
     /* trailing slash on the top directory */
     assert_int_equal(build_rm_tree(r), 0);
     char *rs = xfmt("%s/r/", t);
-    assert_int_equal(cw_rmtree(rs, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(rs, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(access(r, F_OK), -1);
     free(rs);
     cw_buf_free(&err);
@@ -2142,7 +2142,7 @@ static int rmtree_readonly_child(void *arg)
         free(p);
     }
     cw_buf_t err = CW_BUF_INIT;
-    int rc = cw_rmtree(r, NULL, &err);
+    int rc = cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err);
     if (rc != 0 || err.len != 0 || access(r, F_OK) == 0)
         bad += FAIL("rmtree read-only: rc %d, errors '%s'\n", rc, bstr(&err));
     cw_buf_free(&err);
@@ -2180,14 +2180,14 @@ static void rmtree_links(void **state)
     assert_int_equal(symlink(out, l1), 0);
     assert_int_equal(symlink("../../../ofile", l2), 0);
     cw_buf_t err = CW_BUF_INIT;
-    assert_int_equal(cw_rmtree(r, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(access(r, F_OK), -1);
     assert_int_equal(access(keep, F_OK), 0);
     assert_int_equal(access(ofile, F_OK), 0);
     /* the path is a link to a directory */
     char *top = xfmt("%s/toplink", t);
     assert_int_equal(symlink(out, top), 0);
-    assert_int_equal(cw_rmtree(top, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(top, CW_FS_MAX_DEPTH, NULL, &err), 0);
     struct stat st;
     assert_int_equal(lstat(top, &st), -1);
     assert_int_equal(access(keep, F_OK), 0);
@@ -2195,13 +2195,13 @@ static void rmtree_links(void **state)
      * (rm -rf would empty the target and keep the link) */
     assert_int_equal(symlink(out, top), 0);
     char *slash = xfmt("%s/toplink/", t);
-    assert_int_equal(cw_rmtree(slash, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(slash, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(lstat(top, &st), -1);
     assert_int_equal(access(keep, F_OK), 0);
     free(slash);
     /* a broken link as the path */
     assert_int_equal(symlink("nowhere", top), 0);
-    assert_int_equal(cw_rmtree(top, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(top, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(lstat(top, &st), -1);
     assert_int_equal(err.len, 0);
     cw_buf_free(&err);
@@ -2222,17 +2222,17 @@ static void rmtree_missing_and_file(void **state)
     char *t = make_tmpdir();
     char *m = xfmt("%s/missing", t), *f = xfmt("%s/file", t);
     cw_buf_t err = CW_BUF_INIT;
-    assert_int_equal(cw_rmtree(m, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(m, CW_FS_MAX_DEPTH, NULL, &err), 0);
     char *mm = xfmt("%s/missing/deeper", t);
-    assert_int_equal(cw_rmtree(mm, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(mm, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(write_file(f, "x", 0400), 0);
-    assert_int_equal(cw_rmtree(f, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(f, CW_FS_MAX_DEPTH, NULL, &err), 0);
     assert_int_equal(access(f, F_OK), -1);
     assert_int_equal(err.len, 0);
     /* a path through a file: ENOTDIR, reported */
     assert_int_equal(write_file(f, "x", 0644), 0);
     char *ff = xfmt("%s/file/x", t);
-    assert_int_equal(cw_rmtree(ff, NULL, &err), -ENOTDIR);
+    assert_int_equal(cw_rmtree(ff, CW_FS_MAX_DEPTH, NULL, &err), -ENOTDIR);
     assert_non_null(strstr(bstr(&err), "cannot remove '"));
     assert_non_null(strstr(bstr(&err), "/file/x': Not a directory\n"));
     cw_buf_free(&err);
@@ -2252,7 +2252,7 @@ static void rmtree_stop(void **state)
     assert_int_equal(build_rm_tree(r), 0);
     atomic_bool stop = true;
     cw_buf_t err = CW_BUF_INIT;
-    assert_int_equal(cw_rmtree(r, &stop, &err), -EINTR);
+    assert_int_equal(cw_rmtree(r, CW_FS_MAX_DEPTH, &stop, &err), -EINTR);
     assert_int_equal(access(r, F_OK), 0);
     char *deep = xfmt("%s/a/b/c/i", r);
     assert_int_equal(access(deep, F_OK), 0);
@@ -2267,7 +2267,7 @@ static int rmtree_denied_child(void *arg)
 {
     const char *d = arg;
     cw_buf_t err = CW_BUF_INIT;
-    int rc = cw_rmtree(d, NULL, &err);
+    int rc = cw_rmtree(d, CW_FS_MAX_DEPTH, NULL, &err);
     char *want = xfmt("cannot remove '%s/f': Permission denied\n", d);
     int bad = 0;
     if (rc != -EACCES || strncmp(bstr(&err), want, strlen(want)) != 0)
@@ -2308,7 +2308,7 @@ static int rmtree_deep_child(void *arg)
         return FAIL("setrlimit: %s\n", strerror(errno));
     int fds = open_count();
     cw_buf_t err = CW_BUF_INIT;
-    int rc = cw_rmtree(r, NULL, &err);
+    int rc = cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err);
     if (rc != 0 || err.len != 0)
         bad += FAIL("rmtree: rc %d, errors '%.300s'\n", rc, bstr(&err));
     if (access(r, F_OK) == 0)
@@ -2340,7 +2340,7 @@ static int rmtree_memory_child(void *arg)
     cw_buf_t err = CW_BUF_INIT;
     cw_buf_reserve(&err, 4096); /* room for an error line, made before measuring */
     long before = peak_reset();
-    int rc = cw_rmtree(r, NULL, &err);
+    int rc = cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err);
     long grown = peak_now() - before;
     int bad = 0;
     if (rc != 0 || err.len != 0 || access(r, F_OK) == 0)
@@ -2374,13 +2374,13 @@ static void rmtree_depth_limit(void **state)
     assert_int_equal(mkdir(r, 0755), 0);
     assert_int_equal(build_chain(r, 20, "d", true), 0);
     cw_buf_t err = CW_BUF_INIT;
-    assert_int_equal(cw_rmtree_limited(r, 19, NULL, &err), CW_ETOOBIG);
+    assert_int_equal(cw_rmtree(r, 19, NULL, &err), CW_ETOOBIG);
     assert_non_null(strstr(bstr(&err), "/d/d': directory tree deeper than the limit of 19 levels "
                                        "(fs-max-depth)\n"));
     assert_null(strstr(bstr(&err), "symbolic links"));
     assert_int_equal(access(r, F_OK), 0);
     cw_buf_reset(&err);
-    assert_int_equal(cw_rmtree_limited(r, 20, NULL, &err), 0);
+    assert_int_equal(cw_rmtree(r, 20, NULL, &err), 0);
     assert_int_equal(err.len, 0);
     assert_int_equal(access(r, F_OK), -1);
     cw_buf_free(&err);
@@ -2401,7 +2401,7 @@ static void rmtree_long_path_message(void **state)
     for (int i = 0; i < 1000; i++)
         cw_buf_printf(&p, "/x");
     cw_buf_printf(&p, "/END");
-    assert_int_equal(cw_rmtree(bstr(&p), NULL, &err), -ENOTDIR);
+    assert_int_equal(cw_rmtree(bstr(&p), CW_FS_MAX_DEPTH, NULL, &err), -ENOTDIR);
     const char *e = bstr(&err);
     assert_true(err.len < 1200);
     assert_true(strncmp(e, "cannot remove '/tmp/", 20) == 0);
@@ -2437,7 +2437,7 @@ static void rmtree_tree_moved(void **state)
     char *moved = xfmt("%s/moved", out);
     move_on_reopen(bstr(&l10), moved, 1);
     cw_buf_t err = CW_BUF_INIT;
-    int rc = cw_rmtree(r, NULL, &err);
+    int rc = cw_rmtree(r, CW_FS_MAX_DEPTH, NULL, &err);
     move_from = NULL;
     assert_int_equal(rc, -ESTALE);
     char *want = xfmt("cannot remove '%s': directory moved during the walk; stopped\n", bstr(&l9));

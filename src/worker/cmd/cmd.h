@@ -38,6 +38,7 @@
 typedef struct cw_cmd_env {
     uv_loop_t *loop;
     char **environ;            /* the worker's environment, for children */
+    const char *basedir;       /* the worker's base directory (rmdir never removes it) */
     long umask;                /* the process's umask (file modes) */
     size_t max_pending_output; /* output at which producers pause; 0: 2 x buffer_size */
     size_t max_commands;       /* 0: no limit */

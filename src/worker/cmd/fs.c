@@ -34,12 +34,15 @@ typedef struct fs_job {
     cw_num_t stat[10];     /* "stat" */
 } fs_job_t;
 
-/* Stock error report: "<cmd>: <strerror>: <path>" and rc = errno. */
-static void job_error(fs_job_t *job, const char *what, int err, const char *path)
+/* Stock error report: "<cmd>: <strerror>: <path>" and rc = errno (1 for a
+ * code of ours, such as the depth limit).  rc is negative. */
+static void job_error(fs_job_t *job, const char *what, int rc, const char *path)
 {
     char ebuf[128];
-    cw_buf_printf(&job->header, "%s: %s: %s\n", what, cw_errstr(err, ebuf, sizeof ebuf), path);
-    job->rc = err;
+    cw_buf_printf(&job->header, "%s: %s: ", what, cw_fs_strerror(rc, ebuf, sizeof ebuf));
+    cw_buf_append_elided(&job->header, path, 1024);
+    cw_buf_append_str(&job->header, "\n");
+    job->rc = rc > CW_ERR_BASE ? -rc : 1;
 }
 
 static void do_mkdir(fs_job_t *job)
@@ -48,7 +51,7 @@ static void do_mkdir(fs_job_t *job)
     for (size_t i = 0; i < a->npaths; i++) {
         int rc = cw_mkdirs(a->paths[i], 0777);
         if (rc < 0) {
-            job_error(job, "mkdir", -rc, a->paths[i]);
+            job_error(job, "mkdir", rc, a->paths[i]);
             return;
         }
     }
@@ -61,17 +64,26 @@ static void do_rmdir(fs_job_t *job)
     job->rc = 0;
     /* like the stock worker: try every path, report the last failure */
     for (size_t i = 0; i < a->npaths; i++) {
-        int rc = cw_rmtree(a->paths[i], &job->stop, &job->stderr_text);
-        if (rc == -EINTR) {
+        /* rm -rf's refusals (., .., /) and ours (the basedir and above it),
+         * before anything of that path is touched */
+        cw_buf_t why = CW_BUF_INIT;
+        int rc = cw_rm_refusal(a->paths[i], job->cmd->cs->env.basedir, &why);
+        if (rc < 0) {
+            cw_buf_append_str(&job->stderr_text, "rmdir: ");
+            cw_buf_append(&job->stderr_text, why.data, why.len);
+            cw_buf_free(&why);
+            job->rc = 1; /* rm's exit status */
+            continue;
+        }
+        cw_buf_free(&why);
+        rc = cw_rmtree(a->paths[i], job->cmd->cs->env.fs_max_depth, &job->stop,
+                       &job->stderr_text);
+        if (rc == -EINTR || atomic_load(&job->stop)) {
             job->rc = -1;
             return;
         }
-        if (rc < 0) {
-            char ebuf[128];
-            cw_buf_printf(&job->header, "rmdir: %s: %s\n", cw_errstr(-rc, ebuf, sizeof ebuf),
-                          a->paths[i]);
-            job->rc = -rc;
-        }
+        if (rc < 0)
+            job_error(job, "rmdir", rc, a->paths[i]);
     }
 }
 
@@ -80,7 +92,7 @@ static void do_listdir(fs_job_t *job)
     const char *path = job->cmd->args.path;
     DIR *d = opendir(path);
     if (d == NULL) {
-        job_error(job, "listdir", errno, path);
+        job_error(job, "listdir", -errno, path);
         return;
     }
     struct dirent *de;
@@ -90,7 +102,7 @@ static void do_listdir(fs_job_t *job)
             rc = cw_strlist_add(&job->files, de->d_name);
     closedir(d);
     if (rc < 0) {
-        job_error(job, "listdir", -rc, path);
+        job_error(job, "listdir", rc, path);
         return;
     }
     job->value_key = "files";
@@ -102,7 +114,7 @@ static void do_stat(fs_job_t *job)
     const char *path = job->cmd->args.path;
     struct stat st;
     if (stat(path, &st) < 0) {
-        job_error(job, "stat", errno, path);
+        job_error(job, "stat", -errno, path);
         return;
     }
     /* os.stat()'s tuple: mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime */
@@ -125,7 +137,7 @@ static void do_rmfile(fs_job_t *job)
 {
     const char *path = job->cmd->args.path;
     if (unlink(path) < 0) {
-        job_error(job, "rmfile", errno, path);
+        job_error(job, "rmfile", -errno, path);
         return;
     }
     job->rc = 0;
@@ -133,9 +145,10 @@ static void do_rmfile(fs_job_t *job)
 
 static void do_glob(fs_job_t *job)
 {
-    int rc = cw_glob(job->cmd->args.path, &job->stop, &job->files);
+    int rc = cw_glob(job->cmd->args.path, job->cmd->cs->env.fs_max_depth, &job->stop,
+                     &job->files, &job->stderr_text);
     if (rc < 0) {
-        job_error(job, "glob", -rc, job->cmd->args.path);
+        job_error(job, "glob", rc, job->cmd->args.path);
         cw_strlist_free(&job->files);
         return;
     }
@@ -157,17 +170,17 @@ static void do_cpdir(fs_job_t *job)
         *slash = '\0';
         int rc = cw_mkdirs(parent, 0777);
         if (rc < 0) {
-            job_error(job, "cpdir", -rc, parent);
+            job_error(job, "cpdir", rc, parent);
             free(parent);
             return;
         }
     }
     free(parent);
-    int rc = cw_copytree(a->from_path, a->to_path, &job->stop, &job->stdout_text,
-                         &job->stderr_text);
+    int rc = cw_copytree(a->from_path, a->to_path, job->cmd->cs->env.fs_max_depth, &job->stop,
+                         &job->stdout_text, &job->stderr_text);
     /* cp's exit status: 0, or 1 when anything failed; -1 when interrupted,
      * as for an interrupted shell command */
-    if (rc == -EINTR) {
+    if (rc == -EINTR || atomic_load(&job->stop)) {
         cw_buf_append_str(&job->header, "cpdir: interrupted; the copy is incomplete\n");
         job->rc = -1;
         return;
@@ -208,6 +221,18 @@ static void fs_work(uv_work_t *req)
     }
 }
 
+/* Text the thread collected, as lines of a stream (valid UTF-8). */
+static void add_text(cw_cmd_t *cmd, cw_stream_t stream, const cw_buf_t *text, double now)
+{
+    if (text->len == 0)
+        return;
+    cw_buf_t fixed = CW_BUF_INIT;
+    if (cw_utf8_repair(text->data, text->len, &fixed) == 0 &&
+        (fixed.len == 0 || fixed.data[fixed.len - 1] == '\n' || cw_buf_append(&fixed, "\n", 1) == 0))
+        cw_outbuf_add_lines(&cmd->out, stream, NULL, (const char *)fixed.data, fixed.len, now);
+    cw_buf_free(&fixed);
+}
+
 /* Back on the loop thread: report the results. */
 static void fs_after(uv_work_t *req, int status)
 {
@@ -218,27 +243,18 @@ static void fs_after(uv_work_t *req, int status)
         job->rc = -1;
     }
     double now = cw_cmd_now(cmd);
-    if (job->stdout_text.len) {
-        cw_buf_t fixed = CW_BUF_INIT;
-        cw_utf8_repair(job->stdout_text.data, job->stdout_text.len, &fixed);
-        cw_outbuf_add_lines(&cmd->out, CW_STREAM_STDOUT, NULL, (const char *)fixed.data,
-                            fixed.len, now);
-        cw_buf_free(&fixed);
+    /* Most steps that run these commands keep no log of them (RemoveDirectory,
+     * CopyDirectory, the glob of MultipleFileUpload): why one failed goes to
+     * the worker's log too, its first line. */
+    const cw_buf_t *why = job->stderr_text.len ? &job->stderr_text : &job->header;
+    if (job->rc != 0 && why->len) {
+        const uint8_t *nl = memchr(why->data, '\n', why->len);
+        size_t n = nl ? (size_t)(nl - why->data) : why->len;
+        cw_warn("command %s: %.*s", cmd->id, (int)n, (const char *)why->data);
     }
-    if (job->stderr_text.len) {
-        cw_buf_t fixed = CW_BUF_INIT;
-        cw_utf8_repair(job->stderr_text.data, job->stderr_text.len, &fixed);
-        cw_outbuf_add_lines(&cmd->out, CW_STREAM_STDERR, NULL, (const char *)fixed.data,
-                            fixed.len, now);
-        cw_buf_free(&fixed);
-    }
-    if (job->header.len) {
-        cw_buf_t fixed = CW_BUF_INIT;
-        cw_utf8_repair(job->header.data, job->header.len, &fixed);
-        cw_outbuf_add_lines(&cmd->out, CW_STREAM_HEADER, NULL, (const char *)fixed.data,
-                            fixed.len, now);
-        cw_buf_free(&fixed);
-    }
+    add_text(cmd, CW_STREAM_STDOUT, &job->stdout_text, now);
+    add_text(cmd, CW_STREAM_STDERR, &job->stderr_text, now);
+    add_text(cmd, CW_STREAM_HEADER, &job->header, now);
     if (job->value_key && strcmp(job->value_key, "files") == 0)
         cw_cmd_add_strlist(cmd, "files", (const char *const *)job->files.v, job->files.n);
     else if (job->value_key)

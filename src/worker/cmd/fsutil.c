@@ -465,7 +465,7 @@ static int rm_tree(rm_ctx_t *c, const char *top)
 }
 
 /* rm -rf path (see fsutil.h). */
-int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors)
+int cw_rmtree(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors)
 {
     if (stopped(stop))
         return -EINTR;
@@ -503,11 +503,6 @@ int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_
     return rc;
 }
 
-/* rm -rf path with the default depth limit. */
-int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors)
-{
-    return cw_rmtree_limited(path, CW_FS_MAX_DEPTH, stop, errors);
-}
 
 /* ------------------------------------------------------------------------ */
 /* rm's safety rules                                                        */
@@ -1289,7 +1284,7 @@ static size_t str_hash(const char *s)
 }
 
 /* Python's glob.glob(pattern, recursive=True), without repeats (see fsutil.h). */
-int cw_glob_limited(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
+int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
                     cw_buf_t *errors)
 {
     if (stopped(stop))
@@ -1335,11 +1330,6 @@ int cw_glob_limited(const char *pattern, size_t max_depth, atomic_bool *stop, cw
     return rc;
 }
 
-/* glob with the default depth limit and no message. */
-int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out)
-{
-    return cw_glob_limited(pattern, CW_FS_MAX_DEPTH, stop, out, NULL);
-}
 
 /* ------------------------------------------------------------------------ */
 /* cp -R -P -p -v                                                           */
@@ -2045,7 +2035,7 @@ static void cp_walk(cp_ctx_t *c)
 }
 
 /* cp -R -P -p -v from to (see fsutil.h). */
-int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
+int cw_copytree(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
                         cw_buf_t *log, cw_buf_t *errors)
 {
     cp_ctx_t c = {
@@ -2088,12 +2078,6 @@ int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atom
     return rc;
 }
 
-/* cp -R -P -p -v with the default depth limit. */
-int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
-                cw_buf_t *errors)
-{
-    return cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors);
-}
 
 /* ------------------------------------------------------------------------ */
 /* The tree walker                                                          */

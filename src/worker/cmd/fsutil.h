@@ -53,10 +53,8 @@ int cw_mkdirs(const char *path, mode_t mode);
  * in errors ("cannot remove 'p': Permission denied\n", p elided past 1024
  * bytes).  Returns 0, or the first failure: -errno, -EINTR when stopped,
  * CW_ETOOBIG, -ESTALE.  Call cw_rm_refusal() first for rm's safety rules. */
-int cw_rmtree_limited(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors);
+int cw_rmtree(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors);
 
-/* cw_rmtree_limited(path, CW_FS_MAX_DEPTH, stop, errors). */
-int cw_rmtree(const char *path, atomic_bool *stop, cw_buf_t *errors);
 
 /* rm -rf's safety rules, checked before anything is touched: returns 0
  * when path may be removed, else a negative code and a line in why (may be
@@ -107,11 +105,9 @@ void cw_strlist_free(cw_strlist_t *l);
  * levels down, fails with CW_ETOOBIG and a line in errors (may be NULL)
  * naming the limit.  Stops early when *stop becomes true (-EINTR).
  * Returns 0, -EINTR, CW_ETOOBIG or -ENOMEM; on failure out is as it was. */
-int cw_glob_limited(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
+int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
                     cw_buf_t *errors);
 
-/* cw_glob_limited(pattern, CW_FS_MAX_DEPTH, stop, out, NULL). */
-int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
 
 /* cp -R -P -p from to, natively.  If `to` is an existing directory the copy
  * goes to to/basename(from), as cp does.  Symbolic links are copied as
@@ -137,12 +133,9 @@ int cw_glob(const char *pattern, atomic_bool *stop, cw_strlist_t *out);
  * copy 'dst'\n" in errors) rather than left looking complete; directories
  * already made get their modes and times.  Returns 0 when everything was
  * copied, else the first failure: -errno, -EINTR, CW_ETOOBIG, -ESTALE. */
-int cw_copytree_limited(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
+int cw_copytree(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
                         cw_buf_t *log, cw_buf_t *errors);
 
-/* cw_copytree_limited(from, to, CW_FS_MAX_DEPTH, stop, log, errors). */
-int cw_copytree(const char *from, const char *to, atomic_bool *stop, cw_buf_t *log,
-                cw_buf_t *errors);
 
 /* A walk over everything below a directory, for DirectoryUpload's tar
  * stream: pre-order (a directory, then what it holds), each directory's

@@ -63,6 +63,7 @@ typedef struct tar_producer {
     char *root;
     cw_compress_t compress;
     bool utf8_names; /* the locale is UTF-8: libarchive can convert names */
+    size_t max_depth; /* fs-max-depth */
 } tar_producer_t;
 #endif
 
@@ -454,6 +455,8 @@ static la_ssize_t tar_write_cb(struct archive *a, void *ud, const void *buf, siz
 }
 
 static void tar_fail(tar_producer_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tar_fail_path(tar_producer_t *t, const char *pre, const char *path, const char *post,
+                          const char *detail);
 
 /* Thread side: record why the stream failed (the first reason wins). */
 static void tar_fail(tar_producer_t *t, const char *fmt, ...)
@@ -465,6 +468,21 @@ static void tar_fail(tar_producer_t *t, const char *fmt, ...)
         va_end(ap);
         t->err = -1;
     }
+}
+
+/* tar_fail with "pre'PATH'post detail", the path elided (paths can be as long
+ * as the file system allows). */
+static void tar_fail_path(tar_producer_t *t, const char *pre, const char *path, const char *post,
+                          const char *detail)
+{
+    cw_buf_t m = CW_BUF_INIT;
+    cw_buf_append_str(&m, pre);
+    cw_buf_append_elided(&m, path, 256);
+    cw_buf_append_str(&m, post);
+    cw_buf_append_str(&m, detail);
+    cw_buf_append(&m, "", 1);
+    tar_fail(t, "%s", m.data ? (const char *)m.data : "out of memory");
+    cw_buf_free(&m);
 }
 
 /* Thread side: add one file system object (relative name rel). */
@@ -483,7 +501,7 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
     if (S_ISLNK(st->st_mode)) {
         ssize_t n = readlinkat(dirfd, name, target, sizeof target - 1);
         if (n < 0) {
-            tar_fail(t, "cannot read link '%s': %s", rel, strerror(errno));
+            tar_fail_path(t, "cannot read link '", rel, "': ", strerror(errno));
             return -1;
         }
         target[n] = '\0';
@@ -506,8 +524,9 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
             errno = EAGAIN;
         }
         if (fd < 0) {
-            tar_fail(t, "cannot open '%s' for the upload: %s", rel,
-                     errno == EAGAIN ? "it changed while it was being uploaded" : strerror(errno));
+            tar_fail_path(t, "cannot open '", rel, "' for the upload: ",
+                          errno == EAGAIN ? "it changed while it was being uploaded"
+                                          : strerror(errno));
             return -1;
         }
     }
@@ -528,8 +547,8 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
                 continue;
             if (n <= 0) {
                 /* the file shrank while we read it: the header promised more */
-                tar_fail(t, "'%s' changed while it was being uploaded%s", rel,
-                         n < 0 ? strerror(errno) : "");
+                tar_fail_path(t, "'", rel, "' changed while it was being uploaded",
+                              n < 0 ? strerror(errno) : "");
                 close(fd);
                 return -1;
             }
@@ -549,57 +568,34 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
     return atomic_load(&t->stop) ? -1 : 0;
 }
 
-/* Thread side: add everything below directory fd (prefix = its relative
- * name, "" for the root).  Depth-first, a directory before its content. */
-static int tar_walk(tar_producer_t *t, struct archive *ar, struct archive_entry *e, int fd,
-                    const char *prefix, int depth)
+/* Thread side: add everything below the root, depth first, a directory
+ * before its content, with a bounded number of open directories whatever
+ * the depth (cw_walk).  0, or -1 with the reason recorded. */
+static int tar_walk(tar_producer_t *t, struct archive *ar, struct archive_entry *e)
 {
-    if (depth > 256) {
-        tar_fail(t, "directory tree too deep at '%s'%s", prefix, "");
-        close(fd);
-        return -1;
+    cw_walk_t *w = NULL;
+    cw_buf_t why = CW_BUF_INIT;
+    cw_walk_entry_t we;
+    int rc = cw_walk_open(&w, t->root, t->max_depth, &t->stop, &why);
+    if (rc < 0) {
+        char ebuf[128];
+        tar_fail_path(t, "Cannot read directory '", t->root, "' for upload: ",
+                      cw_fs_strerror(rc, ebuf, sizeof ebuf));
     }
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        tar_fail(t, "cannot read directory '%s': %s", prefix, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    struct dirent *de;
-    int rc = 0;
-    cw_buf_t rel = CW_BUF_INIT;
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+    while (rc == 0 && (rc = cw_walk_next(w, &we)) == 1) {
+        if (S_ISSOCK(we.st.st_mode)) {
+            rc = 0; /* tar cannot hold sockets; Python's tarfile skips them too */
             continue;
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue; /* vanished */
-        if (S_ISSOCK(st.st_mode))
-            continue; /* tar cannot hold sockets; Python's tarfile skips them too */
-        cw_buf_reset(&rel);
-        if (prefix[0])
-            cw_buf_printf(&rel, "%s/%s", prefix, de->d_name);
-        else
-            cw_buf_append_str(&rel, de->d_name);
-        cw_buf_append(&rel, "", 1);
-        const char *r = (const char *)rel.data;
-        rc = tar_add(t, ar, e, dirfd(d), de->d_name, r, &st);
-        if (rc == 0 && S_ISDIR(st.st_mode)) {
-            int sub = openat(dirfd(d), de->d_name,
-                             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub < 0) {
-                tar_fail(t, "cannot read directory '%s': %s", r, strerror(errno));
-                rc = -1;
-            } else {
-                char *copy = strdup(r);
-                rc = copy ? tar_walk(t, ar, e, sub, copy, depth + 1) : -1;
-                free(copy);
-            }
         }
+        rc = tar_add(t, ar, e, we.dirfd, we.name, we.path, &we.st) < 0 ? -1 : 0;
     }
-    cw_buf_free(&rel);
-    closedir(d);
-    return rc;
+    if (rc < -1 && rc != -EINTR && why.len) {
+        /* the walker's line ends with '\n' */
+        tar_fail(t, "%.*s", (int)why.len - 1, (const char *)why.data);
+    }
+    cw_walk_close(w);
+    cw_buf_free(&why);
+    return rc < 0 ? -1 : 0;
 }
 
 /* The tar thread: build the whole stream, chunk by chunk. */
@@ -645,15 +641,8 @@ static void tar_thread(void *arg)
             rc = -1;
         }
     }
-    if (rc == 0) {
-        int fd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0) {
-            tar_fail(t, "Cannot read directory '%s' for upload: %s", t->root, strerror(errno));
-            rc = -1;
-        } else {
-            rc = tar_walk(t, ar, e, fd, "", 0);
-        }
-    }
+    if (rc == 0)
+        rc = tar_walk(t, ar, e);
     if (rc == 0 && archive_write_close(ar) != ARCHIVE_OK) {
         if (!atomic_load(&t->stop))
             tar_fail(t, "tar: %s%s", archive_error_string(ar), "");
@@ -740,6 +729,7 @@ static int upload_dir_start(xfer_t *x)
         return -ENOMEM;
     x->tar = t;
     t->blocksize = block_size(x);
+    t->max_depth = x->cmd->cs->env.fs_max_depth;
     t->compress = a->compress;
     t->root = strdup(a->path);
     atomic_init(&t->stop, false);
