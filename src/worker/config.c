@@ -1,7 +1,7 @@
 /* cworker configuration: flags, CWORKER_* variables, config file, validation,
  * printing and --help (buildbot.tac import: tac.c; create-worker:
  * create_worker.c). */
-#include "config.h"
+#include "options.h"
 #include "config_internal.h"
 #include "cworker/cw.h"
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "options.h"
 
 /* An option's long name ("master"). */
 const char *opt_name(cw_opt_id_t id);

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "options.h"
 #include "config_internal.h"
 #include "tac.h"
 

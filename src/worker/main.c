@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "options.h"
 #include "cw_config.h"
 #include "log.h"
 #include "notify.h"

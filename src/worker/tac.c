@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "options.h"
 #include "config_internal.h"
 
 /* The tac variables we read (what `buildbot-worker create-worker` writes). */

@@ -16,7 +16,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 #include "conn.h"
 #include "cworker/args.h"
 #include "cworker/output.h"

@@ -19,7 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "options.h"
 #include "notify.h"
 
 /* ------------------------------------------------------------------------ */

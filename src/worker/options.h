@@ -20,8 +20,8 @@
  * Every stage returns 0 or a negative code and then has written a message
  * naming the option and where its value came from into err.
  */
-#ifndef CW_WORKER_CONFIG_H
-#define CW_WORKER_CONFIG_H
+#ifndef CW_WORKER_OPTIONS_H
+#define CW_WORKER_OPTIONS_H
 
 #include <stdbool.h>
 #include <stddef.h>
