@@ -1,6 +1,7 @@
 /* From option values to the cw_config_t the daemon runs with: loading the
- * config file and the tac, validation of every value through the table, the rules that involve
- * several options, and the file-system checks of cw_config_finish. */
+ * config file and the tac, the container image's defaults, validation of
+ * every value through the table, the rules that involve several options,
+ * and the file-system checks of cw_config_finish. */
 #include "options.h"
 #include "optutil.h"
 #include "options_table.h"
@@ -112,8 +113,34 @@ void cw_config_free(cw_config_t *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+/* The container image's defaults (localhost, 9989, docker, /buildbot, pb)
+ * for what no source set, when one of its variables was set and no other
+ * source configures the master: then cworker runs as the image's worker. */
+static int apply_container(cw_opts_t *o, char *err, size_t errlen)
+{
+    if (!o->container_env || o->v[CW_OPT_MASTER].src > CW_SRC_CONTAINER)
+        return 0;
+    for (int id = 0; id < CW_OPT__COUNT; id++) {
+        const cw_optdef_t *d = &cw_optdefs[id];
+        if (d->image_def[0] == NULL || o->v[id].src != CW_SRC_DEFAULT)
+            continue;
+        char where[128], *val;
+        snprintf(where, sizeof where, "the container image's default (no %s)", d->image[0]);
+        if (id == CW_OPT_MASTER)
+            val = cw_opt_asprintf("%s:%s", d->image_def[0], d->image_def[1]);
+        else
+            val = strdup(d->image_def[0]);
+        int rc = val ? cw_opts_set(o, id, val, where, CW_SRC_CONTAINER, err, errlen)
+                     : cw_opt_oom(err, errlen);
+        free(val);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* A protocol from a source of lower precedence than the master's address
- * (a tac's, with --master) was about another port. */
+ * (a tac's or the container's, with --master) was about another port. */
 static void drop_foreign_protocol(cw_opts_t *o)
 {
     const cw_optval_t *p = &o->v[CW_OPT_PROTOCOL], *m = &o->v[CW_OPT_MASTER];
@@ -154,8 +181,10 @@ static int check_sources(const cw_opts_t *o, char *err, size_t errlen)
             continue;
         return cw_opt_fail(err, errlen,
                            "no %s: --%s %s is required (or %s, or %s = ... in the config "
-                           "file)",
-                           d->what, d->name, d->arg, d->env, d->name);
+                           "file%s%s)",
+                           d->what, d->name, d->arg, d->env, d->name,
+                           d->image[0] ? ", or in a container " : "",
+                           d->image[0] ? d->image[0] : "");
     }
     return 0;
 }
@@ -199,8 +228,9 @@ static int resolve_password(const cw_opts_t *o, cw_config_t *cfg, char *err, siz
         return convert(o, CW_OPT_PASSWORD, cfg, err, errlen);
     return cw_opt_fail(err, errlen,
                        "no password: use --password-file FILE, CWORKER_PASSWORD, or "
-                       "password-file / password = ... in a config file only its owner can "
-                       "read");
+                       "password-file / password = ... in a config file only its owner can read "
+                       "(in a container %s)",
+                       cw_optdefs[CW_OPT_PASSWORD].image[0]);
 }
 
 /* Options that only matter with another one: notes; client-cert and
@@ -304,8 +334,10 @@ static int convert_all(const cw_opts_t *o, cw_config_t *cfg, char *err, size_t e
 int cw_config_resolve(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
+    int rc = apply_container(o, err, errlen);
     drop_foreign_protocol(o);
-    int rc = apply_defaults(cfg, err, errlen);
+    if (rc == 0)
+        rc = apply_defaults(cfg, err, errlen);
     if (rc == 0)
         rc = check_sources(o, err, errlen);
     if (rc == 0)

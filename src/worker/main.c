@@ -120,8 +120,9 @@ static int start_thread_pool(uv_loop_t *loop)
 static int run_worker(cw_config_t *cfg, cw_opts_t *o)
 {
     /* the password must not reach build steps (logEnviron shows the
-     * environment in every build log) */
-    unsetenv("CWORKER_PASSWORD");
+     * environment in every build log): CWORKER_PASSWORD, WORKERPASS and
+     * what WORKER_ENVIRONMENT_BLACKLIST names, as the container image does */
+    cw_env_scrub();
     /* The stock worker runs in its basedir; relative paths in builds expect it. */
     if (chdir(cfg->basedir) < 0) {
         cw_error("cannot enter basedir '%s': %s", cfg->basedir, strerror(errno));

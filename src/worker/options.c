@@ -217,11 +217,12 @@ static int parse_protocol(const char *s, const char *need, const char **why)
     if (strcmp(s, "msgpack_experimental_v7") == 0 || strcmp(s, "msgpack") == 0)
         return 0;
     if (strcmp(s, "pb") == 0)
-        *why = "cworker does not speak PB yet (its support is coming); it speaks "
+        *why = "cworker does not speak PB yet (PB support is coming); it speaks "
                "msgpack_experimental_v7, so the master must listen for it too: add "
                "c['protocols'] = {'msgpack_experimental_v7': {'port': PORT}} to master.cfg (next "
-               "to 'pb', on a port of its own), then give that port with --master HOST:PORT "
-               "(flags override a tac)";
+               "to 'pb', on a port of its own) and give that port: --master HOST:PORT (flags "
+               "override a tac), or in a container BUILDMASTER_PORT=PORT with "
+               "BUILDMASTER_PROTOCOL=msgpack_experimental_v7";
     else
         *why = need;
     return -1;

@@ -1,12 +1,13 @@
 /* cworker's options: gathered from flags, CWORKER_* environment variables,
  * a config file (`--config FILE`), an existing buildbot-worker's
- * buildbot.tac (`--from-tac FILE`, read without running Python), then
- * validated into the cw_config_t the daemon runs with; plus `cworker create-worker`,
+ * buildbot.tac (`--from-tac FILE`, read without running Python) and the
+ * variables of the buildbot/buildbot-worker container image, then validated
+ * into the cw_config_t the daemon runs with; plus `cworker create-worker`,
  * `--check-config`, `--write-config`, `--help` and the option docs.
  *
  * Every option is one row of the table in options_table.c, which drives all
  * of these.  Precedence: flags > environment > config file > buildbot.tac >
- * defaults.
+ * container image variables > defaults.
  *
  * Plain C (no libuv), so the unit tests and the fuzzer link it alone.  The
  * files, bottom up (each calls only those above it in this list):
@@ -123,6 +124,7 @@ typedef enum cw_opt_id {
 /* Where a value came from, in increasing precedence. */
 typedef enum cw_src {
     CW_SRC_DEFAULT,
+    CW_SRC_CONTAINER, /* a variable of the buildbot/buildbot-worker image, or its default */
     CW_SRC_TAC,
     CW_SRC_FILE,
     CW_SRC_ENV,
@@ -131,7 +133,7 @@ typedef enum cw_src {
 
 typedef struct cw_optval {
     char *value; /* NULL: not set (or unreadable, see bad) */
-    char *where; /* "--master", "CWORKER_MASTER", "FILE:LINE", "TAC:LINE (var)" */
+    char *where; /* "--master", "CWORKER_MASTER", "FILE:LINE", "TAC:LINE (var)", "WORKERNAME" */
     char *bad;   /* set when the source had a value we cannot use: the reason */
     cw_src_t src;
 } cw_optval_t;
@@ -155,6 +157,7 @@ typedef struct cw_opts {
     const char *doc_format; /* --help-table: "man" or "markdown" (points into argv) */
     int create_argc;        /* create-worker: the words after the subcommand */
     char **create_argv;     /* (points into main's argv) */
+    bool container_env;     /* a variable of the container image was set */
     const char *proxy_from; /* how cw_config_resolve chose cfg->proxy (static text) */
     char *proxy_env;        /* the environment variable it came from, if any */
     char **notes;           /* things worth telling the user (ignored tac settings...) */
@@ -179,7 +182,8 @@ void cw_opts_note(cw_opts_t *o, char *note);
 /* Command line (argv[0] is skipped).  A first word "create-worker" selects
  * CW_ACTION_CREATE and leaves the rest in create_argc/argv. */
 int cw_opts_parse_argv(cw_opts_t *o, int argc, char **argv, char *err, size_t errlen);
-/* CWORKER_* variables of envp (NULL-terminated "K=V"); empty ones are unset. */
+/* CWORKER_* variables of envp (NULL-terminated "K=V"), and the container
+ * image's (BUILDMASTER, WORKERNAME...); empty ones are unset. */
 int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen);
 /* A config file's text; path names it in messages and anchors relative
  * paths; mode is its permission bits (a password key needs no group/other
@@ -192,6 +196,13 @@ int cw_opts_parse_tac(cw_opts_t *o, const char *text, size_t len, const char *pa
 /* Read the config file (--config / CWORKER_CONFIG) and then the tac
  * (--from-tac / CWORKER_FROM_TAC / from-tac key), if any. */
 int cw_opts_load_files(cw_opts_t *o, char *err, size_t errlen);
+
+/* Remove from the process environment what build steps must not see:
+ * CWORKER_PASSWORD, WORKERPASS, and every variable whose name matches one of
+ * the space-separated glob patterns of WORKER_ENVIRONMENT_BLACKLIST (as the
+ * container image's buildbot.tac does).  Call it before anything copies the
+ * environment. */
+void cw_env_scrub(void);
 
 /* Validate everything into cfg (zeroed first, defaults applied); envp is
  * used for the proxy variables.  On failure cfg is freed again. */

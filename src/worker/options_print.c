@@ -136,7 +136,7 @@ void cw_config_format(FILE *f, const cw_config_t *cfg, const cw_opts_t *o, bool 
     if (for_check) {
         fprintf(f,
                 "# cworker %s: effective configuration (flags > environment > config file "
-                "> buildbot.tac > defaults)\n",
+                "> buildbot.tac > container image > defaults)\n",
                 CW_VERSION_STRING);
         if (o->v[CW_OPT_CONFIG].value)
             fprintf(f, "# config file: %s (%s)\n", o->v[CW_OPT_CONFIG].value,
@@ -255,9 +255,21 @@ static void usage_entry(FILE *f, const char *head, const char *text)
     wrap(f, text, strlen(head) >= 28 ? 80 : 28, 28, 79);
 }
 
+/* The container image's variables, "A, B and C". */
+static void image_vars(char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int id = 0; id < CW_OPT__COUNT; id++)
+        for (int k = 0; k < 2 && cw_optdefs[id].image[k]; k++)
+            n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? ", " : "",
+                                  cw_optdefs[id].image[k]);
+}
+
 void cw_config_usage(FILE *f)
 {
-    char text[512], head[160];
+    char vars[256], text[512], head[160];
+    image_vars(vars, sizeof vars);
     fprintf(f, "Usage: cworker --master HOST:PORT --name NAME --basedir DIR [options]\n"
                "       cworker --config FILE [options]\n"
                "       cworker --from-tac BASEDIR/buildbot.tac [options]\n"
@@ -268,9 +280,16 @@ void cw_config_usage(FILE *f)
                "\n"
                "Every option is also an environment variable CWORKER_<NAME> (upper case,\n"
                "'-' -> '_') and a config-file key NAME (\"name = value\" lines, '#' comments).\n"
-               "Precedence: flags > environment > config file > buildbot.tac > defaults.\n"
-               "The password is never a flag: --password-file FILE, CWORKER_PASSWORD, or\n"
-               "password = ... in a config file only its owner can read.\n");
+               "Precedence: flags > environment > config file > buildbot.tac > container\n"
+               "image variables > defaults.  The password is never a flag: --password-file\n"
+               "FILE, CWORKER_PASSWORD, or password = ... in a config file only its owner\n"
+               "can read.\n");
+    snprintf(text, sizeof text,
+             "The variables of the buildbot/buildbot-worker container image count too: %s; "
+             "when one is set and no other source configures the master, the image's defaults "
+             "apply.",
+             vars);
+    wrap(f, text, 0, 0, 79);
     fprintf(f, "\nOptions (default in brackets):\n");
     for (int id = 0; id < CW_OPT__COUNT; id++) {
         const cw_optdef_t *d = &cw_optdefs[id];
@@ -408,6 +427,10 @@ static void sources_sentence(FILE *out, const cw_optdef_t *d)
     }
     if (d->cw)
         fprintf(out, "; create-worker's `--%s`", d->cw);
+    for (int k = 0; k < 2 && d->image[k]; k++)
+        fprintf(out, "%s `%s`%s%s%s", k ? "," : "; in a container", d->image[k],
+                d->image_def[k] ? " (default `" : "", d->image_def[k] ? d->image_def[k] : "",
+                d->image_def[k] ? "`)" : "");
     fprintf(out, ".");
 }
 
@@ -470,6 +493,8 @@ static void md_row(FILE *f, const cw_optdef_t *d)
     fputs("| ", f);
     md_cell(f, buf);
     fprintf(f, " | `%s`", d->env);
+    for (int k = 0; k < 2 && d->image[k]; k++)
+        fprintf(f, "%s`%s`", k ? ", " : "; container: ", d->image[k]);
     fprintf(f, d->flags & CW_OPTF_NOFILE ? " | — |" : " | `%s` |", d->name);
     for (int k = 0; k < 3 && d->tac[k]; k++)
         fprintf(f, "%s`%s`", k ? ", " : " ", d->tac[k]);

@@ -1,14 +1,18 @@
-/* The sources that are plain text: the command line, the CWORKER_*
- * environment and the config file, each read through the option table. */
+/* The sources that are plain text: the command line, the environment
+ * (CWORKER_* and the variables of the buildbot/buildbot-worker container
+ * image) and the config file, each read through the option table. */
 #include "options.h"
 #include "optutil.h"
 #include "options_table.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+extern char **environ;
 
 /* ------------------------------------------------------------------------ */
 /* Command line                                                             */
@@ -103,6 +107,47 @@ static const char *env_value(char *const *envp, const char *name)
     return NULL;
 }
 
+/* The master from BUILDMASTER and BUILDMASTER_PORT, either of them set, the
+ * other one's image default filling in. */
+static int image_master(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
+{
+    const cw_optdef_t *d = &cw_optdefs[CW_OPT_MASTER];
+    const char *host = env_value(envp, d->image[0]), *port = env_value(envp, d->image[1]);
+    if (host == NULL && port == NULL)
+        return 0;
+    char where[64];
+    snprintf(where, sizeof where, "%s%s%s", host ? d->image[0] : "", host && port ? ", " : "",
+             port ? d->image[1] : "");
+    host = host ? host : d->image_def[0];
+    port = port ? port : d->image_def[1];
+    char *m = strchr(host, ':') && host[0] != '[' ? cw_opt_asprintf("[%s]:%s", host, port)
+                                                  : cw_opt_asprintf("%s:%s", host, port);
+    if (m == NULL)
+        return cw_opt_oom(err, errlen);
+    int rc = cw_opts_set(o, CW_OPT_MASTER, m, where, CW_SRC_CONTAINER, err, errlen);
+    free(m);
+    return rc;
+}
+
+/* The container image's variables, at their precedence (below the tac);
+ * config.c decides whether they count. */
+static int parse_image_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
+{
+    for (int id = 0; id < CW_OPT__COUNT; id++) {
+        const cw_optdef_t *d = &cw_optdefs[id];
+        for (int k = 0; k < 2 && d->image[k]; k++)
+            if (env_value(envp, d->image[k]))
+                o->container_env = true;
+        if (d->image[0] == NULL || id == CW_OPT_MASTER)
+            continue;
+        const char *v = env_value(envp, d->image[0]);
+        int rc = v ? cw_opts_set(o, id, v, d->image[0], CW_SRC_CONTAINER, err, errlen) : 0;
+        if (rc < 0)
+            return rc;
+    }
+    return image_master(o, envp, err, errlen);
+}
+
 int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
 {
     for (int id = 0; id < CW_OPT__COUNT; id++) {
@@ -111,7 +156,53 @@ int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    return parse_image_env(o, envp, err, errlen);
+}
+
+/* Does name match one of the space-separated glob patterns?  Like Python's
+ * fnmatch on POSIX: case-sensitive, '*' crosses '/', no backslash escapes. */
+static bool blacklisted(const char *name, const char *patterns)
+{
+    char pat[256];
+    for (const char *p = patterns; *p;) {
+        p += strspn(p, " \t\n\r\f\v");
+        size_t l = strcspn(p, " \t\n\r\f\v");
+        if (l > 0 && l < sizeof pat) {
+            memcpy(pat, p, l);
+            pat[l] = '\0';
+            if (fnmatch(pat, name, FNM_NOESCAPE) == 0)
+                return true;
+        }
+        p += l;
+    }
+    return false;
+}
+
+void cw_env_scrub(void)
+{
+    const char *bl = getenv("WORKER_ENVIRONMENT_BLACKLIST");
+    char *patterns = bl ? strdup(bl) : NULL; /* unsetenv may free the original */
+    unsetenv("CWORKER_PASSWORD");
+    unsetenv("WORKERPASS");
+    if (patterns == NULL)
+        return;
+    for (bool again = true; again;) { /* unsetenv changes environ under our feet */
+        again = false;
+        for (char **e = environ; e && *e; e++) {
+            size_t n = strcspn(*e, "=");
+            char name[256];
+            if (n == 0 || n >= sizeof name)
+                continue;
+            memcpy(name, *e, n);
+            name[n] = '\0';
+            if (blacklisted(name, patterns)) {
+                unsetenv(name);
+                again = true;
+                break;
+            }
+        }
+    }
+    free(patterns);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -25,6 +25,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .def_doc = "required",
             .tac = {"buildmaster_host", "port", "connection_string"},
             .tac_kind = CW_TAC_MASTER,
+            .image = {"BUILDMASTER", "BUILDMASTER_PORT"},
+            .image_def = {"localhost", "9989"},
             .help = "the master's msgpack port: `HOST:PORT`, `[V6ADDR]:PORT`, "
                     "`ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`",
             .doc = "The master's msgpack port: `HOST:PORT` (port 9989 if omitted), "
@@ -43,6 +45,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .tac_kind = CW_TAC_PROTOCOL,
             .cw = "protocol",
             .cw_arg = CW_CWARG_STR,
+            .image = {"BUILDMASTER_PROTOCOL"},
+            .image_def = {"pb"},
             .help = "the protocol of the master's port: `msgpack_experimental_v7` (or "
                     "`msgpack`); `pb` is not supported yet",
             .doc = "The protocol the master speaks on that port: `msgpack_experimental_v7` "
@@ -64,6 +68,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .def_doc = "required",
             .tac = {"workername"},
             .tac_kind = CW_TAC_STR,
+            .image = {"WORKERNAME"},
+            .image_def = {"docker"},
             .help = "worker name, as in the master's `worker.Worker(NAME, ...)`",
             .doc = "The worker name, as in the master's `worker.Worker(NAME, ...)`; no `:` or "
                    "control characters.",
@@ -82,6 +88,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .def_doc = "required",
             .tac = {"basedir"},
             .tac_kind = CW_TAC_BASEDIR,
+            .image = {"BUILDBOT_BASEDIR"},
+            .image_def = {"/buildbot"},
             .help = "worker base directory (created if missing)",
             .doc = "The worker's base directory, where builds run; created (one level) if "
                    "missing.  cworker runs in it, as the stock worker does.",
@@ -111,12 +119,13 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .arg = "SECRET",
             .tac = {"passwd"},
             .tac_kind = CW_TAC_STR,
+            .image = {"WORKERPASS"},
             .help = "the password itself (environment, or a config file only its owner can "
                     "read; never a flag)",
             .doc = "The password itself.  Never a flag: every user can read command lines.  In "
                    "a config file only if neither group nor others can access the file.  "
-                   "`CWORKER_PASSWORD` is removed from the environment before any build step "
-                   "runs.",
+                   "`CWORKER_PASSWORD` and `WORKERPASS` are removed from the environment before "
+                   "any build step runs.",
         },
     [CW_OPT_USE_TLS] =
         {

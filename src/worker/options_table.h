@@ -1,7 +1,7 @@
 /* The option table: every option of cworker described once -- its flag and
  * config-file key, environment variable, type, range and default, where it
- * comes from in a buildbot.tac and in `create-worker`, and its help and
- * docs.
+ * comes from in a buildbot.tac, in `create-worker` and in the
+ * buildbot/buildbot-worker container image, and its help and docs.
  *
  * The flags, environment and config-file parsers (options_read.c), the tac
  * import and create-worker (tac.c, create_worker.c), validation (options.c,
@@ -101,8 +101,10 @@ typedef struct cw_optdef {
     const char *cw;       /* the stock create-worker option that maps to it (no dashes) */
     char cw_short;
     cw_cwarg_t cw_arg;
-    const char *help; /* one line for --help (markup: `literal`, *ARG*) */
-    const char *doc;  /* the docs' text, README table and man page (the same markup) */
+    const char *image[2];     /* the container image's variables */
+    const char *image_def[2]; /* and the image's values when they are unset */
+    const char *help;         /* one line for --help (markup: `literal`, *ARG*) */
+    const char *doc;          /* the docs' text, README table and man page (the same markup) */
 } cw_optdef_t;
 
 extern const cw_optdef_t cw_optdefs[CW_OPT__COUNT];
