@@ -471,8 +471,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .def_doc = "stderr",
             .help = "log to *FILE* instead of stderr; SIGHUP reopens it",
             .doc = "Append the log to *FILE* instead of standard error, rotated like the stock "
-                   "`twistd.log` (see LOG FILE); SIGHUP reopens it.  The stock worker's layout: "
-                   "`--log-file BASEDIR/twistd.log`.",
+                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it.  The stock "
+                   "worker's layout: `--log-file BASEDIR/twistd.log`.",
         },
     [CW_OPT_LOG_SIZE] =
         {
@@ -544,8 +544,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .arg = "FILE",
             .def_doc = "none",
             .help = "read options from *FILE* (`key = value` lines)",
-            .doc = "Read options from *FILE* (`key = value` lines, see CONFIGURATION); not a key "
-                   "in the file itself.",
+            .doc = "Read options from *FILE*, a config file of `key = value` lines; not a key in "
+                   "the file itself.",
         },
     [CW_OPT_FROM_TAC] =
         {
@@ -555,8 +555,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .arg = "FILE",
             .def_doc = "none",
             .help = "read the settings of a buildbot-worker's buildbot.tac",
-            .doc = "Read the settings of an existing buildbot-worker from its `buildbot.tac` "
-                   "(see SWITCHING FROM BUILDBOT-WORKER).",
+            .doc = "Read the settings of an existing buildbot-worker from its `buildbot.tac`, "
+                   "without running Python.",
         },
 };
 
