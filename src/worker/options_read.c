@@ -75,9 +75,10 @@ int cw_opts_parse_argv(cw_opts_t *o, int argc, char **argv, char *err, size_t er
     }
     cw_flagspec_t specs[CW_OPT__COUNT + CW_ACT__COUNT];
     for (int i = 0; i < CW_OPT__COUNT; i++) {
-        bool is_bool = cw_optdefs[i].type == CW_T_BOOL;
+        /* booleans: bare --NAME is true; the password: refused before its value */
+        bool opt = cw_optdefs[i].type == CW_T_BOOL || (cw_optdefs[i].flags & CW_OPTF_NOFLAG);
         specs[i] =
-            (cw_flagspec_t){cw_optdefs[i].name, 0, is_bool ? CW_ARG_OPTIONAL : CW_ARG_REQUIRED, i};
+            (cw_flagspec_t){cw_optdefs[i].name, 0, opt ? CW_ARG_OPTIONAL : CW_ARG_REQUIRED, i};
     }
     for (int k = 0; k < CW_ACT__COUNT; k++)
         specs[CW_OPT__COUNT + k] =
@@ -130,7 +131,7 @@ static int image_master(cw_opts_t *o, char *const *envp, char *err, size_t errle
 }
 
 /* The container image's variables, at their precedence (below the tac);
- * config.c decides whether they count. */
+ * config.c adds the image's defaults when they configure the master. */
 static int parse_image_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
 {
     for (int id = 0; id < CW_OPT__COUNT; id++) {
@@ -163,44 +164,41 @@ int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
  * fnmatch on POSIX: case-sensitive, '*' crosses '/', no backslash escapes. */
 static bool blacklisted(const char *name, const char *patterns)
 {
-    char pat[256];
     for (const char *p = patterns; *p;) {
         p += strspn(p, " \t\n\r\f\v");
         size_t l = strcspn(p, " \t\n\r\f\v");
-        if (l > 0 && l < sizeof pat) {
-            memcpy(pat, p, l);
-            pat[l] = '\0';
-            if (fnmatch(pat, name, FNM_NOESCAPE) == 0)
-                return true;
-        }
+        char *pat = l ? strndup(p, l) : NULL;
+        bool hit = pat && fnmatch(pat, name, FNM_NOESCAPE) == 0;
+        free(pat);
+        if (hit)
+            return true;
         p += l;
     }
     return false;
 }
 
+/* The first variable of the environment that the patterns name (heap), or NULL. */
+static char *next_blacklisted(const char *patterns)
+{
+    for (char **e = environ; e && *e; e++) {
+        char *name = strndup(*e, strcspn(*e, "="));
+        if (name && name[0] && blacklisted(name, patterns))
+            return name;
+        free(name);
+    }
+    return NULL;
+}
+
 void cw_env_scrub(void)
 {
     const char *bl = getenv("WORKER_ENVIRONMENT_BLACKLIST");
-    char *patterns = bl ? strdup(bl) : NULL; /* unsetenv may free the original */
+    char *patterns = bl ? strdup(bl) : NULL, *name; /* unsetenv may free bl */
     unsetenv("CWORKER_PASSWORD");
     unsetenv("WORKERPASS");
-    if (patterns == NULL)
-        return;
-    for (bool again = true; again;) { /* unsetenv changes environ under our feet */
-        again = false;
-        for (char **e = environ; e && *e; e++) {
-            size_t n = strcspn(*e, "=");
-            char name[256];
-            if (n == 0 || n >= sizeof name)
-                continue;
-            memcpy(name, *e, n);
-            name[n] = '\0';
-            if (blacklisted(name, patterns)) {
-                unsetenv(name);
-                again = true;
-                break;
-            }
-        }
+    /* one at a time: unsetenv changes environ under our feet */
+    while (patterns && (name = next_blacklisted(patterns)) != NULL) {
+        unsetenv(name);
+        free(name);
     }
     free(patterns);
 }
