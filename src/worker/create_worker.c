@@ -191,7 +191,7 @@ static size_t cw_specs(cw_flagspec_t *specs)
             specs[n++] = (cw_flagspec_t){
                 d->cw, d->cw_short, d->cw_arg == CW_CWARG_FLAG ? CW_ARG_NONE : CW_ARG_REQUIRED, id};
     }
-    for (size_t k = 0; k < cw_nforeign; k++)
+    for (size_t k = 0; k < CW_NFOREIGN; k++)
         specs[n++] =
             (cw_flagspec_t){cw_foreign[k].cw, cw_foreign[k].cw_short,
                             cw_foreign[k].cw_arg == CW_CWARG_FLAG ? CW_ARG_NONE : CW_ARG_REQUIRED,
@@ -237,7 +237,7 @@ int cw_create_worker_parse(cw_create_t *cr, cw_opts_t *o, int argc, char **argv,
                            size_t errlen)
 {
     memset(cr, 0, sizeof *cr);
-    cw_flagspec_t specs[CW_OPT__COUNT + 16 + CW_CWOPT__COUNT];
+    cw_flagspec_t specs[CW_OPT__COUNT + CW_NFOREIGN + CW_CWOPT__COUNT];
     cwparse_t p = {.cr = cr, .o = o};
     int rc = cw_opt_scan(specs, cw_specs(specs), true, argc, argv, cw_flag, &p,
                          "create-worker: ", err, errlen);

@@ -220,9 +220,9 @@ static int parse_protocol(const char *s, const char *need, const char **why)
         *why = "cworker does not speak PB yet (PB support is coming); it speaks "
                "msgpack_experimental_v7, so the master must listen for it too: add "
                "c['protocols'] = {'msgpack_experimental_v7': {'port': PORT}} to master.cfg (next "
-               "to 'pb', on a port of its own) and give that port: --master HOST:PORT (flags "
-               "override a tac), or in a container BUILDMASTER_PORT=PORT with "
-               "BUILDMASTER_PROTOCOL=msgpack_experimental_v7";
+               "to 'pb', on a port of its own) and give cworker that port (--master HOST:PORT, "
+               "which overrides a tac; create-worker's MASTER; in a container BUILDMASTER_PORT "
+               "with BUILDMASTER_PROTOCOL=msgpack_experimental_v7)";
     else
         *why = need;
     return -1;

@@ -363,7 +363,7 @@ void cw_create_worker_usage(FILE *f)
         snprintf(text, sizeof text, "%s: %s", d->name, help);
         usage_entry(f, head, text);
     }
-    for (size_t k = 0; k < cw_nforeign; k++) {
+    for (size_t k = 0; k < CW_NFOREIGN; k++) {
         const cw_foreign_t *fo = &cw_foreign[k];
         flag_head(head, sizeof head, fo->cw_short, fo->cw, cw_metavar(fo->cw_arg));
         snprintf(text, sizeof text, "accepted and ignored: %s", fo->why);

@@ -560,7 +560,7 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
         },
 };
 
-const cw_foreign_t cw_foreign[] = {
+const cw_foreign_t cw_foreign[CW_NFOREIGN] = {
     {"keepalive", 600, "keepalive", 'k', CW_CWARG_INT, NULL,
      "cworker's liveness settings are ping-interval and dead-timeout"},
     {"maxdelay", 300, "maxdelay", 0, CW_CWARG_INT, NULL,
@@ -570,7 +570,6 @@ const cw_foreign_t cw_foreign[] = {
     {NULL, 0, "no-logrotate", 'n', CW_CWARG_FLAG, NULL,
      "cworker logs to stderr unless log-file is set, and rotates only that"},
 };
-const size_t cw_nforeign = sizeof cw_foreign / sizeof cw_foreign[0];
 
 const cw_actiondef_t cw_actions[CW_ACT__COUNT] = {
     [CW_ACT_CHECK_CONFIG] = {"check-config", 0, NULL,

@@ -56,7 +56,7 @@ typedef enum cw_tac_kind {
     CW_TAC_STR,      /* a string */
     CW_TAC_BASEDIR,  /* a directory; '.' and os.path...(__file__) are the tac's */
     CW_TAC_UMASK,    /* an int 0-0o777 (the Python 2 form 022 read as octal); None: unset */
-    CW_TAC_INT,      /* an int from the option's min; None: .tac_none */
+    CW_TAC_INT,      /* an int (the option checks its range); None: .tac_none */
     CW_TAC_BOOL,     /* Python's truth of an int, a bool or None */
     CW_TAC_PROXY,    /* a tcp: endpoint of an HTTP CONNECT proxy; None: unset */
     CW_TAC_PROTOCOL, /* a string; no protocol line at all: the stock default 'pb' */
@@ -122,8 +122,8 @@ typedef struct cw_foreign {
     const char *why;      /* why cworker ignores it */
 } cw_foreign_t;
 
-extern const cw_foreign_t cw_foreign[];
-extern const size_t cw_nforeign;
+#define CW_NFOREIGN 4
+extern const cw_foreign_t cw_foreign[CW_NFOREIGN];
 
 /* The command line's actions (flags that are not options). */
 typedef enum cw_act {

@@ -409,13 +409,13 @@ int cw_tac_import(cw_opts_t *o, cw_opt_id_t id, const cw_pyval_t *v, const char 
                                             "refuses it); read as octal %s",
                                             where, buf, buf));
         break;
-    case CW_TAC_INT:
-        *why = d->min ? "needs a number >= 1, or None" : "needs a number, or None";
+    case CW_TAC_INT: /* the range is the option's to check, with its own message */
+        *why = "needs a number, or None";
         if (v->kind == CW_PV_NONE && d->tac_none == NULL)
             return 0;
         if (v->kind == CW_PV_NONE)
             val = d->tac_none;
-        else if (v->kind != CW_PV_INT || v->i < (long long)d->min || v->i > INT_MAX)
+        else if (v->kind != CW_PV_INT)
             return 1;
         else
             snprintf(buf, sizeof buf, "%lld", v->i);
@@ -446,7 +446,7 @@ int cw_tac_import(cw_opts_t *o, cw_opt_id_t id, const cw_pyval_t *v, const char 
 /* Reading a tac                                                            */
 /* ------------------------------------------------------------------------ */
 
-#define MAX_VARS (CW_OPT__COUNT * 3 + 8)
+#define MAX_VARS (CW_OPT__COUNT * 3 + CW_NFOREIGN)
 
 /* A variable of the tac that an option (or an ignored setting) reads. */
 typedef struct tacvar {
@@ -475,7 +475,7 @@ static void tac_init(tac_t *t)
         for (int k = 0; k < 3 && cw_optdefs[id].tac[k]; k++)
             t->vars[t->nvars++] =
                 (tacvar_t){.name = cw_optdefs[id].tac[k], .opt = id, .foreign = -1};
-    for (size_t f = 0; f < cw_nforeign; f++)
+    for (size_t f = 0; f < CW_NFOREIGN; f++)
         if (cw_foreign[f].tac)
             t->vars[t->nvars++] =
                 (tacvar_t){.name = cw_foreign[f].tac, .opt = -1, .foreign = (int)f};
@@ -554,11 +554,13 @@ static int tac_master(tac_t *t, bool *tls_decided, char *err, size_t errlen)
         bool ok = p->v.kind == CW_PV_INT
                       ? (p->v.i >= 1 && p->v.i <= 65535)
                       : (cw_opt_parse_u64(p->v.s, &pn) == 0 && pn >= 1 && pn <= 65535);
-        ok = ok && cw_opt_split_hostport(h->v.s, strlen(h->v.s), &host, &port, NULL) == 0;
+        if (!ok) /* (before the host: a bare IPv6 address must not hide a bad port) */
+            return tac_bad(t, CW_OPT_MASTER, p, "needs a port from 1 to 65535", err, errlen);
+        ok = cw_opt_split_hostport(h->v.s, strlen(h->v.s), &host, &port, NULL) == 0;
         if (!ok && strchr(h->v.s, ':') && cw_opt_valid_host(h->v.s, true))
             ok = (host = strdup(h->v.s)) != NULL; /* IPv6 written without brackets */
         if (!ok)
-            return tac_bad(t, CW_OPT_MASTER, h, "needs a host name and a port", err, errlen);
+            return tac_bad(t, CW_OPT_MASTER, h, "needs a host name", err, errlen);
         m = cw_opt_join_hostport(host, (long long)pn);
         rc = m ? cw_opts_set(t->o, CW_OPT_MASTER, m, tac_where(t, h), CW_SRC_TAC, err, errlen)
                : cw_opt_oom(err, errlen);

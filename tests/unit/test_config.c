@@ -734,6 +734,37 @@ static void test_tac_protocol_and_modes(void **state)
                "numcpus", NULL);
 }
 
+/* The master of a tac: the message names the variable that is wrong. */
+static void test_tac_master_errors(void **state)
+{
+    static const struct {
+        const char *host, *port, *frag;
+    } bad[] = {
+        {"'h'", "'x'", "buildbot.tac:2 (port): port = 'x'"},
+        {"'::1'", "'x'", "buildbot.tac:2 (port): port = 'x'"}, /* a bare IPv6 host */
+        {"'h'", "70000", "buildbot.tac:2 (port)"},
+        {"'h o'", "1", "buildbot.tac:1 (buildmaster_host): buildmaster_host = 'h o'"},
+        {"None", "1", "buildbot.tac:1 (buildmaster_host)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char tac[512];
+        snprintf(tac, sizeof tac,
+                 "buildmaster_host = %s\nport = %s\nworkername = 'w'\npasswd = 'p'\n"
+                 "basedir = '/b'\nprotocol = 'msgpack_experimental_v7'\n",
+                 bad[i].host, bad[i].port);
+        load_fails(&(setup_t){.tac = tac}, bad[i].frag, "give master with a flag", NULL);
+    }
+    cw_opts_t o;
+    cw_config_t cfg;
+    load_ok(&(setup_t){.tac = "buildmaster_host = '::1'\nport = '9989'\nworkername = 'w'\n"
+                              "passwd = 'p'\nbasedir = '/b'\n"
+                              "protocol = 'msgpack_experimental_v7'\n"},
+            &o, &cfg);
+    assert_string_equal(cfg.master_host, "::1");
+    assert_int_equal(cfg.master_port, 9989);
+    done(&o, &cfg);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Printing, writing, finishing                                             */
 /* ------------------------------------------------------------------------ */
@@ -1322,6 +1353,7 @@ int main(void)
         cmocka_unit_test(test_tac_stock),
         cmocka_unit_test(test_tac_strings),
         cmocka_unit_test(test_tac_protocol_and_modes),
+        cmocka_unit_test(test_tac_master_errors),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_finish_and_write),
         cmocka_unit_test(test_create_worker),

@@ -194,7 +194,7 @@ static void test_rows_complete(void **state)
             if (d->image_def[k] && d->image[k] == NULL)
                 fail_msg("%s: an image default without its variable", d->name);
     }
-    for (size_t k = 0; k < cw_nforeign; k++)
+    for (size_t k = 0; k < CW_NFOREIGN; k++)
         if (cw_foreign[k].cw == NULL || cw_foreign[k].why == NULL ||
             (cw_foreign[k].cw_arg == CW_CWARG_STR && cw_foreign[k].cw_words == NULL))
             fail_msg("ignored setting %zu is incomplete", k);
@@ -244,7 +244,7 @@ static void test_unique(void **state)
     }
     for (int k = 0; k < CW_ACT__COUNT; k++)
         unique(names, &nn, cw_actions[k].name, "flag");
-    for (size_t k = 0; k < cw_nforeign; k++) {
+    for (size_t k = 0; k < CW_NFOREIGN; k++) {
         if (cw_foreign[k].tac)
             unique(tacs, &nt, cw_foreign[k].tac, "buildbot.tac variable");
         unique(cws, &nc, cw_foreign[k].cw, "create-worker option");
@@ -369,7 +369,7 @@ static void test_docs_mention_everything(void **state)
     }
     /* create-worker's own options and the stock settings cworker ignores:
      * the man page's create-worker section and README name them */
-    for (int k = 0; k < CW_CWOPT__COUNT + (int)cw_nforeign; k++) {
+    for (int k = 0; k < CW_CWOPT__COUNT + (int)CW_NFOREIGN; k++) {
         const char *name =
             k < CW_CWOPT__COUNT ? cw_cwopts[k].name : cw_foreign[k - CW_CWOPT__COUNT].cw;
         char shrt =
@@ -383,7 +383,7 @@ static void test_docs_mention_everything(void **state)
         if (k >= CW_CWOPT__COUNT && strstr(readme, flag) == NULL)
             fail_msg("README.md lacks create-worker's --%s", name);
     }
-    for (size_t k = 0; k < cw_nforeign; k++) {
+    for (size_t k = 0; k < CW_NFOREIGN; k++) {
         if (cw_foreign[k].tac == NULL)
             continue;
         snprintf(flag, sizeof flag, "`%s`", cw_foreign[k].tac);
