@@ -268,12 +268,10 @@ static int resolve_dependents(cw_opts_t *o, cw_config_t *cfg, char *err, size_t 
 static const char *env_get(char *const *envp, const char *const *names, const char **which)
 {
     for (; *names; names++) {
-        size_t n = strlen(*names);
-        for (char *const *e = envp; e && *e; e++) {
-            if (strncmp(*e, *names, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0') {
-                *which = *names;
-                return *e + n + 1;
-            }
+        const char *v = cw_opt_getenv(envp, *names);
+        if (v) {
+            *which = *names;
+            return v;
         }
     }
     return NULL;

@@ -98,22 +98,12 @@ int cw_opts_parse_argv(cw_opts_t *o, int argc, char **argv, char *err, size_t er
 /* Environment                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* The value of the non-empty variable name in envp, or NULL. */
-static const char *env_value(char *const *envp, const char *name)
-{
-    size_t n = strlen(name);
-    for (char *const *e = envp; e && *e; e++)
-        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0')
-            return *e + n + 1;
-    return NULL;
-}
-
 /* The master from BUILDMASTER and BUILDMASTER_PORT, either of them set, the
  * other one's image default filling in. */
 static int image_master(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
 {
     const cw_optdef_t *d = &cw_optdefs[CW_OPT_MASTER];
-    const char *host = env_value(envp, d->image[0]), *port = env_value(envp, d->image[1]);
+    const char *host = cw_opt_getenv(envp, d->image[0]), *port = cw_opt_getenv(envp, d->image[1]);
     if (host == NULL && port == NULL)
         return 0;
     char where[64];
@@ -137,11 +127,11 @@ static int parse_image_env(cw_opts_t *o, char *const *envp, char *err, size_t er
     for (int id = 0; id < CW_OPT__COUNT; id++) {
         const cw_optdef_t *d = &cw_optdefs[id];
         for (int k = 0; k < 2 && d->image[k]; k++)
-            if (env_value(envp, d->image[k]))
+            if (cw_opt_getenv(envp, d->image[k]))
                 o->container_env = true;
         if (d->image[0] == NULL || id == CW_OPT_MASTER)
             continue;
-        const char *v = env_value(envp, d->image[0]);
+        const char *v = cw_opt_getenv(envp, d->image[0]);
         int rc = v ? cw_opts_set(o, id, v, d->image[0], CW_SRC_CONTAINER, err, errlen) : 0;
         if (rc < 0)
             return rc;
@@ -152,7 +142,7 @@ static int parse_image_env(cw_opts_t *o, char *const *envp, char *err, size_t er
 int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen)
 {
     for (int id = 0; id < CW_OPT__COUNT; id++) {
-        const char *v = env_value(envp, cw_optdefs[id].env);
+        const char *v = cw_opt_getenv(envp, cw_optdefs[id].env);
         int rc = v ? cw_opts_set(o, id, v, cw_optdefs[id].env, CW_SRC_ENV, err, errlen) : 0;
         if (rc < 0)
             return rc;

@@ -60,6 +60,15 @@ bool cw_opt_is_none(const char *s)
     return s[0] == '\0' || strcasecmp(s, "none") == 0 || strcasecmp(s, "off") == 0;
 }
 
+const char *cw_opt_getenv(char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (char *const *e = envp; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0')
+            return *e + n + 1;
+    return NULL;
+}
+
 int cw_opt_parse_u64(const char *s, uint64_t *out)
 {
     if (*s == '\0')

@@ -25,6 +25,10 @@ void cw_opt_show(char *out, size_t cap, const char *v);
 /* "none", "off" (any case) or the empty string. */
 bool cw_opt_is_none(const char *s);
 
+/* The value of the variable name in envp (NULL-terminated "K=V"), or NULL
+ * when it is absent or empty. */
+const char *cw_opt_getenv(char *const *envp, const char *name);
+
 /* Decimal digits only, into an unsigned 64-bit value; 0 or -1. */
 int cw_opt_parse_u64(const char *s, uint64_t *out);
 /* A host name, IPv4 address or (bracket-less) IPv6 address (v6: ':' and '%'
