@@ -255,7 +255,7 @@ static void usage_entry(FILE *f, const char *head, const char *text)
     wrap(f, text, strlen(head) >= 28 ? 80 : 28, 28, 79);
 }
 
-/* The container image's variables, "A, B and C". */
+/* The container image's variables, "A, B, C". */
 static void image_vars(char *buf, size_t cap)
 {
     size_t n = 0;
