@@ -14,7 +14,7 @@
  *   optutil.c        messages, numbers, host names, paths, the argv scanner
  *   proxy.c          proxy URLs, no_proxy, HOST:PORT (declared here)
  *   options_table.c  the table (options_table.h)
- *   options.c        the value store and each type's parser and printer
+ *   optval.c         the value store and each type's parser and printer
  *   options_read.c   flags, environment, config file
  *   tac.c            buildbot.tac (tac.h: the import shared with create-worker)
  *   config.c         loading the files, validation, file-system checks

@@ -4,7 +4,7 @@
  * buildbot/buildbot-worker container image, and its help and docs.
  *
  * The flags, environment and config-file parsers (options_read.c), the tac
- * import and create-worker (tac.c, create_worker.c), validation (options.c,
+ * import and create-worker (tac.c, create_worker.c), validation (optval.c,
  * config.c), --check-config, --write-config, --help and the docs
  * (options_print.c) all read it: adding an option is one row in
  * options_table.c and its use.  tests/unit/test_options.c checks the rows and
@@ -18,7 +18,7 @@
 
 #include "options.h"
 
-/* How a value is read, checked and printed (options.c). */
+/* How a value is read, checked and printed (optval.c). */
 typedef enum cw_opt_type {
     CW_T_MASTER,   /* HOST[:PORT], [V6][:PORT], ws[s]://HOST[:PORT]/PATH: master_*, use_tls */
     CW_T_PROTOCOL, /* msgpack_experimental_v7 (or msgpack); pb has a message of its own */
@@ -168,7 +168,7 @@ extern const cw_cwoptdef_t cw_cwopts[CW_CWOPT__COUNT];
 /* The option called name (len bytes; '_' may stand for '-'), or -1. */
 int cw_opt_find(const char *name, size_t len);
 
-/* Values of the table's types (options.c). */
+/* Values of the table's types (optval.c). */
 
 /* Parse text as option id into its field of cfg.  0; -1 when the value is
  * not one the option accepts, with *why saying what it needs; -ENOMEM. */
