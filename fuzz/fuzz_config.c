@@ -1,6 +1,8 @@
-/* Fuzz target: the worker's configuration parsers (config.c) -- config file,
- * command line, environment, buildbot.tac, create-worker's command line --
- * and validation.  No file is read or written.
+/* Fuzz target: the worker's option parsers (src/worker/options*.c, tac.c,
+ * create_worker.c, config.c) -- config file, command line, environment
+ * (CWORKER_* and the container image's variables), buildbot.tac,
+ * create-worker's command line -- and validation.  No file is read or
+ * written.
  *
  * Input: the first byte picks the parser, the rest (after one optional
  * '\n') is its input, so corpus files stay readable:
@@ -16,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "options.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "options.h"
 #include "cw_config.h"
 #include "log.h"
 #include "notify.h"
@@ -23,35 +23,6 @@ static int config_error(const char *msg)
     return 2;
 }
 
-static void create_worker_usage(FILE *f)
-{
-    fprintf(f,
-            "Usage: cworker create-worker [options] BASEDIR MASTER NAME PASSWORD\n"
-            "\n"
-            "Like `buildbot-worker create-worker`: creates BASEDIR, info/admin, info/host and\n"
-            "BASEDIR/cworker.conf (mode 0600: master, name, password, basedir and the options\n"
-            "below); run the worker with `cworker --config BASEDIR/cworker.conf`.\n"
-            "MASTER is HOST[:PORT] (port 9989), [V6ADDR]:PORT, or a ws:// or wss:// URL.\n"
-            "\n"
-            "  -f, --force                 replace an existing BASEDIR/cworker.conf\n"
-            "  --umask UMASK               e.g. 0o22 (Python literal, as the stock option); None\n"
-            "  --maxretries N              exit after N failed connection attempts (None: never)\n"
-            "  --delete-leftover-dirs      let the master delete unused builder directories\n"
-            "  --use-tls                   TLS to the master (wss://)\n"
-            "  --proxy-connection-string tcp:host=PROXY:port=PORT\n"
-            "                              tunnel through an HTTP CONNECT proxy\n"
-            "  --protocol msgpack_experimental_v7\n"
-            "                              the only protocol cworker speaks\n"
-            "  --admin TEXT, --host TEXT   contents of info/admin and info/host\n"
-            "  --numcpus N                 CPUs reported to the master (None: auto)\n"
-            "  -s, --log-size BYTES        log-size (rotation applies with log-file)\n"
-            "  -l, --log-count N           log-count (None: keep every rotated file)\n"
-            "  -r, --relocatable           basedir = . (the directory of cworker.conf)\n"
-            "  -q, --quiet                 no progress messages\n"
-            "  Accepted and ignored (with a note): -k/--keepalive, --maxdelay,\n"
-            "  -a/--allow-shutdown, -n/--no-logrotate.\n");
-}
-
 /* `cworker create-worker ...`: 0, or 2 for bad usage / failure to create. */
 static int create_worker(cw_opts_t *o)
 {
@@ -62,7 +33,7 @@ static int create_worker(cw_opts_t *o)
         return 2;
     }
     if (o->action == CW_ACTION_HELP) {
-        create_worker_usage(stdout);
+        cw_create_worker_usage(stdout);
         cw_create_free(&cr);
         return 0;
     }
@@ -149,8 +120,9 @@ static int start_thread_pool(uv_loop_t *loop)
 static int run_worker(cw_config_t *cfg, cw_opts_t *o)
 {
     /* the password must not reach build steps (logEnviron shows the
-     * environment in every build log) */
-    unsetenv("CWORKER_PASSWORD");
+     * environment in every build log): CWORKER_PASSWORD, WORKERPASS and
+     * what WORKER_ENVIRONMENT_BLACKLIST names, as the container image does */
+    cw_env_scrub();
     /* The stock worker runs in its basedir; relative paths in builds expect it. */
     if (chdir(cfg->basedir) < 0) {
         cw_error("cannot enter basedir '%s': %s", cfg->basedir, strerror(errno));
@@ -238,6 +210,13 @@ int main(int argc, char **argv)
         goto out;
     case CW_ACTION_CREATE:
         rc = create_worker(&o);
+        goto out;
+    case CW_ACTION_DOC:
+        if (cw_opts_doc(stdout, o.doc_format) < 0) {
+            rc = config_error("--help-table takes man or markdown");
+            goto out;
+        }
+        rc = fflush(stdout) == 0 ? 0 : 1;
         goto out;
     default:
         break;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "options.h"
 #include "cworker/http.h"
 #include "log.h"
 #include "cmd/proc.h"

@@ -1,80 +1,22 @@
 /* buildbot.tac import: the variables `buildbot-worker create-worker` writes,
- * read with a small parser of Python literals (cworker never runs Python),
- * mapped to options of precedence CW_SRC_TAC.  See README "Switching from
- * buildbot-worker". */
+ * read with a small parser of Python literals (cworker never runs Python)
+ * and given to the options whose table rows name them, at precedence
+ * CW_SRC_TAC.  See README "Switching from buildbot-worker". */
 #include "tac.h"
+#include "optutil.h"
+#include "options_table.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "config_internal.h"
-
-/* The tac variables we read (what `buildbot-worker create-worker` writes). */
-enum {
-    TV_HOST,
-    TV_PORT,
-    TV_NAME,
-    TV_PASSWD,
-    TV_BASEDIR,
-    TV_KEEPALIVE,
-    TV_UMASK,
-    TV_MAXDELAY,
-    TV_NUMCPUS,
-    TV_ALLOW_SHUTDOWN,
-    TV_MAXRETRIES,
-    TV_DELETE_LEFTOVER,
-    TV_USE_TLS,
-    TV_PROTOCOL,
-    TV_CONNSTR,
-    TV_PROXYSTR,
-    TV_ROTATE_LENGTH,
-    TV_MAX_ROTATED,
-    TV__COUNT
-};
-
-static const char *const tac_names[TV__COUNT] = {
-    "buildmaster_host",
-    "port",
-    "workername",
-    "passwd",
-    "basedir",
-    "keepalive",
-    "umask",
-    "maxdelay",
-    "numcpus",
-    "allow_shutdown",
-    "maxretries",
-    "delete_leftover_dirs",
-    "use_tls",
-    "protocol",
-    "connection_string",
-    "proxy_connection_string",
-    "rotateLength",
-    "maxRotatedFiles",
-};
-
-typedef enum pv_kind {
-    PV_UNSET,
-    PV_NONE,
-    PV_STR,
-    PV_INT,
-    PV_BOOL,
-    PV_FILEDIR, /* os.path.abspath(os.path.dirname(__file__)) */
-    PV_OTHER,   /* an expression we do not evaluate */
-} pv_kind_t;
-
-typedef struct pyval {
-    pv_kind_t kind;
-    char *s;
-    long long i;
-    bool legacy_octal; /* Python 2 "022" */
-    int line;
-} pyval_t;
+/* ------------------------------------------------------------------------ */
+/* Python literals                                                          */
+/* ------------------------------------------------------------------------ */
 
 /* Append one code point as UTF-8. */
 static size_t put_utf8(char *out, unsigned long cp)
@@ -212,9 +154,7 @@ static int py_string(const char **ps, const char *end, char *out, size_t *n, con
     return 0;
 }
 
-/* Parse a Python int literal (decimal, 0o, 0x, 0b, underscores, and the
- * Python 2 leading-zero octal).  Advances *ps; 0 or -1. */
-int py_int(const char **ps, const char *end, long long *out, bool *legacy)
+int cw_py_int(const char **ps, const char *end, long long *out, bool *legacy)
 {
     const char *s = *ps;
     int base = 10;
@@ -253,9 +193,9 @@ int py_int(const char **ps, const char *end, long long *out, bool *legacy)
 }
 
 /* Evaluate the right-hand side of a simple assignment (up to end). */
-static void py_value(const char *s, const char *end, pyval_t *pv, const char **why)
+static void py_value(const char *s, const char *end, cw_pyval_t *pv, const char **why)
 {
-    pv->kind = PV_OTHER;
+    pv->kind = CW_PV_OTHER;
     while (s < end && (*s == ' ' || *s == '\t'))
         s++;
     const char *t = s;
@@ -291,22 +231,22 @@ static void py_value(const char *s, const char *end, pyval_t *pv, const char **w
             *why = "NUL character in a string";
             return;
         }
-        pv->kind = PV_STR;
+        pv->kind = CW_PV_STR;
         pv->s = buf;
     } else if (wl == 4 && strncmp(s, "None", 4) == 0) {
-        pv->kind = PV_NONE;
+        pv->kind = CW_PV_NONE;
         s = t;
     } else if ((wl == 4 && strncmp(s, "True", 4) == 0) ||
                (wl == 5 && strncmp(s, "False", 5) == 0)) {
-        pv->kind = PV_BOOL;
+        pv->kind = CW_PV_BOOL;
         pv->i = wl == 4;
         s = t;
     } else if (s < end && isdigit((unsigned char)*s)) {
-        if (py_int(&s, end, &pv->i, &pv->legacy_octal) < 0) {
+        if (cw_py_int(&s, end, &pv->i, &pv->legacy_octal) < 0) {
             *why = "not a number Python would accept";
             return;
         }
-        pv->kind = PV_INT;
+        pv->kind = CW_PV_INT;
     } else {
         /* the relocatable forms: os.path.abspath(os.path.dirname(__file__)) */
         char compact[128];
@@ -319,7 +259,7 @@ static void py_value(const char *s, const char *end, pyval_t *pv, const char **w
         if (strcmp(compact, "os.path.abspath(os.path.dirname(__file__))") == 0 ||
             strcmp(compact, "os.path.dirname(os.path.abspath(__file__))") == 0 ||
             strcmp(compact, "os.path.dirname(os.path.realpath(__file__))") == 0) {
-            pv->kind = PV_FILEDIR;
+            pv->kind = CW_PV_FILEDIR;
             return;
         }
         *why = "an expression, and cworker reads only literals (it does not run Python)";
@@ -330,14 +270,14 @@ static void py_value(const char *s, const char *end, pyval_t *pv, const char **w
     if (s < end && *s != '#' && *s != ';') {
         free(pv->s);
         pv->s = NULL;
-        pv->kind = PV_OTHER;
+        pv->kind = CW_PV_OTHER;
         *why = "an expression, and cworker reads only literals (it does not run Python)";
     }
 }
 
 /* Parse a Twisted client endpoint string ("tcp:host=H:port=P",
  * "tcp:H:P", "tls:..."); *tls for "tls:".  0 or -1. */
-int twisted_endpoint(const char *s, char **host, int *port, bool *tls)
+static int twisted_endpoint(const char *s, char **host, int *port, bool *tls)
 {
     char *words[8];
     int nw = 0;
@@ -381,8 +321,8 @@ int twisted_endpoint(const char *s, char **host, int *port, bool *tls)
             p = words[k];
     }
     uint64_t pv;
-    if (h == NULL || p == NULL || parse_u64(p, &pv) < 0 || pv < 1 || pv > 65535 ||
-        !valid_host(h, strchr(h, ':') != NULL))
+    if (h == NULL || p == NULL || cw_opt_parse_u64(p, &pv) < 0 || pv < 1 || pv > 65535 ||
+        !cw_opt_valid_host(h, strchr(h, ':') != NULL))
         goto bad;
     *host = strdup(h);
     *port = (int)pv;
@@ -393,331 +333,339 @@ bad:
     return -1;
 }
 
-/* "host:port", bracketing IPv6 addresses. */
-char *join_hostport(const char *host, long long port)
+/* ------------------------------------------------------------------------ */
+/* From values to options (shared with create-worker)                       */
+/* ------------------------------------------------------------------------ */
+
+/* Python's truth of an int or bool literal (None is false). */
+static bool py_truthy(const cw_pyval_t *v)
 {
-    return strchr(host, ':') ? xasprintf("[%s]:%lld", host, port)
-                             : xasprintf("%s:%lld", host, port);
+    return (v->kind == CW_PV_INT || v->kind == CW_PV_BOOL) && v->i != 0;
 }
 
-/* Python truthiness of an int/bool literal, for use_tls and friends. */
-static bool py_truthy(const pyval_t *v)
+/* "http://HOST:PORT" from a Twisted tcp: endpoint, or NULL. */
+static char *proxy_url(const char *endpoint)
 {
-    return (v->kind == PV_INT || v->kind == PV_BOOL) ? v->i != 0
-           : v->kind == PV_STR                       ? v->s[0] != '\0'
-                                                     : false;
+    char *host = NULL, *hp = NULL, *url = NULL;
+    int port;
+    bool tls;
+    if (twisted_endpoint(endpoint, &host, &port, &tls) == 0 && !tls &&
+        (hp = cw_opt_join_hostport(host, port)) != NULL)
+        url = cw_opt_asprintf("http://%s", hp);
+    free(host);
+    free(hp);
+    return url;
 }
 
-/* Map the tac's variables to options (layer CW_SRC_TAC). */
-static int tac_apply(cw_opts_t *o, pyval_t *tv, const char *path, char **whys, char *err,
-                     size_t errlen)
+/* The directory a basedir value names: '.' and os.path...(__file__) are the
+ * tac's own directory, a relative one is relative to it.  NULL: none. */
+static char *tac_basedir(const cw_pyval_t *v, const char *tac, int *oom)
 {
-    char where[PATH_MAX + 64];
-    int rc = 0;
-#define WHERE(t)                                                                                   \
-    (snprintf(where, sizeof where, "%s:%d (%s)", path, tv[t].line, tac_names[t]), where)
-#define UNREADABLE(id, t)                                                                          \
-    do {                                                                                           \
-        char why_[320];                                                                            \
-        snprintf(why_, sizeof why_,                                                                \
-                 "%s = %s; give %s with a flag, a CWORKER_ variable or a config file instead",     \
-                 tac_names[t], whys[t] ? whys[t] : "a value cworker cannot use",                   \
-                 id == CW_OPT_PASSWORD ? "the password (password-file)" : opt_name(id));           \
-        rc = set_bad(o, id, WHERE(t), CW_SRC_TAC, why_, err, errlen);                              \
-    } while (0)
-
-    /* master: buildmaster_host + port, or a connection_string */
-    pyval_t *h = &tv[TV_HOST], *p = &tv[TV_PORT], *cs = &tv[TV_CONNSTR];
-    if (cs->kind == PV_STR) {
-        char *host = NULL;
-        int port = 0;
-        bool tls = false;
-        if (twisted_endpoint(cs->s, &host, &port, &tls) < 0) {
-            UNREADABLE(CW_OPT_MASTER, TV_CONNSTR);
-        } else {
-            char *m = join_hostport(host, port);
-            rc = m ? set_val(o, CW_OPT_MASTER, m, WHERE(TV_CONNSTR), CW_SRC_TAC, err, errlen)
-                   : oom(err, errlen);
-            if (rc == 0 && tls)
-                rc = set_val(o, CW_OPT_USE_TLS, "true", where, CW_SRC_TAC, err, errlen);
-            free(m);
-        }
-        free(host);
-    } else if (h->kind == PV_STR && (p->kind == PV_INT || p->kind == PV_STR)) {
-        uint64_t port = 0;
-        char *host = NULL;
-        int dummy = 0;
-        bool ok = p->kind == PV_INT ? (p->i >= 1 && p->i <= 65535)
-                                    : (parse_u64(p->s, &port) == 0 && port >= 1 && port <= 65535);
-        if (p->kind == PV_INT)
-            port = (uint64_t)p->i;
-        ok = ok && split_hostport(h->s, strlen(h->s), &host, &dummy, NULL) == 0;
-        if (!ok && strchr(h->s, ':') && valid_host(h->s, true))
-            ok = (host = strdup(h->s)) != NULL; /* IPv6 written without brackets */
-        if (!ok) {
-            free(host);
-            UNREADABLE(CW_OPT_MASTER, TV_HOST);
-        } else {
-            char *m = join_hostport(host, (long long)port);
-            free(host);
-            rc = m ? set_val(o, CW_OPT_MASTER, m, WHERE(TV_HOST), CW_SRC_TAC, err, errlen)
-                   : oom(err, errlen);
-            free(m);
-        }
-    } else if (h->kind != PV_UNSET || p->kind != PV_UNSET) {
-        UNREADABLE(CW_OPT_MASTER, h->kind == PV_STR || h->kind == PV_UNSET ? TV_PORT : TV_HOST);
-    }
-    if (rc < 0)
-        return rc;
-
-    if (tv[TV_NAME].kind == PV_STR)
-        rc = set_val(o, CW_OPT_NAME, tv[TV_NAME].s, WHERE(TV_NAME), CW_SRC_TAC, err, errlen);
-    else if (tv[TV_NAME].kind != PV_UNSET)
-        UNREADABLE(CW_OPT_NAME, TV_NAME);
-    if (rc < 0)
-        return rc;
-
-    if (tv[TV_PASSWD].kind == PV_STR)
-        rc =
-            set_val(o, CW_OPT_PASSWORD, tv[TV_PASSWD].s, WHERE(TV_PASSWD), CW_SRC_TAC, err, errlen);
-    else if (tv[TV_PASSWD].kind != PV_UNSET)
-        UNREADABLE(CW_OPT_PASSWORD, TV_PASSWD);
-    if (rc < 0)
-        return rc;
-
-    pyval_t *b = &tv[TV_BASEDIR];
-    if (b->kind == PV_FILEDIR || (b->kind == PV_STR && strcmp(b->s, ".") == 0)) {
-        /* relocatable: the directory holding the tac */
-        const char *slash = strrchr(path, '/');
-        char *dir = slash == NULL   ? strdup(".")
-                    : slash == path ? strdup("/")
-                                    : strndup(path, (size_t)(slash - path));
-        rc = dir ? set_val(o, CW_OPT_BASEDIR, dir, WHERE(TV_BASEDIR), CW_SRC_TAC, err, errlen)
-                 : oom(err, errlen);
-        free(dir);
-    } else if (b->kind == PV_STR && b->s[0]) {
-        char *d = path_relative_to(path, b->s);
-        rc = d ? set_val(o, CW_OPT_BASEDIR, d, WHERE(TV_BASEDIR), CW_SRC_TAC, err, errlen)
-               : oom(err, errlen);
-        free(d);
-    } else if (b->kind != PV_UNSET) {
-        UNREADABLE(CW_OPT_BASEDIR, TV_BASEDIR);
-    }
-    if (rc < 0)
-        return rc;
-
-    pyval_t *u = &tv[TV_UMASK];
-    if (u->kind == PV_INT && u->i >= 0 && u->i <= 0777) {
-        char m[16];
-        snprintf(m, sizeof m, "%03llo", (unsigned long long)u->i);
-        rc = set_val(o, CW_OPT_UMASK, m, WHERE(TV_UMASK), CW_SRC_TAC, err, errlen);
-        if (rc == 0 && u->legacy_octal)
-            add_note(o, xasprintf("%s: umask %s is a Python 2 octal literal (Python 3 refuses "
-                                  "it); read as octal %s",
-                                  where, m, m));
-    } else if (u->kind != PV_NONE && u->kind != PV_UNSET) {
-        UNREADABLE(CW_OPT_UMASK, TV_UMASK);
-    }
-    if (rc < 0)
-        return rc;
-
-    pyval_t *mr = &tv[TV_MAXRETRIES];
-    if (mr->kind == PV_INT && mr->i <= INT_MAX) {
-        char m[24];
-        snprintf(m, sizeof m, "%lld", mr->i);
-        rc = set_val(o, CW_OPT_MAX_RETRIES, m, WHERE(TV_MAXRETRIES), CW_SRC_TAC, err, errlen);
-    } else if (mr->kind != PV_NONE && mr->kind != PV_UNSET) {
-        UNREADABLE(CW_OPT_MAX_RETRIES, TV_MAXRETRIES);
-    }
-    if (rc < 0)
-        return rc;
-
-    /* numbers where None means the default: numcpus (None = auto), the
-     * twistd.log rotation (maxRotatedFiles None = keep all) */
-    static const struct {
-        int tv, id;
-        const char *none; /* the option's value for None, or NULL: leave unset */
-        long long min;
-    } nums[] = {
-        {TV_NUMCPUS, CW_OPT_NUMCPUS, NULL, 0}, /* 0 = auto, as in the stock worker */
-        {TV_ROTATE_LENGTH, CW_OPT_LOG_SIZE, NULL, 0},
-        {TV_MAX_ROTATED, CW_OPT_LOG_COUNT, "none", 1},
-    };
-    for (size_t k = 0; k < sizeof nums / sizeof nums[0] && rc == 0; k++) {
-        pyval_t *v = &tv[nums[k].tv];
-        if (v->kind == PV_INT && v->i >= nums[k].min && v->i <= INT_MAX) {
-            char m[24];
-            snprintf(m, sizeof m, "%lld", v->i);
-            rc = set_val(o, nums[k].id, m, WHERE(nums[k].tv), CW_SRC_TAC, err, errlen);
-        } else if (v->kind == PV_NONE && nums[k].none) {
-            rc = set_val(o, nums[k].id, nums[k].none, WHERE(nums[k].tv), CW_SRC_TAC, err, errlen);
-        } else if (v->kind != PV_NONE && v->kind != PV_UNSET) {
-            UNREADABLE(nums[k].id, nums[k].tv);
-        }
-    }
-    if (rc < 0)
-        return rc;
-
-    static const struct {
-        int tv, id;
-    } bools[] = {{TV_DELETE_LEFTOVER, CW_OPT_DELETE_LEFTOVER_DIRS}, {TV_USE_TLS, CW_OPT_USE_TLS}};
-    for (size_t k = 0; k < 2 && rc == 0; k++) {
-        pyval_t *v = &tv[bools[k].tv];
-        if (bools[k].tv == TV_USE_TLS && cs->kind == PV_STR)
-            continue; /* the connection string's tls: or tcp: decides */
-        if (v->kind == PV_INT || v->kind == PV_BOOL || v->kind == PV_NONE)
-            rc = set_val(o, bools[k].id, py_truthy(v) ? "true" : "false", WHERE(bools[k].tv),
-                         CW_SRC_TAC, err, errlen);
-        else if (v->kind != PV_UNSET)
-            UNREADABLE(bools[k].id, bools[k].tv);
-    }
-    if (rc < 0)
-        return rc;
-
-    pyval_t *px = &tv[TV_PROXYSTR];
-    if (px->kind == PV_STR) {
-        char *host = NULL;
-        int port = 0;
-        bool tls = false;
-        if (twisted_endpoint(px->s, &host, &port, &tls) < 0 || tls) {
-            char why[300];
-            snprintf(why, sizeof why,
-                     "proxy_connection_string '%.100s' is not a plain tcp: endpoint of an "
-                     "HTTP CONNECT proxy; set --proxy http://HOST:PORT another way",
-                     px->s);
-            rc = set_bad(o, CW_OPT_PROXY, WHERE(TV_PROXYSTR), CW_SRC_TAC, why, err, errlen);
-        } else {
-            char *hp = join_hostport(host, port);
-            char *url = hp ? xasprintf("http://%s", hp) : NULL;
-            rc = url ? set_val(o, CW_OPT_PROXY, url, WHERE(TV_PROXYSTR), CW_SRC_TAC, err, errlen)
-                     : oom(err, errlen);
-            free(hp);
-            free(url);
-        }
-        free(host);
-    } else if (px->kind != PV_NONE && px->kind != PV_UNSET) {
-        UNREADABLE(CW_OPT_PROXY, TV_PROXYSTR);
-    }
-    if (rc < 0)
-        return rc;
-
-    /* protocol: checked by cw_config_resolve if the master address is the tac's */
-    pyval_t *pr = &tv[TV_PROTOCOL];
-    free(o->tac_protocol);
-    free(o->tac_protocol_where);
-    if (pr->kind == PV_STR) {
-        o->tac_protocol = strdup(pr->s);
-        o->tac_protocol_where = strdup(WHERE(TV_PROTOCOL));
+    char *dir = NULL;
+    if (v->kind == CW_PV_FILEDIR || (v->kind == CW_PV_STR && strcmp(v->s, ".") == 0)) {
+        const char *slash = tac ? strrchr(tac, '/') : NULL;
+        dir = slash == NULL  ? strdup(".")
+              : slash == tac ? strdup("/")
+                             : strndup(tac, (size_t)(slash - tac));
+    } else if (v->kind == CW_PV_STR && v->s[0]) {
+        dir = tac ? cw_opt_relative_to(tac, v->s) : strdup(v->s);
     } else {
-        o->tac_protocol = strdup(pr->kind == PV_UNSET ? "pb" : "(not a string)");
-        o->tac_protocol_where =
-            pr->kind == PV_UNSET ? xasprintf("%s (no protocol line: the stock default 'pb')", path)
-                                 : strdup(WHERE(TV_PROTOCOL));
+        return NULL;
     }
-    if (o->tac_protocol == NULL || o->tac_protocol_where == NULL)
-        return oom(err, errlen);
+    *oom = dir == NULL;
+    return dir;
+}
 
-    /* settings the msgpack protocol ignores in the stock worker too */
-    static const struct {
-        int tv;
-        long long def;
-        const char *why;
-    } ignored[] = {
-        {TV_KEEPALIVE, 600, "cworker's liveness settings are ping-interval and dead-timeout"},
-        {TV_MAXDELAY, 300, "the stock worker ignores it too; cworker's cap is backoff-max"},
-        {TV_ALLOW_SHUTDOWN, -1, "worker-initiated shutdown does not exist over msgpack"},
-    };
-    for (size_t k = 0; k < sizeof ignored / sizeof ignored[0]; k++) {
-        pyval_t *v = &tv[ignored[k].tv];
-        if (v->kind == PV_UNSET || v->kind == PV_NONE ||
-            (v->kind == PV_INT && v->i == ignored[k].def))
-            continue;
-        add_note(o, xasprintf("%s: ignored (%s)", WHERE(ignored[k].tv), ignored[k].why));
+int cw_tac_import(cw_opts_t *o, cw_opt_id_t id, const cw_pyval_t *v, const char *where,
+                  cw_src_t src, const char *tac, const char **why, char *err, size_t errlen)
+{
+    const cw_optdef_t *d = &cw_optdefs[id];
+    char buf[32];
+    const char *val = buf;
+    char *heap = NULL;
+    int oom = 0;
+    switch (d->tac_kind) {
+    case CW_TAC_STR:
+    case CW_TAC_PROTOCOL:
+        *why = "needs a string";
+        if (v->kind != CW_PV_STR)
+            return 1;
+        val = v->s;
+        break;
+    case CW_TAC_BASEDIR:
+        *why = "needs a directory name";
+        if ((val = heap = tac_basedir(v, tac, &oom)) == NULL)
+            return oom ? cw_opt_oom(err, errlen) : 1;
+        break;
+    case CW_TAC_UMASK:
+        *why = "needs a number from 0 to 0o777, or None";
+        if (v->kind == CW_PV_NONE)
+            return 0;
+        if (v->kind != CW_PV_INT || v->i < 0 || v->i > 0777)
+            return 1;
+        snprintf(buf, sizeof buf, "%03llo", (unsigned long long)v->i);
+        if (v->legacy_octal)
+            cw_opts_note(o, cw_opt_asprintf("%s: umask %s is a Python 2 octal literal (Python 3 "
+                                            "refuses it); read as octal %s",
+                                            where, buf, buf));
+        break;
+    case CW_TAC_INT: /* the range is the option's to check, with its own message */
+        *why = "needs a number, or None";
+        if (v->kind == CW_PV_NONE && d->tac_none == NULL)
+            return 0;
+        if (v->kind == CW_PV_NONE)
+            val = d->tac_none;
+        else if (v->kind != CW_PV_INT)
+            return 1;
+        else
+            snprintf(buf, sizeof buf, "%lld", v->i);
+        break;
+    case CW_TAC_BOOL:
+        *why = "needs True, False, None or a number";
+        if (v->kind != CW_PV_INT && v->kind != CW_PV_BOOL && v->kind != CW_PV_NONE)
+            return 1;
+        val = py_truthy(v) ? "true" : "false";
+        break;
+    case CW_TAC_PROXY:
+        *why = "needs the tcp: endpoint of an HTTP CONNECT proxy, like tcp:host=PROXY:port=3128";
+        if (v->kind == CW_PV_NONE)
+            return 0;
+        if (v->kind != CW_PV_STR || (val = heap = proxy_url(v->s)) == NULL)
+            return 1;
+        break;
+    default:
+        *why = "not read from a tac";
+        return 1;
     }
-    o->tac_loaded = true;
+    int rc = cw_opts_set(o, id, val, where, src, err, errlen);
+    free(heap);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading a tac                                                            */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_VARS (CW_OPT__COUNT * 3 + CW_NFOREIGN)
+
+/* A variable of the tac that an option (or an ignored setting) reads. */
+typedef struct tacvar {
+    const char *name;
+    int opt;     /* the option, or -1 */
+    int foreign; /* or the cw_foreign index, or -1 */
+    cw_pyval_t v;
+    int line;
+    char *shown;     /* the right-hand side as written, for messages */
+    const char *why; /* why an expression was not read */
+} tacvar_t;
+
+typedef struct tac {
+    cw_opts_t *o;
+    const char *path;
+    unsigned mode;
+    tacvar_t vars[MAX_VARS];
+    size_t nvars;
+    char where[PATH_MAX + 64];
+} tac_t;
+
+/* The variables the table knows, unset. */
+static void tac_init(tac_t *t)
+{
+    for (int id = 0; id < CW_OPT__COUNT; id++)
+        for (int k = 0; k < 3 && cw_optdefs[id].tac[k]; k++)
+            t->vars[t->nvars++] =
+                (tacvar_t){.name = cw_optdefs[id].tac[k], .opt = id, .foreign = -1};
+    for (size_t f = 0; f < CW_NFOREIGN; f++)
+        if (cw_foreign[f].tac)
+            t->vars[t->nvars++] =
+                (tacvar_t){.name = cw_foreign[f].tac, .opt = -1, .foreign = (int)f};
+}
+
+static void tac_free(tac_t *t)
+{
+    for (size_t i = 0; i < t->nvars; i++) {
+        if (t->vars[i].v.s) {
+            explicit_bzero(t->vars[i].v.s, strlen(t->vars[i].v.s));
+            free(t->vars[i].v.s);
+        }
+        free(t->vars[i].shown);
+    }
+}
+
+static tacvar_t *tac_var(tac_t *t, const char *name, size_t len)
+{
+    for (size_t i = 0; i < t->nvars; i++)
+        if (strlen(t->vars[i].name) == len && strncmp(t->vars[i].name, name, len) == 0)
+            return &t->vars[i];
+    return NULL;
+}
+
+/* "TAC:LINE (var)" in t->where. */
+static const char *tac_where(tac_t *t, const tacvar_t *var)
+{
+    snprintf(t->where, sizeof t->where, "%s:%d (%s)", t->path, var->line, var->name);
+    return t->where;
+}
+
+/* var has a value option id cannot take: an error unless a source of higher
+ * precedence sets the option. */
+static int tac_bad(tac_t *t, int id, const tacvar_t *var, const char *why, char *err, size_t errlen)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "%s = %s: %s; give %s with a flag, a CWORKER_ variable or a config file instead",
+             var->name, var->shown ? var->shown : "?",
+             var->v.kind == CW_PV_OTHER && var->why ? var->why : why,
+             id == CW_OPT_PASSWORD ? "the password (password-file)" : cw_optdefs[id].name);
+    return cw_opts_set_bad(t->o, id, tac_where(t, var), CW_SRC_TAC, msg, err, errlen);
+}
+
+/* Import var into option id; a value it cannot take is recorded as bad. */
+static int tac_import_var(tac_t *t, int id, const tacvar_t *var, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    int rc =
+        cw_tac_import(t->o, id, &var->v, tac_where(t, var), CW_SRC_TAC, t->path, &why, err, errlen);
+    return rc == 1 ? tac_bad(t, id, var, why, err, errlen) : rc;
+}
+
+/* The master: buildmaster_host + port, or a connection_string (whose tls:
+ * or tcp: then decides use-tls). */
+static int tac_master(tac_t *t, bool *tls_decided, char *err, size_t errlen)
+{
+    const cw_optdef_t *d = &cw_optdefs[CW_OPT_MASTER];
+    tacvar_t *h = tac_var(t, d->tac[0], strlen(d->tac[0]));
+    tacvar_t *p = tac_var(t, d->tac[1], strlen(d->tac[1]));
+    tacvar_t *cs = tac_var(t, d->tac[2], strlen(d->tac[2]));
+    char *host = NULL, *m = NULL;
+    int port = 0, rc = 0;
+    bool tls = false;
+    *tls_decided = cs->v.kind == CW_PV_STR;
+    if (cs->v.kind == CW_PV_STR) {
+        if (twisted_endpoint(cs->v.s, &host, &port, &tls) < 0)
+            return tac_bad(t, CW_OPT_MASTER, cs, "needs a tcp: or tls: endpoint", err, errlen);
+        m = cw_opt_join_hostport(host, port);
+        rc = m ? cw_opts_set(t->o, CW_OPT_MASTER, m, tac_where(t, cs), CW_SRC_TAC, err, errlen)
+               : cw_opt_oom(err, errlen);
+        if (rc == 0 && tls)
+            rc = cw_opts_set(t->o, CW_OPT_USE_TLS, "true", t->where, CW_SRC_TAC, err, errlen);
+    } else if (h->v.kind == CW_PV_STR && (p->v.kind == CW_PV_INT || p->v.kind == CW_PV_STR)) {
+        uint64_t pn = (uint64_t)p->v.i;
+        bool ok = p->v.kind == CW_PV_INT
+                      ? (p->v.i >= 1 && p->v.i <= 65535)
+                      : (cw_opt_parse_u64(p->v.s, &pn) == 0 && pn >= 1 && pn <= 65535);
+        if (!ok) /* (before the host: a bare IPv6 address must not hide a bad port) */
+            return tac_bad(t, CW_OPT_MASTER, p, "needs a port from 1 to 65535", err, errlen);
+        ok = cw_opt_split_hostport(h->v.s, strlen(h->v.s), &host, &port, NULL) == 0;
+        if (!ok && strchr(h->v.s, ':') && cw_opt_valid_host(h->v.s, true))
+            ok = (host = strdup(h->v.s)) != NULL; /* IPv6 written without brackets */
+        if (!ok)
+            return tac_bad(t, CW_OPT_MASTER, h, "needs a host name", err, errlen);
+        m = cw_opt_join_hostport(host, (long long)pn);
+        rc = m ? cw_opts_set(t->o, CW_OPT_MASTER, m, tac_where(t, h), CW_SRC_TAC, err, errlen)
+               : cw_opt_oom(err, errlen);
+    } else if (h->v.kind != CW_PV_UNSET || p->v.kind != CW_PV_UNSET) {
+        tacvar_t *culprit = h->v.kind == CW_PV_STR || h->v.kind == CW_PV_UNSET ? p : h;
+        rc = tac_bad(t, CW_OPT_MASTER, culprit, "needs a host name and a port", err, errlen);
+    }
+    free(host);
+    free(m);
+    return rc;
+}
+
+/* Every option the tac has a value for; notes for ignored settings. */
+static int tac_apply(tac_t *t, char *err, size_t errlen)
+{
+    bool tls_decided = false;
+    int rc = tac_master(t, &tls_decided, err, errlen);
+    for (size_t i = 0; i < t->nvars && rc == 0; i++) {
+        tacvar_t *var = &t->vars[i];
+        int id = var->opt;
+        if (id < 0 || id == CW_OPT_MASTER || (id == CW_OPT_USE_TLS && tls_decided))
+            continue;
+        if (var->v.kind != CW_PV_UNSET) {
+            rc = tac_import_var(t, id, var, err, errlen);
+        } else if (cw_optdefs[id].tac_kind == CW_TAC_PROTOCOL) {
+            snprintf(t->where, sizeof t->where, "%s (no protocol line: the stock default 'pb')",
+                     t->path);
+            rc = cw_opts_set(t->o, id, "pb", t->where, CW_SRC_TAC, err, errlen);
+        }
+    }
+    for (size_t i = 0; i < t->nvars && rc == 0; i++) {
+        const tacvar_t *var = &t->vars[i];
+        if (var->foreign < 0 || var->v.kind == CW_PV_UNSET || var->v.kind == CW_PV_NONE ||
+            (var->v.kind == CW_PV_INT && var->v.i == cw_foreign[var->foreign].tac_def))
+            continue;
+        cw_opts_note(t->o, cw_opt_asprintf("%s: ignored (%s)", tac_where(t, var),
+                                           cw_foreign[var->foreign].why));
+    }
+    return rc;
+}
+
+/* A top-level "name = value" line p..le of a variable we read, or nothing. */
+static int tac_line(tac_t *t, int line, const char *p, const char *le, char *err, size_t errlen)
+{
+    if (le > p && le[-1] == '\r')
+        le--;
+    /* only top-level lines; indented ones are inside blocks (the relocatable
+     * `if basedir == '.':` gives the same answer as basedir = '.') */
+    const char *n = p;
+    while (n < le && (isalnum((unsigned char)*n) || *n == '_'))
+        n++;
+    const char *eq = n;
+    while (eq < le && (*eq == ' ' || *eq == '\t'))
+        eq++;
+    if (n == p || isdigit((unsigned char)*p) || eq >= le || *eq != '=' ||
+        (eq + 1 < le && eq[1] == '='))
+        return 0;
+    tacvar_t *var = tac_var(t, p, (size_t)(n - p));
+    if (var == NULL)
+        return 0;
+    if (memchr(p, '\0', (size_t)(le - p)))
+        return cw_opt_fail(err, errlen, "%s:%d: NUL byte in the line", t->path, line);
+    free(var->v.s);
+    free(var->shown);
+    memset(&var->v, 0, sizeof var->v);
+    var->why = NULL;
+    var->line = line;
+    py_value(eq + 1, le, &var->v, &var->why);
+    const char *rs = eq + 1;
+    while (rs < le && (*rs == ' ' || *rs == '\t'))
+        rs++;
+    bool secret = var->opt >= 0 && cw_optdefs[var->opt].type == CW_T_SECRET;
+    char shown[120], *raw = strndup(rs, (size_t)(le - rs));
+    cw_opt_show(shown, sizeof shown, raw ? raw : "");
+    free(raw);
+    var->shown = strdup(secret ? "<hidden>" : shown);
+    if (secret && var->v.kind == CW_PV_STR && (t->mode & 077))
+        return cw_opt_fail(err, errlen,
+                           "%s:%d: %s in a file that group or others can access (mode %04o); "
+                           "refusing it: run chmod 600 '%s' (buildbot-worker create-worker "
+                           "makes it 0600), or give the password another way",
+                           t->path, line, var->name, t->mode & 07777, t->path);
     return 0;
-#undef WHERE
-#undef UNREADABLE
 }
 
 int cw_opts_parse_tac(cw_opts_t *o, const char *text, size_t len, const char *path, unsigned mode,
                       char *err, size_t errlen)
 {
-    pyval_t tv[TV__COUNT];
-    char *whys[TV__COUNT];
-    memset(tv, 0, sizeof tv);
-    memset(whys, 0, sizeof whys);
+    tac_t *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return cw_opt_oom(err, errlen);
+    t->o = o;
+    t->path = path;
+    t->mode = mode;
+    tac_init(t);
     int rc = 0;
     const char *p = text, *end = text + len;
-    for (int line = 1; p < end; line++) {
+    for (int line = 1; p < end && rc == 0; line++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        const char *next = nl ? nl + 1 : end;
-        if (le > p && le[-1] == '\r')
-            le--;
-        /* only top-level "name = value" lines; indented ones are inside
-         * blocks (the relocatable `if basedir == '.':` gives the same
-         * answer as basedir = '.') */
-        const char *t = p;
-        while (t < le && (isalnum((unsigned char)*t) || *t == '_'))
-            t++;
-        const char *eq = t;
-        while (eq < le && (*eq == ' ' || *eq == '\t'))
-            eq++;
-        if (t == p || isdigit((unsigned char)*p) || eq >= le || *eq != '=' ||
-            (eq + 1 < le && eq[1] == '=')) {
-            p = next;
-            continue;
-        }
-        int k = -1;
-        for (int i = 0; i < TV__COUNT; i++)
-            if (strlen(tac_names[i]) == (size_t)(t - p) &&
-                strncmp(tac_names[i], p, (size_t)(t - p)) == 0)
-                k = i;
-        if (k < 0) {
-            p = next;
-            continue;
-        }
-        if (memchr(p, '\0', (size_t)(le - p))) {
-            rc = fail(err, errlen, "%s:%d: NUL byte in the line", path, line);
-            goto out;
-        }
-        free(tv[k].s);
-        memset(&tv[k], 0, sizeof tv[k]);
-        const char *why = NULL;
-        py_value(eq + 1, le, &tv[k], &why);
-        tv[k].line = line;
-        free(whys[k]);
-        whys[k] = NULL;
-        if (tv[k].kind == PV_OTHER) {
-            char shown[96];
-            const char *rs = eq + 1;
-            while (rs < le && (*rs == ' ' || *rs == '\t'))
-                rs++;
-            char *raw = strndup(rs, (size_t)(le - rs));
-            show(shown, sizeof shown, raw ? raw : "");
-            free(raw);
-            whys[k] = xasprintf("%s: %s", k == TV_PASSWD ? "<hidden>" : shown,
-                                why ? why : "not understood");
-        }
-        if (k == TV_PASSWD && tv[k].kind == PV_STR && (mode & 077)) {
-            rc = fail(err, errlen,
-                      "%s:%d: passwd in a file that group or others can access (mode %04o); "
-                      "refusing it: run chmod 600 '%s' (buildbot-worker create-worker makes "
-                      "it 0600), or give the password another way",
-                      path, line, mode & 07777, path);
-            goto out;
-        }
-        p = next;
+        rc = tac_line(t, line, p, nl ? nl : end, err, errlen);
+        p = nl ? nl + 1 : end;
     }
-    rc = tac_apply(o, tv, path, whys, err, errlen);
-out:
-    for (int i = 0; i < TV__COUNT; i++) {
-        if (tv[i].s) {
-            explicit_bzero(tv[i].s, strlen(tv[i].s));
-            free(tv[i].s);
-        }
-        free(whys[i]);
-    }
+    if (rc == 0)
+        rc = tac_apply(t, err, errlen);
+    tac_free(t);
+    free(t);
     return rc;
 }

@@ -38,9 +38,9 @@
 #include <uv.h>
 
 #include "cmd/cmd.h"
-#include "config.h"
 #include "dispatch.h"
 #include "link.h"
+#include "options.h"
 #include "resolve.h"
 
 typedef enum cw_link_state {

@@ -373,6 +373,64 @@ def test_create_worker_like_the_stock_one(cworker_bin, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the variables of the buildbot/buildbot-worker container image
+
+IMAGE_ENV = {'BUILDMASTER': 'bm.example', 'BUILDMASTER_PORT': '9990', 'WORKERNAME': 'w7',
+             'WORKERPASS': 's3cret', 'BUILDMASTER_PROTOCOL': 'msgpack_experimental_v7'}
+
+
+def test_container_variables(cworker_bin, tmp_path, pwfile):
+    env = dict(IMAGE_ENV, BUILDBOT_BASEDIR=str(tmp_path / 'cb'))
+    r = run(cworker_bin, '--check-config', env=env)
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['master'] == ('ws://bm.example:9990/', 'BUILDMASTER, BUILDMASTER_PORT')
+    assert rep['name'] == ('w7', 'WORKERNAME')
+    assert rep['basedir'] == (str(tmp_path / 'cb'), 'BUILDBOT_BASEDIR')
+    assert rep['protocol'] == ('msgpack_experimental_v7', 'BUILDMASTER_PROTOCOL')
+    assert '# password: set, hidden (WORKERPASS)' in r.stdout
+    assert 's3cret' not in r.stdout + r.stderr
+    # explicit settings win, each of its own
+    r = run(cworker_bin, '--check-config', '--name', 'flag-name', '--password-file', pwfile,
+            env=dict(env, CWORKER_BASEDIR=str(tmp_path / 'envb')))
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['name'] == ('flag-name', '--name')
+    assert rep['basedir'] == (str(tmp_path / 'envb'), 'CWORKER_BASEDIR')
+    assert rep['password-file'][0] == pwfile
+    assert rep['master'][1] == 'BUILDMASTER, BUILDMASTER_PORT'
+    # the image's defaults: localhost, 9989, docker, /buildbot
+    r = run(cworker_bin, '--check-config',
+            env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'msgpack'})
+    assert r.returncode in (0, 2), r   # /buildbot may not be creatable here
+    if r.returncode == 2:
+        assert "basedir '/buildbot'" in r.stderr, r
+    else:
+        assert values(r.stdout)['basedir'] == '/buildbot'
+    r = run(cworker_bin, '--check-config', '--basedir', str(tmp_path / 'b'),
+            env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'msgpack'})
+    assert r.returncode == 0, r
+    got = values(r.stdout)
+    assert got['master'] == 'ws://localhost:9989/' and got['name'] == 'docker'
+    # with the master configured another way, the image's defaults are off and its
+    # protocol was about another port
+    r = run(cworker_bin, '--check-config', '--master', 'h:1', '--name', 'n',
+            env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'pb'})
+    assert r.returncode == 2 and 'no base directory' in r.stderr, r
+    r = run(cworker_bin, '--check-config', '--master', 'h:1', '--name', 'n', '--basedir',
+            str(tmp_path / 'b'), env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'pb'})
+    assert r.returncode == 0, r
+    assert "BUILDMASTER_PROTOCOL: protocol 'pb' does not matter" in r.stdout
+    # pb, the image's default protocol, is refused with advice
+    for extra in ({}, {'BUILDMASTER_PROTOCOL': 'pb'}):
+        r = run(cworker_bin, '--check-config',
+                env=dict({'BUILDMASTER': 'bm', 'WORKERPASS': 'x'}, **extra))
+        assert r.returncode == 2, r
+        assert "protocol 'pb'" in r.stderr and 'PB support is coming' in r.stderr, r
+        assert 'BUILDMASTER_PROTOCOL' in r.stderr, r
+
+
+# ------------------------------------------------------------------------------------------
 # start-up without a master: umask, JSON logs, sd_notify
 
 def _start(cworker_bin, args, env=None):
@@ -566,6 +624,32 @@ def test_password_from_environment_not_in_builds(master, tmp_path, cworker_bin):
         assert 'CWORKER_PASSWORD' not in env and 'pass2' not in out, out
     finally:
         w.stop()
+        master.wait_worker_disconnected('w2', timeout=30)
+
+
+def test_container_worker_hides_its_secrets_from_builds(master, tmp_path, cworker_bin):
+    """Started like the image's worker, from its variables only; build steps see neither
+    WORKERPASS nor what WORKER_ENVIRONMENT_BLACKLIST names (glob patterns)."""
+    base = tmp_path / 'container'
+    env = {'BUILDMASTER': '127.0.0.1', 'BUILDMASTER_PORT': str(master.msgpack_port),
+           'WORKERNAME': 'w2', 'WORKERPASS': 'pass2', 'BUILDMASTER_PROTOCOL': 'msgpack',
+           'BUILDBOT_BASEDIR': str(base),
+           'WORKER_ENVIRONMENT_BLACKLIST': 'DEPLOY_* API_TOKEN',
+           'DEPLOY_KEY': 'dk-secret', 'DEPLOY_USER': 'deployer', 'API_TOKEN': 'tok-secret',
+           'API_TOKEN_PUBLIC': 'pub', 'KEEP_ME': 'kept'}
+    w = ArgvCWorker(str(base), master, 'w2', 'pass2', [], binary=cworker_bin, env=env)
+    w.start(timeout=30)
+    try:
+        out, benv = _probe(master)
+        assert benv['pwd'].startswith(str(base)), out
+        for var in ('WORKERPASS', 'DEPLOY_KEY', 'DEPLOY_USER', 'API_TOKEN', 'CWORKER_PASSWORD'):
+            assert var not in benv, (var, out)
+        for secret in ('pass2', 'dk-secret', 'tok-secret'):
+            assert secret not in out, (secret, out)
+        assert benv['KEEP_ME'] == 'kept' and benv['API_TOKEN_PUBLIC'] == 'pub', out
+        assert benv['WORKERNAME'] == 'w2', out   # like the image, only the password goes
+    finally:
+        assert w.stop() == 0
         master.wait_worker_disconnected('w2', timeout=30)
 
 

@@ -19,7 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "options.h"
 #include "notify.h"
 
 /* ------------------------------------------------------------------------ */
@@ -734,6 +734,37 @@ static void test_tac_protocol_and_modes(void **state)
                "numcpus", NULL);
 }
 
+/* The master of a tac: the message names the variable that is wrong. */
+static void test_tac_master_errors(void **state)
+{
+    static const struct {
+        const char *host, *port, *frag;
+    } bad[] = {
+        {"'h'", "'x'", "buildbot.tac:2 (port): port = 'x'"},
+        {"'::1'", "'x'", "buildbot.tac:2 (port): port = 'x'"}, /* a bare IPv6 host */
+        {"'h'", "70000", "buildbot.tac:2 (port)"},
+        {"'h o'", "1", "buildbot.tac:1 (buildmaster_host): buildmaster_host = 'h o'"},
+        {"None", "1", "buildbot.tac:1 (buildmaster_host)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char tac[512];
+        snprintf(tac, sizeof tac,
+                 "buildmaster_host = %s\nport = %s\nworkername = 'w'\npasswd = 'p'\n"
+                 "basedir = '/b'\nprotocol = 'msgpack_experimental_v7'\n",
+                 bad[i].host, bad[i].port);
+        load_fails(&(setup_t){.tac = tac}, bad[i].frag, "give master with a flag", NULL);
+    }
+    cw_opts_t o;
+    cw_config_t cfg;
+    load_ok(&(setup_t){.tac = "buildmaster_host = '::1'\nport = '9989'\nworkername = 'w'\n"
+                              "passwd = 'p'\nbasedir = '/b'\n"
+                              "protocol = 'msgpack_experimental_v7'\n"},
+            &o, &cfg);
+    assert_string_equal(cfg.master_host, "::1");
+    assert_int_equal(cfg.master_port, 9989);
+    done(&o, &cfg);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Printing, writing, finishing                                             */
 /* ------------------------------------------------------------------------ */
@@ -1018,6 +1049,176 @@ static void test_hostport(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The buildbot/buildbot-worker container image's variables                 */
+/* ------------------------------------------------------------------------ */
+
+static void test_container(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    /* every variable the image's buildbot.tac reads */
+    const char *all[] = {"BUILDMASTER=bm.example",
+                         "BUILDMASTER_PORT=9990",
+                         "WORKERNAME=w7",
+                         "WORKERPASS=s3cret",
+                         "BUILDMASTER_PROTOCOL=msgpack_experimental_v7",
+                         "BUILDBOT_BASEDIR=/data/w7",
+                         NULL};
+    load_ok(&(setup_t){.env = all}, &o, &cfg);
+    assert_string_equal(cfg.master_host, "bm.example");
+    assert_int_equal(cfg.master_port, 9990);
+    assert_false(cfg.use_tls);
+    assert_string_equal(cfg.name, "w7");
+    assert_string_equal(cfg.password, "s3cret");
+    assert_string_equal(cfg.basedir, "/data/w7");
+    assert_string_equal(o.v[CW_OPT_MASTER].where, "BUILDMASTER, BUILDMASTER_PORT");
+    assert_string_equal(o.v[CW_OPT_NAME].where, "WORKERNAME");
+    assert_int_equal(o.v[CW_OPT_NAME].src, CW_SRC_CONTAINER);
+    /* --check-config says where each value came from; the password stays hidden */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cw_config_format(f, &cfg, &o, true);
+    fclose(f);
+    assert_non_null(strstr(text, "# BUILDMASTER, BUILDMASTER_PORT\n"));
+    assert_non_null(strstr(text, "# WORKERNAME\n"));
+    assert_non_null(strstr(text, "# BUILDBOT_BASEDIR\n"));
+    assert_non_null(strstr(text, "# password: set, hidden (WORKERPASS)"));
+    assert_null(strstr(text, "s3cret"));
+    free(text);
+    /* --write-config turns them into a file that reads back the same */
+    assert_roundtrip(&o, &cfg);
+    done(&o, &cfg);
+
+    /* the image's defaults: localhost:9989, docker, /buildbot; msgpack for
+     * msgpack_experimental_v7 */
+    const char *few[] = {"WORKERPASS=p", "BUILDMASTER_PROTOCOL=msgpack", NULL};
+    load_ok(&(setup_t){.env = few}, &o, &cfg);
+    assert_string_equal(cfg.master_host, "localhost");
+    assert_int_equal(cfg.master_port, 9989);
+    assert_string_equal(cfg.name, "docker");
+    assert_string_equal(cfg.basedir, "/buildbot");
+    assert_non_null(strstr(o.v[CW_OPT_NAME].where, "WORKERNAME"));
+    assert_non_null(strstr(o.v[CW_OPT_BASEDIR].where, "default"));
+    done(&o, &cfg);
+    /* BUILDMASTER alone keeps the image's port; an IPv6 address gets brackets */
+    const char *v6[] = {"BUILDMASTER=::1", "BUILDMASTER_PROTOCOL=msgpack", "WORKERPASS=p", NULL};
+    load_ok(&(setup_t){.env = v6}, &o, &cfg);
+    assert_string_equal(cfg.master_host, "::1");
+    assert_int_equal(cfg.master_port, 9989);
+    assert_string_equal(o.v[CW_OPT_MASTER].where, "BUILDMASTER");
+    done(&o, &cfg);
+
+    /* explicit settings win, each of its own: a flag, CWORKER_*, the config
+     * file, the tac */
+    const char *mixed[] = {"BUILDMASTER=bm.example",
+                           "BUILDMASTER_PORT=9990",
+                           "WORKERNAME=w7",
+                           "WORKERPASS=s3cret",
+                           "BUILDMASTER_PROTOCOL=msgpack_experimental_v7",
+                           "BUILDBOT_BASEDIR=/data/w7",
+                           "CWORKER_NAME=env-name",
+                           NULL};
+    load_ok(&(setup_t){.argv = ARGV("--basedir", "/flag"),
+                       .env = mixed,
+                       .conf = "password-file = pw\n"},
+            &o, &cfg);
+    assert_string_equal(cfg.basedir, "/flag");
+    assert_string_equal(cfg.name, "env-name");
+    assert_string_equal(cfg.password_file, "/etc/cworker/pw");
+    assert_null(cfg.password);
+    assert_string_equal(cfg.master_host, "bm.example"); /* nothing else set it */
+    done(&o, &cfg);
+    load_ok(&(setup_t){.env = mixed,
+                       .tac = "buildmaster_host = 'tac-master'\nport = 4\nworkername = 'tac'\n"
+                              "passwd = 'tacpw'\nbasedir = '/tb'\n"
+                              "protocol = 'msgpack_experimental_v7'\n"},
+            &o, &cfg);
+    assert_string_equal(cfg.master_host, "tac-master"); /* the tac beats the container */
+    assert_string_equal(cfg.password, "tacpw");
+    assert_string_equal(cfg.basedir, "/tb");
+    done(&o, &cfg);
+
+    /* a master configured another way: the image's defaults do not apply
+     * (no /buildbot), its other variables still count below everything else,
+     * and its protocol was about another port */
+    const char *other[] = {"BUILDMASTER=bm", "BUILDMASTER_PROTOCOL=pb", "WORKERPASS=p", NULL};
+    load_fails(&(setup_t){.argv = ARGV("--master", "h:1", "--name", "n"), .env = other},
+               "no base directory", "BUILDBOT_BASEDIR", NULL);
+    load_ok(
+        &(setup_t){.argv = ARGV("--master", "h:1", "--name", "n", "--basedir", "/b"), .env = other},
+        &o, &cfg);
+    assert_string_equal(cfg.master_host, "h");
+    assert_string_equal(cfg.password, "p");
+    assert_int_equal(o.v[CW_OPT_PROTOCOL].src, CW_SRC_DEFAULT);
+    assert_int_equal(o.nnotes, 1);
+    assert_non_null(strstr(o.notes[0], "BUILDMASTER_PROTOCOL: protocol 'pb' does not matter"));
+    done(&o, &cfg);
+
+    /* pb, the image's default protocol, is refused with advice: unset, or set */
+    const char *nopro[] = {"BUILDMASTER=bm", "WORKERPASS=p", NULL};
+    load_fails(&(setup_t){.env = nopro}, "no BUILDMASTER_PROTOCOL", "protocol 'pb'",
+               "PB support is coming", "msgpack_experimental_v7", NULL);
+    const char *pb[] = {"BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=pb", NULL};
+    load_fails(&(setup_t){.env = pb}, "BUILDMASTER_PROTOCOL: protocol 'pb'", NULL);
+    const char *odd[] = {"BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=http", NULL};
+    load_fails(&(setup_t){.env = odd}, "protocol 'http'", "msgpack_experimental_v7", NULL);
+    /* a bad port names both variables; an empty variable is unset */
+    const char *port[] = {"BUILDMASTER=bm", "BUILDMASTER_PORT=x", "WORKERPASS=p",
+                          "BUILDMASTER_PROTOCOL=msgpack", NULL};
+    load_fails(&(setup_t){.env = port}, "BUILDMASTER, BUILDMASTER_PORT: master 'bm:x'", NULL);
+    const char *empty[] = {"BUILDMASTER=", "WORKERNAME=", NULL};
+    load_fails(&(setup_t){.env = empty}, "no master", "CWORKER_MASTER", "BUILDMASTER", NULL);
+    /* a bad value's message shows the variable, never the password */
+    const char *name[] = {"WORKERNAME=a:b", "WORKERPASS=topsecret", "BUILDMASTER_PROTOCOL=msgpack",
+                          NULL};
+    cw_config_t c2;
+    char err[1024];
+    assert_true(load(&(setup_t){.env = name}, &o, &c2, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "WORKERNAME: name 'a:b'"));
+    done(&o, &c2);
+    const char *pw[] = {"WORKERPASS=", "CWORKER_PASSWORD_FILE=", "BUILDMASTER=bm",
+                        "BUILDMASTER_PROTOCOL=msgpack", NULL};
+    load_fails(&(setup_t){.env = pw}, "no password", "WORKERPASS", NULL);
+}
+
+static void test_env_scrub(void **state)
+{
+    setenv("WORKERPASS", "p1", 1);
+    setenv("CWORKER_PASSWORD", "p2", 1);
+    setenv("SECRET_A", "1", 1);
+    setenv("SECRET_B", "2", 1);
+    setenv("TOKEN", "3", 1);
+    setenv("TOKEN2", "4", 1);
+    setenv("KEEP_ME", "5", 1);
+    setenv("path_like", "6", 1);
+    setenv("WORKER_ENVIRONMENT_BLACKLIST", " SECRET_*\tTOKEN  [p]ath_?ike ", 1);
+    cw_env_scrub();
+    static const char *gone[] = {"WORKERPASS", "CWORKER_PASSWORD", "SECRET_A", "SECRET_B",
+                                 "TOKEN",      "path_like"};
+    for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++)
+        if (getenv(gone[i]))
+            fail_msg("%s is still in the environment", gone[i]);
+    assert_string_equal(getenv("TOKEN2"), "4"); /* whole names only */
+    assert_string_equal(getenv("KEEP_ME"), "5");
+    assert_non_null(getenv("WORKER_ENVIRONMENT_BLACKLIST")); /* as the image leaves it */
+    assert_non_null(getenv("PATH"));
+    /* without a blacklist only the passwords go; a pattern may name the
+     * blacklist variable itself */
+    unsetenv("WORKER_ENVIRONMENT_BLACKLIST");
+    setenv("WORKERPASS", "p1", 1);
+    cw_env_scrub();
+    assert_null(getenv("WORKERPASS"));
+    assert_string_equal(getenv("TOKEN2"), "4");
+    setenv("WORKER_ENVIRONMENT_BLACKLIST", "WORKER_* TOKEN2", 1);
+    cw_env_scrub();
+    assert_null(getenv("WORKER_ENVIRONMENT_BLACKLIST"));
+    assert_null(getenv("TOKEN2"));
+    assert_string_equal(getenv("KEEP_ME"), "5");
+    unsetenv("KEEP_ME");
+}
+
+/* ------------------------------------------------------------------------ */
 /* sd_notify                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -1152,10 +1353,13 @@ int main(void)
         cmocka_unit_test(test_tac_stock),
         cmocka_unit_test(test_tac_strings),
         cmocka_unit_test(test_tac_protocol_and_modes),
+        cmocka_unit_test(test_tac_master_errors),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_finish_and_write),
         cmocka_unit_test(test_create_worker),
         cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_container),
+        cmocka_unit_test(test_env_scrub),
         cmocka_unit_test(test_notify_path_socket),
         cmocka_unit_test(test_notify_abstract_socket),
         cmocka_unit_test(test_notify_environment),

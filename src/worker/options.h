@@ -1,15 +1,25 @@
-/* cworker configuration: the options from flags, CWORKER_* environment
- * variables, a config file (`--config FILE`) and an existing
- * buildbot-worker's buildbot.tac (`--from-tac FILE`, read without running
- * Python), validated into the cw_config_t the daemon runs with; plus
- * `cworker create-worker` and `--write-config`.
+/* cworker's options: gathered from flags, CWORKER_* environment variables,
+ * a config file (`--config FILE`), an existing buildbot-worker's
+ * buildbot.tac (`--from-tac FILE`, read without running Python) and the
+ * variables of the buildbot/buildbot-worker container image, then validated
+ * into the cw_config_t the daemon runs with; plus `cworker create-worker`,
+ * `--check-config`, `--write-config`, `--help` and the option docs.
  *
- * Precedence: flags > environment > config file > buildbot.tac > defaults.
- * The file format and every option are described in README.md
- * ("Configuration") and man/cworker.1.
+ * Every option is one row of the table in options_table.c, which drives all
+ * of these.  Precedence: flags > environment > config file > buildbot.tac >
+ * container image variables > defaults.
  *
- * Plain C (no libuv), so the unit tests and the fuzzer link it alone:
- * config.c, tac.c (buildbot.tac) and create_worker.c (create-worker).
+ * Plain C (no libuv), so the unit tests and the fuzzer link it alone.  The
+ * files, bottom up (each calls only those above it in this list):
+ *   optutil.c        messages, numbers, host names, paths, the argv scanner
+ *   proxy.c          proxy URLs, no_proxy, HOST:PORT (declared here)
+ *   options_table.c  the table (options_table.h)
+ *   optval.c         the value store and each type's parser and printer
+ *   options_read.c   flags, environment, config file
+ *   tac.c            buildbot.tac (tac.h: the import shared with create-worker)
+ *   config.c         loading the files, validation, file-system checks
+ *   options_print.c  --check-config, --write-config, --help, the docs
+ *   create_worker.c  `cworker create-worker`
  *
  * Stages (main() runs them in this order; the fuzzer runs the pure ones):
  *   cw_opts_parse_argv, cw_opts_parse_env    raw strings, no I/O
@@ -20,8 +30,8 @@
  * Every stage returns 0 or a negative code and then has written a message
  * naming the option and where its value came from into err.
  */
-#ifndef CW_WORKER_CONFIG_H
-#define CW_WORKER_CONFIG_H
+#ifndef CW_WORKER_OPTIONS_H
+#define CW_WORKER_OPTIONS_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -38,16 +48,16 @@ typedef struct cw_config {
     bool use_tls;      /* wss://, or --use-tls with HOST:PORT */
     char *name;
     char *password;
-    char *basedir;          /* absolute after cw_config_finish */
-    double backoff_cap;     /* seconds, cap of the reconnect delay */
-    uint64_t ping_interval; /* ms */
-    uint64_t dead_timeout;  /* ms */
-    size_t max_message;     /* bytes */
-    size_t max_commands;    /* concurrent commands refused above this; 0 = no limit */
+    char *basedir;             /* absolute after cw_config_finish */
+    double backoff_cap;        /* seconds, cap of the reconnect delay */
+    uint64_t ping_interval;    /* ms */
+    uint64_t dead_timeout;     /* ms */
+    size_t max_message;        /* bytes */
+    size_t max_commands;       /* concurrent commands refused above this; 0 = no limit */
     size_t max_pending_output; /* a command's unsent output that pauses it; 0 = 2 x buffer_size */
-    unsigned fs_max_depth;  /* deepest tree or glob pattern a file command walks */
-    uint64_t kill_grace;    /* ms to wait for process groups at exit */
-    uint64_t drain_timeout; /* ms SIGTERM lets running commands finish */
+    unsigned fs_max_depth;     /* deepest tree or glob pattern a file command walks */
+    uint64_t kill_grace;       /* ms to wait for process groups at exit */
+    uint64_t drain_timeout;    /* ms SIGTERM lets running commands finish */
     bool verbose;
     /* As configured: -1 = leave the inherited umask, else the mask to set.
      * main() applies it first thing at start-up and then stores the
@@ -73,10 +83,11 @@ typedef struct cw_config {
     unsigned log_count;        /* rotated files kept (FILE.1 .. FILE.N); 0 = all */
 } cw_config_t;
 
-/* Options that exist as a flag (--NAME), an environment variable
- * (CWORKER_NAME, upper case, '-' -> '_') and a config-file key (NAME). */
+/* The options; options_table.c describes each (the same order: --help,
+ * --check-config and the docs list them so). */
 typedef enum cw_opt_id {
     CW_OPT_MASTER,
+    CW_OPT_PROTOCOL,
     CW_OPT_NAME,
     CW_OPT_BASEDIR,
     CW_OPT_PASSWORD_FILE,
@@ -113,6 +124,7 @@ typedef enum cw_opt_id {
 /* Where a value came from, in increasing precedence. */
 typedef enum cw_src {
     CW_SRC_DEFAULT,
+    CW_SRC_CONTAINER, /* a variable of the buildbot/buildbot-worker image, or its default */
     CW_SRC_TAC,
     CW_SRC_FILE,
     CW_SRC_ENV,
@@ -121,7 +133,7 @@ typedef enum cw_src {
 
 typedef struct cw_optval {
     char *value; /* NULL: not set (or unreadable, see bad) */
-    char *where; /* "--master", "CWORKER_MASTER", "FILE:LINE", "TAC:LINE (var)" */
+    char *where; /* "--master", "CWORKER_MASTER", "FILE:LINE", "TAC:LINE (var)", "WORKERNAME" */
     char *bad;   /* set when the source had a value we cannot use: the reason */
     cw_src_t src;
 } cw_optval_t;
@@ -133,19 +145,19 @@ typedef enum cw_action {
     CW_ACTION_HELP,
     CW_ACTION_VERSION,
     CW_ACTION_CREATE, /* create-worker subcommand */
+    CW_ACTION_DOC,    /* --help-table FORMAT */
 } cw_action_t;
 
 /* Raw option values from every source, before validation. */
 typedef struct cw_opts {
     cw_optval_t v[CW_OPT__COUNT]; /* the value of highest precedence seen so far */
     cw_action_t action;
-    char *write_config; /* --write-config FILE */
-    bool force;         /* --force: --write-config may replace a file */
-    int create_argc;    /* create-worker: the words after the subcommand */
-    char **create_argv; /* (points into main's argv) */
-    bool tac_loaded;
-    char *tac_protocol; /* the tac's protocol (default 'pb'), and where */
-    char *tac_protocol_where;
+    char *write_config;     /* --write-config FILE */
+    bool force;             /* --force: --write-config may replace a file */
+    const char *doc_format; /* --help-table: "man" or "markdown" (points into argv) */
+    int create_argc;        /* create-worker: the words after the subcommand */
+    char **create_argv;     /* (points into main's argv) */
+    bool container_env;     /* a variable of the container image was set */
     const char *proxy_from; /* how cw_config_resolve chose cfg->proxy (static text) */
     char *proxy_env;        /* the environment variable it came from, if any */
     char **notes;           /* things worth telling the user (ignored tac settings...) */
@@ -154,11 +166,24 @@ typedef struct cw_opts {
 
 void cw_opts_init(cw_opts_t *o);
 void cw_opts_free(cw_opts_t *o);
+/* Record a value from src unless a source of higher precedence set it
+ * (value and where are copied).  0 or -ENOMEM. */
+int cw_opts_set(cw_opts_t *o, cw_opt_id_t id, const char *value, const char *where, cw_src_t src,
+                char *err, size_t errlen);
+/* Record that src had a value for id we cannot use; reported (why) only if
+ * nothing of higher precedence sets the option. */
+int cw_opts_set_bad(cw_opts_t *o, cw_opt_id_t id, const char *where, cw_src_t src, const char *why,
+                    char *err, size_t errlen);
+/* Forget the value of id. */
+void cw_opts_unset(cw_opts_t *o, cw_opt_id_t id);
+/* Remember a note for the user (best effort; takes note, which may be NULL). */
+void cw_opts_note(cw_opts_t *o, char *note);
 
 /* Command line (argv[0] is skipped).  A first word "create-worker" selects
  * CW_ACTION_CREATE and leaves the rest in create_argc/argv. */
 int cw_opts_parse_argv(cw_opts_t *o, int argc, char **argv, char *err, size_t errlen);
-/* CWORKER_* variables of envp (NULL-terminated "K=V"); empty ones are unset. */
+/* CWORKER_* variables of envp (NULL-terminated "K=V"), and the container
+ * image's (BUILDMASTER, WORKERNAME...); empty ones are unset. */
 int cw_opts_parse_env(cw_opts_t *o, char *const *envp, char *err, size_t errlen);
 /* A config file's text; path names it in messages and anchors relative
  * paths; mode is its permission bits (a password key needs no group/other
@@ -171,6 +196,13 @@ int cw_opts_parse_tac(cw_opts_t *o, const char *text, size_t len, const char *pa
 /* Read the config file (--config / CWORKER_CONFIG) and then the tac
  * (--from-tac / CWORKER_FROM_TAC / from-tac key), if any. */
 int cw_opts_load_files(cw_opts_t *o, char *err, size_t errlen);
+
+/* Remove from the process environment what build steps must not see:
+ * CWORKER_PASSWORD, WORKERPASS, and every variable whose name matches one of
+ * the space-separated glob patterns of WORKER_ENVIRONMENT_BLACKLIST (as the
+ * container image's buildbot.tac does).  Call it before anything copies the
+ * environment. */
+void cw_env_scrub(void);
 
 /* Validate everything into cfg (zeroed first, defaults applied); envp is
  * used for the proxy variables.  On failure cfg is freed again. */
@@ -207,9 +239,14 @@ void cw_create_free(cw_create_t *cr);
 /* Create BASEDIR, info/admin, info/host and BASEDIR/cworker.conf (0600);
  * progress lines go to out (unless quiet). */
 int cw_create_worker_run(const cw_create_t *cr, cw_opts_t *o, FILE *out, char *err, size_t errlen);
+/* `cworker create-worker --help`. */
+void cw_create_worker_usage(FILE *f);
 
-/* --help text, generated from the option table. */
+/* --help text. */
 void cw_config_usage(FILE *f);
+/* --help-table: the options as the man page's entries ("man") or README's
+ * table ("markdown"); -EINVAL for another format. */
+int cw_opts_doc(FILE *f, const char *format);
 
 /* Split "http://[USER[:PASS]@]HOST[:PORT][/]" (or "HOST:PORT"); user and
  * password are percent-decoded (NULL when absent); port defaults to 80.
@@ -222,6 +259,9 @@ typedef struct cw_proxy {
 } cw_proxy_t;
 int cw_proxy_parse(const char *url, cw_proxy_t *p);
 void cw_proxy_free(cw_proxy_t *p);
+/* The canonical "http://[userinfo@]host:port" form of a proxy URL that
+ * cw_proxy_parse accepts; heap string, or NULL. */
+char *cw_proxy_normalise(const char *url);
 /* True if the no_proxy list (comma/space separated: "*", host names and
  * domain suffixes with or without a leading '.', IP addresses, CIDR
  * blocks, each optionally with :PORT) says host:port is reached directly. */

@@ -1,0 +1,612 @@
+/* The option table (see options_table.h): one row per option, the settings
+ * of buildbot-worker that cworker ignores, and the command line's actions.
+ *
+ * help is the --help line; doc is the text of the README table and of the
+ * man page's OPTIONS entries, which `cworker --help-table` generates.  Both
+ * may use `literal` and *ARG*. */
+#include "options_table.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#define OFF(field) offsetof(cw_config_t, field)
+
+const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
+    [CW_OPT_MASTER] =
+        {
+            .name = "master",
+            .env = "CWORKER_MASTER",
+            .type = CW_T_MASTER,
+            .flags = CW_OPTF_REQUIRED,
+            .what = "master",
+            .need = "not HOST:PORT, [V6ADDR]:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH",
+            .arg = "URL",
+            .def_doc = "required",
+            .tac = {"buildmaster_host", "port", "connection_string"},
+            .tac_kind = CW_TAC_MASTER,
+            .image = {"BUILDMASTER", "BUILDMASTER_PORT"},
+            .image_def = {"localhost", "9989"},
+            .help = "the master's msgpack port: `HOST:PORT`, `[V6ADDR]:PORT`, "
+                    "`ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`",
+            .doc = "The master's msgpack port: `HOST:PORT` (port 9989 if omitted), "
+                   "`[IPv6]:PORT`, `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` (TLS; the "
+                   "URL forms default to ports 80 and 443).",
+        },
+    [CW_OPT_PROTOCOL] =
+        {
+            .name = "protocol",
+            .env = "CWORKER_PROTOCOL",
+            .type = CW_T_PROTOCOL,
+            .need = "needs msgpack_experimental_v7 (or msgpack)",
+            .arg = "NAME",
+            .def = "msgpack_experimental_v7",
+            .tac = {"protocol"},
+            .tac_kind = CW_TAC_PROTOCOL,
+            .cw = "protocol",
+            .cw_arg = CW_CWARG_STR,
+            .image = {"BUILDMASTER_PROTOCOL"},
+            .image_def = {"pb"},
+            .help = "the protocol of the master's port: `msgpack_experimental_v7` (or "
+                    "`msgpack`); `pb` is not supported yet",
+            .doc = "The protocol the master speaks on that port: `msgpack_experimental_v7` "
+                   "(also written `msgpack`), the only one cworker speaks so far; `pb` is "
+                   "refused with advice (its support is coming).  A protocol from a source of "
+                   "lower precedence than the master's address (a tac's `pb` when `--master` is "
+                   "given) was about another port and is ignored with a note.",
+        },
+    [CW_OPT_NAME] =
+        {
+            .name = "name",
+            .env = "CWORKER_NAME",
+            .type = CW_T_NAME,
+            .ctype = CW_C_STR,
+            .off = OFF(name),
+            .flags = CW_OPTF_REQUIRED,
+            .what = "worker name",
+            .arg = "NAME",
+            .def_doc = "required",
+            .tac = {"workername"},
+            .tac_kind = CW_TAC_STR,
+            .image = {"WORKERNAME"},
+            .image_def = {"docker"},
+            .help = "worker name, as in the master's `worker.Worker(NAME, ...)`",
+            .doc = "The worker name, as in the master's `worker.Worker(NAME, ...)`; no `:` or "
+                   "control characters.",
+        },
+    [CW_OPT_BASEDIR] =
+        {
+            .name = "basedir",
+            .env = "CWORKER_BASEDIR",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(basedir),
+            .flags = CW_OPTF_REQUIRED,
+            .what = "base directory",
+            .need = "empty directory name",
+            .arg = "DIR",
+            .def_doc = "required",
+            .tac = {"basedir"},
+            .tac_kind = CW_TAC_BASEDIR,
+            .image = {"BUILDBOT_BASEDIR"},
+            .image_def = {"/buildbot"},
+            .help = "worker base directory (created if missing)",
+            .doc = "The worker's base directory, where builds run; created (one level) if "
+                   "missing.  cworker runs in it, as the stock worker does.",
+        },
+    [CW_OPT_PASSWORD_FILE] =
+        {
+            .name = "password-file",
+            .env = "CWORKER_PASSWORD_FILE",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(password_file),
+            .need = "empty file name",
+            .arg = "FILE",
+            .help = "the first line of *FILE* is the password",
+            .doc = "The password is the first line of *FILE*; then this file, not the config "
+                   "file, is the one to keep private.",
+        },
+    [CW_OPT_PASSWORD] =
+        {
+            .name = "password",
+            .env = "CWORKER_PASSWORD",
+            .type = CW_T_SECRET,
+            .ctype = CW_C_STR,
+            .off = OFF(password),
+            .flags = CW_OPTF_NOFLAG,
+            .need = "empty password",
+            .arg = "SECRET",
+            .tac = {"passwd"},
+            .tac_kind = CW_TAC_STR,
+            .image = {"WORKERPASS"},
+            .help = "the password itself (environment, or a config file only its owner can "
+                    "read; never a flag)",
+            .doc = "The password itself.  Never a flag: every user can read command lines.  In "
+                   "a config file only if neither group nor others can access the file.  "
+                   "`CWORKER_PASSWORD` and `WORKERPASS` are removed from the environment before "
+                   "any build step runs.",
+        },
+    [CW_OPT_USE_TLS] =
+        {
+            .name = "use-tls",
+            .env = "CWORKER_USE_TLS",
+            .type = CW_T_BOOL,
+            .ctype = CW_C_BOOL,
+            .off = OFF(use_tls),
+            .need = "needs true or false",
+            .arg = "BOOL",
+            .def = "false",
+            .tac = {"use_tls"},
+            .tac_kind = CW_TAC_BOOL,
+            .cw = "use-tls",
+            .cw_arg = CW_CWARG_FLAG,
+            .help = "TLS to a `HOST:PORT` master (the same as a `wss://` URL)",
+            .doc = "TLS to a `HOST:PORT` master, the same as a `wss://` URL.",
+        },
+    [CW_OPT_CA_FILE] =
+        {
+            .name = "ca-file",
+            .env = "CWORKER_CA_FILE",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(ca_file),
+            .flags = CW_OPTF_TLS,
+            .none = "none",
+            .arg = "FILE",
+            .def_doc = "system store",
+            .help = "wss: trust the CA certificates in *FILE* (PEM)",
+            .doc = "With TLS: trust the CA certificates in *FILE* (PEM) instead of the system "
+                   "store.",
+        },
+    [CW_OPT_CLIENT_CERT] =
+        {
+            .name = "client-cert",
+            .env = "CWORKER_CLIENT_CERT",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(client_cert),
+            .flags = CW_OPTF_TLS,
+            .none = "none",
+            .arg = "FILE",
+            .def_doc = "none",
+            .help = "wss: client certificate chain (PEM)",
+            .doc = "With TLS: present this client certificate chain (PEM); goes with "
+                   "`client-key`.",
+        },
+    [CW_OPT_CLIENT_KEY] =
+        {
+            .name = "client-key",
+            .env = "CWORKER_CLIENT_KEY",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(client_key),
+            .flags = CW_OPTF_TLS,
+            .none = "none",
+            .arg = "FILE",
+            .def_doc = "none",
+            .help = "wss: the client certificate's private key (PEM)",
+            .doc = "With TLS: the client certificate's private key (PEM).",
+        },
+    [CW_OPT_PROXY] =
+        {
+            .name = "proxy",
+            .env = "CWORKER_PROXY",
+            .type = CW_T_PROXY,
+            .ctype = CW_C_STR,
+            .off = OFF(proxy),
+            .none = "none",
+            .need = "not an HTTP proxy URL http://[USER:PASS@]HOST[:PORT]",
+            .arg = "URL",
+            .def_doc = "from environment",
+            .tac = {"proxy_connection_string"},
+            .tac_kind = CW_TAC_PROXY,
+            .cw = "proxy-connection-string",
+            .cw_arg = CW_CWARG_PYLIT,
+            .help = "HTTP CONNECT proxy `http://HOST:PORT` (`none`: direct); default: "
+                    "`https_proxy` (wss) or `http_proxy` (ws), minus `no_proxy`",
+            .doc = "Tunnel through an HTTP CONNECT proxy, `http://[USER:PASS@]HOST:PORT`, or "
+                   "`none` to connect directly.  By default `https_proxy`/`HTTPS_PROXY` (wss) "
+                   "or `http_proxy`/`HTTP_PROXY` (ws), unless `no_proxy`/`NO_PROXY` covers the "
+                   "master: host names and domain suffixes (with or without a leading dot), "
+                   "`*`, IP addresses and CIDR blocks, each optionally with `:PORT`, separated "
+                   "by commas.",
+        },
+    [CW_OPT_BACKOFF_MAX] =
+        {
+            .name = "backoff-max",
+            .env = "CWORKER_BACKOFF_MAX",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_DOUBLE,
+            .off = OFF(backoff_cap),
+            .min = 1,
+            .need = "needs a number of seconds >= 1",
+            .arg = "SECONDS",
+            .def = "30",
+            .help = "longest delay between reconnect attempts",
+            .doc = "The longest delay between reconnect attempts (exponential backoff with full "
+                   "jitter; the first retry comes within 1 s).",
+        },
+    [CW_OPT_MAX_RETRIES] =
+        {
+            .name = "max-retries",
+            .env = "CWORKER_MAX_RETRIES",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_INT,
+            .off = OFF(max_retries),
+            .max = INT_MAX,
+            .need = "needs a number (0 = never stop)",
+            .arg = "N",
+            .def = "0",
+            .tac = {"maxretries"},
+            .tac_kind = CW_TAC_INT,
+            .cw = "maxretries",
+            .cw_arg = CW_CWARG_PYNUM,
+            .help = "exit 1 after *N* failed connection attempts in a row (0 = never)",
+            .doc = "Exit with status 1 after *N* failed connection attempts in a row; 0 never "
+                   "gives up.",
+        },
+    [CW_OPT_PING_INTERVAL] =
+        {
+            .name = "ping-interval",
+            .env = "CWORKER_PING_INTERVAL",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_MS,
+            .off = OFF(ping_interval),
+            .need = "needs a number of seconds",
+            .arg = "SECONDS",
+            .def = "10",
+            .help = "WebSocket ping when the link is idle (0 = off)",
+            .doc = "Send a WebSocket ping after this much silence; 0 turns pings off.",
+        },
+    [CW_OPT_DEAD_TIMEOUT] =
+        {
+            .name = "dead-timeout",
+            .env = "CWORKER_DEAD_TIMEOUT",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_MS,
+            .off = OFF(dead_timeout),
+            .need = "needs a number of seconds",
+            .arg = "SECONDS",
+            .def = "30",
+            .help = "drop the link after this long without data (0 = off)",
+            .doc = "Drop and re-establish the link after this long without any data; 0 turns "
+                   "it off.",
+        },
+    [CW_OPT_MAX_MESSAGE] =
+        {
+            .name = "max-message",
+            .env = "CWORKER_MAX_MESSAGE",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_SIZE,
+            .off = OFF(max_message),
+            .min = 4096,
+            .max = SIZE_MAX,
+            .need = "needs a byte count >= 4096",
+            .arg = "BYTES",
+            .def = "67108864",
+            .help = "largest message accepted from the master",
+            .doc = "The largest message accepted from the master (64 MiB by default).",
+        },
+    [CW_OPT_MAX_COMMANDS] =
+        {
+            .name = "max-commands",
+            .env = "CWORKER_MAX_COMMANDS",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_SIZE,
+            .off = OFF(max_commands),
+            .max = SIZE_MAX,
+            .need = "needs a number",
+            .arg = "N",
+            .def = "0",
+            .help = "refuse commands beyond *N* running at once (0 = no limit)",
+            .doc = "Refuse commands beyond *N* running at once; 0: no limit.",
+        },
+    [CW_OPT_MAX_PENDING_OUTPUT] =
+        {
+            .name = "max-pending-output",
+            .env = "CWORKER_MAX_PENDING_OUTPUT",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_SIZE,
+            .off = OFF(max_pending_output),
+            .min = 4096,
+            .max = SIZE_MAX / 2,
+            .none = "0",
+            .need = "needs a byte count >= 4096 (0 = twice the master's buffer_size)",
+            .arg = "BYTES",
+            .def = "0",
+            .help = "unsent output at which a command stops being read until the master "
+                    "catches up (0 = twice the master's buffer_size)",
+            .doc = "A command's unsent output at which its pipes stop being read until the "
+                   "master has taken some of it; 0 is twice the master's `buffer_size` (128 KiB "
+                   "by default).  Bounds the memory each command takes.",
+        },
+    [CW_OPT_FS_MAX_DEPTH] =
+        {
+            .name = "fs-max-depth",
+            .env = "CWORKER_FS_MAX_DEPTH",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_UINT,
+            .off = OFF(fs_max_depth),
+            .min = 1,
+            .max = 100000000,
+            .need = "needs a number of levels from 1 to 100000000",
+            .arg = "N",
+            .def = "100000",
+            .help = "deepest directory tree (or glob pattern, in components) a file command "
+                    "walks; deeper ones fail that command",
+            .doc = "The deepest directory tree that `rmdir`, `cpdir`, `glob` and DirectoryUpload "
+                   "walk, and the most components a glob pattern may have; a deeper one fails "
+                   "that command with a message naming this limit.  Walks hold a bounded number "
+                   "of open directories and memory in proportion to one path, whatever the "
+                   "depth.",
+        },
+    [CW_OPT_DRAIN_TIMEOUT] =
+        {
+            .name = "drain-timeout",
+            .env = "CWORKER_DRAIN_TIMEOUT",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_MS,
+            .off = OFF(drain_timeout),
+            .need = "needs a number of seconds",
+            .arg = "SECONDS",
+            .def = "60",
+            .help = "on SIGTERM, how long running commands may go on before they are "
+                    "interrupted (0 = at once)",
+            .doc = "On SIGTERM, how long running commands may go on before they are "
+                   "interrupted; 0 interrupts at once.",
+        },
+    [CW_OPT_KILL_GRACE] =
+        {
+            .name = "kill-grace",
+            .env = "CWORKER_KILL_GRACE",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_MS,
+            .off = OFF(kill_grace),
+            .need = "needs a number of seconds",
+            .arg = "SECONDS",
+            .def = "10",
+            .help = "after an interrupt at exit, how long commands get before SIGKILL",
+            .doc = "After an interrupt at exit, how long commands get before their process "
+                   "groups are killed with SIGKILL.",
+        },
+    [CW_OPT_UMASK] =
+        {
+            .name = "umask",
+            .env = "CWORKER_UMASK",
+            .type = CW_T_UMASK,
+            .ctype = CW_C_LONG,
+            .off = OFF(umask),
+            .none = "none",
+            .need = "needs an octal mask such as 022 or 0o22 (at most 777), or none",
+            .arg = "OCTAL",
+            .def = "none",
+            .def_doc = "inherited",
+            .tac = {"umask"},
+            .tac_kind = CW_TAC_UMASK,
+            .cw = "umask",
+            .cw_arg = CW_CWARG_PYNUM,
+            .help = "set the umask at start-up, e.g. `022` (`none`: keep the inherited one)",
+            .doc = "Set the process umask first thing at start-up, for example `022` or `0o22`; "
+                   "`none` keeps the inherited one.",
+        },
+    [CW_OPT_DELETE_LEFTOVER_DIRS] =
+        {
+            .name = "delete-leftover-dirs",
+            .env = "CWORKER_DELETE_LEFTOVER_DIRS",
+            .type = CW_T_BOOL,
+            .ctype = CW_C_BOOL,
+            .off = OFF(delete_leftover_dirs),
+            .need = "needs true or false",
+            .arg = "BOOL",
+            .def = "false",
+            .tac = {"delete_leftover_dirs"},
+            .tac_kind = CW_TAC_BOOL,
+            .cw = "delete-leftover-dirs",
+            .cw_arg = CW_CWARG_FLAG,
+            .help = "let the master delete builder directories it no longer uses",
+            .doc = "Tell the master it may delete builder directories it no longer uses.",
+        },
+    [CW_OPT_NUMCPUS] =
+        {
+            .name = "numcpus",
+            .env = "CWORKER_NUMCPUS",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_UINT,
+            .off = OFF(numcpus),
+            .max = 1000000,
+            .none = "auto",
+            .need = "needs a number, or auto (or 0)",
+            .arg = "N",
+            .def = "auto",
+            .tac = {"numcpus"},
+            .tac_kind = CW_TAC_INT,
+            .cw = "numcpus",
+            .cw_arg = CW_CWARG_PYNUM,
+            .help = "number of CPUs reported to the master in the worker info (`auto` or 0: the "
+                    "CPUs this process may run on)",
+            .doc = "The number of CPUs reported to the master in the worker info (`numcpus`; "
+                   "builds read it as `%(worker:numcpus)s`); `auto` or 0: the CPUs cworker may "
+                   "run on.",
+        },
+    [CW_OPT_METRICS_LISTEN] =
+        {
+            .name = "metrics-listen",
+            .env = "CWORKER_METRICS_LISTEN",
+            .type = CW_T_LISTEN,
+            .ctype = CW_C_STR,
+            .off = OFF(metrics_listen),
+            .none = "none",
+            .need = "needs IP:PORT or [IPv6]:PORT with a numeric address, e.g. 127.0.0.1:9101 "
+                    "(or none)",
+            .arg = "IP:PORT",
+            .def_doc = "off",
+            .help = "serve metrics on this address",
+            .doc = "Serve metrics on this numeric address, `IP:PORT` or `[IPv6]:PORT`.",
+        },
+    [CW_OPT_LOG_FORMAT] =
+        {
+            .name = "log-format",
+            .env = "CWORKER_LOG_FORMAT",
+            .type = CW_T_WORD,
+            .ctype = CW_C_INT,
+            .off = OFF(log_format),
+            .words = "text json",
+            .need = "needs text or json",
+            .arg = "text|json",
+            .def = "text",
+            .help = "`json`: every log line is a JSON object",
+            .doc = "`json` makes every log line a JSON object with the keys `time`, `program`, "
+                   "`level` and `msg`.",
+        },
+    [CW_OPT_LOG_FILE] =
+        {
+            .name = "log-file",
+            .env = "CWORKER_LOG_FILE",
+            .type = CW_T_PATH,
+            .ctype = CW_C_STR,
+            .off = OFF(log_file),
+            .none = "none",
+            .arg = "FILE",
+            .def_doc = "stderr",
+            .help = "log to *FILE* instead of stderr; SIGHUP reopens it",
+            .doc = "Append the log to *FILE* instead of standard error, rotated like the stock "
+                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it.  The stock "
+                   "worker's layout: `--log-file BASEDIR/twistd.log`.",
+        },
+    [CW_OPT_LOG_SIZE] =
+        {
+            .name = "log-size",
+            .env = "CWORKER_LOG_SIZE",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_U64,
+            .off = OFF(log_size),
+            .flags = CW_OPTF_LOGFILE,
+            .max = UINT64_MAX,
+            .need = "needs a byte count (0 = never rotate)",
+            .arg = "BYTES",
+            .def = "10000000",
+            .tac = {"rotateLength"},
+            .tac_kind = CW_TAC_INT,
+            .cw = "log-size",
+            .cw_short = 's',
+            .cw_arg = CW_CWARG_INT,
+            .help = "log-file: rotate *FILE* to *FILE*.1 before it exceeds *BYTES* (0 = never)",
+            .doc = "With `log-file`: rotate before the file would exceed *BYTES* (a single "
+                   "longer line gets a file of its own); 0 never rotates.  The default is the "
+                   "stock `rotateLength`.",
+        },
+    [CW_OPT_LOG_COUNT] =
+        {
+            .name = "log-count",
+            .env = "CWORKER_LOG_COUNT",
+            .type = CW_T_NUMBER,
+            .ctype = CW_C_UINT,
+            .off = OFF(log_count),
+            .flags = CW_OPTF_LOGFILE,
+            .min = 1,
+            .max = 100000,
+            .none = "none",
+            .need = "needs a number >= 1, or none (keep every rotated file)",
+            .arg = "N",
+            .def = "10",
+            .tac = {"maxRotatedFiles"},
+            .tac_kind = CW_TAC_INT,
+            .tac_none = "none",
+            .cw = "log-count",
+            .cw_short = 'l',
+            .cw_arg = CW_CWARG_PYNUM,
+            .help = "log-file: rotated files kept, *FILE*.1 (newest) to *FILE*.*N* (`none`: "
+                    "keep all)",
+            .doc = "With `log-file`: keep *N* rotated files, *FILE*.1 (the newest) to "
+                   "*FILE*.*N*; `none` keeps all.  The default is the stock `maxRotatedFiles`.",
+        },
+    [CW_OPT_VERBOSE] =
+        {
+            .name = "verbose",
+            .env = "CWORKER_VERBOSE",
+            .type = CW_T_BOOL,
+            .ctype = CW_C_BOOL,
+            .off = OFF(verbose),
+            .need = "needs true or false",
+            .arg = "BOOL",
+            .def = "false",
+            .help = "log protocol detail",
+            .doc = "Log protocol detail (operation names and sequence numbers, never file "
+                   "contents or build output).",
+        },
+    [CW_OPT_CONFIG] =
+        {
+            .name = "config",
+            .env = "CWORKER_CONFIG",
+            .type = CW_T_PATH,
+            .flags = CW_OPTF_NOFILE,
+            .arg = "FILE",
+            .def_doc = "none",
+            .help = "read options from *FILE* (`key = value` lines)",
+            .doc = "Read options from *FILE*, a config file of `key = value` lines; not a key in "
+                   "the file itself.",
+        },
+    [CW_OPT_FROM_TAC] =
+        {
+            .name = "from-tac",
+            .env = "CWORKER_FROM_TAC",
+            .type = CW_T_PATH,
+            .arg = "FILE",
+            .def_doc = "none",
+            .help = "read the settings of a buildbot-worker's buildbot.tac",
+            .doc = "Read the settings of an existing buildbot-worker from its `buildbot.tac`, "
+                   "without running Python.",
+        },
+};
+
+const cw_foreign_t cw_foreign[CW_NFOREIGN] = {
+    {"keepalive", 600, "keepalive", 'k', CW_CWARG_INT, NULL,
+     "cworker's liveness settings are ping-interval and dead-timeout"},
+    {"maxdelay", 300, "maxdelay", 0, CW_CWARG_INT, NULL,
+     "the stock worker ignores it too; cworker's cap is backoff-max"},
+    {"allow_shutdown", -1, "allow-shutdown", 'a', CW_CWARG_STR, "signal file",
+     "worker-initiated shutdown does not exist over msgpack; stop the service instead"},
+    {NULL, 0, "no-logrotate", 'n', CW_CWARG_FLAG, NULL,
+     "cworker logs to stderr unless log-file is set, and rotates only that"},
+};
+
+const cw_actiondef_t cw_actions[CW_ACT__COUNT] = {
+    [CW_ACT_CHECK_CONFIG] = {"check-config", 0, NULL,
+                             "validate everything without connecting, print the effective "
+                             "configuration (password hidden), exit 0 or 2"},
+    [CW_ACT_WRITE_CONFIG] = {"write-config", 0, "FILE",
+                             "write the effective configuration as a config file (mode 0600; "
+                             "--force replaces an existing FILE)"},
+    [CW_ACT_FORCE] = {"force", 0, NULL, NULL},
+    [CW_ACT_HELP_TABLE] = {"help-table", 0, "FORMAT", NULL},
+    [CW_ACT_HELP] = {"help", 'h', NULL,
+                     "this text; --version: the version; --help-table man|markdown: the options "
+                     "as the man page's entries or README's table"},
+    [CW_ACT_VERSION] = {"version", 0, NULL, NULL},
+};
+
+const cw_cwoptdef_t cw_cwopts[CW_CWOPT__COUNT] = {
+    [CW_CWOPT_FORCE] = {"force", 'f', NULL, "replace an existing BASEDIR/cworker.conf"},
+    [CW_CWOPT_RELOCATABLE] = {"relocatable", 'r', NULL,
+                              "basedir = . (the directory of cworker.conf)"},
+    [CW_CWOPT_QUIET] = {"quiet", 'q', NULL, "no progress messages"},
+    [CW_CWOPT_ADMIN] = {"admin", 0, "TEXT", "contents of info/admin"},
+    [CW_CWOPT_HOST] = {"host", 0, "TEXT", "contents of info/host"},
+    [CW_CWOPT_HELP] = {"help", 'h', NULL, "this text"},
+};
+
+int cw_opt_find(const char *name, size_t len)
+{
+    for (int i = 0; i < CW_OPT__COUNT; i++) {
+        const char *n = cw_optdefs[i].name;
+        if (strlen(n) != len)
+            continue;
+        size_t k = 0;
+        while (k < len && (name[k] == n[k] || (name[k] == '_' && n[k] == '-')))
+            k++;
+        if (k == len)
+            return i;
+    }
+    return -1;
+}
