@@ -8,11 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "options.h"
 #include "cworker/http.h"
 #include "log.h"
-#include "cmd/proc.h"
-#include "worker.h"
+#include "options.h"
 
 #define METRICS_MAX_CLIENTS 16
 #define METRICS_TIMEOUT_MS 5000
@@ -29,7 +27,8 @@ typedef struct metrics_client {
 } metrics_client_t;
 
 struct cw_metrics {
-    cw_worker_t *w;
+    cw_metrics_read_cb read;
+    void *ctx;
     uv_tcp_t server;
     metrics_client_t *clients;
     int nclients; /* in the list, closing or not */
@@ -100,7 +99,7 @@ static void client_respond(metrics_client_t *c, int status, const char *reason,
 }
 
 /* The Prometheus text for the current counters. */
-static void metrics_text(cw_worker_t *w, cw_buf_t *b)
+static void metrics_text(const cw_metrics_snapshot_t *v, cw_buf_t *b)
 {
     cw_buf_printf(b,
                   "# HELP cworker_connected 1 when attached to the master.\n"
@@ -127,16 +126,17 @@ static void metrics_text(cw_worker_t *w, cw_buf_t *b)
                   "cworker_last_attach_timestamp_seconds %.3f\n"
                   "# HELP cworker_processes Child processes not yet reaped.\n"
                   "# TYPE cworker_processes gauge\ncworker_processes %u\n",
-                  cw_worker_attached(w) ? 1 : 0, (unsigned long long)w->n_connects,
-                  (unsigned long long)(w->n_connects ? w->n_connects - 1 : 0),
-                  (unsigned long long)w->cmds.stats.started, (unsigned long long)w->cmds.stats.failed,
-                  w->cmds.n, (unsigned long long)w->cmds.stats.bytes_output,
-                  (unsigned long long)w->cmds.stats.bytes_transfer, w->last_attach, cw_proc_live_count());
+                  v->attached ? 1 : 0, (unsigned long long)v->connects,
+                  (unsigned long long)(v->connects ? v->connects - 1 : 0),
+                  (unsigned long long)v->commands, (unsigned long long)v->commands_failed,
+                  v->commands_running, (unsigned long long)v->output_bytes,
+                  (unsigned long long)v->transfer_bytes, v->last_attach, v->processes);
 }
 
 static void client_request(metrics_client_t *c)
 {
-    cw_worker_t *w = c->m->w;
+    cw_metrics_snapshot_t v = {0};
+    c->m->read(c->m->ctx, &v);
     cw_http_head_t *h = &c->head;
     if (strcmp(h->method, "GET") != 0 && strcmp(h->method, "HEAD") != 0) {
         client_respond(c, 405, "Method Not Allowed", "text/plain", "GET only\n");
@@ -146,14 +146,14 @@ static void client_request(metrics_client_t *c)
     /* the path without a query string */
     size_t plen = strcspn(h->target, "?");
     if (plen == 8 && strncmp(h->target, "/healthz", 8) == 0) {
-        if (cw_worker_attached(w))
+        if (v.attached)
             client_respond(c, 200, "OK", "text/plain", "ok: attached to the master\n");
         else
             client_respond(c, 503, "Service Unavailable", "text/plain",
                            "not attached to the master\n");
     } else if (plen == 8 && strncmp(h->target, "/metrics", 8) == 0) {
         cw_buf_t b = CW_BUF_INIT;
-        metrics_text(w, &b);
+        metrics_text(&v, &b);
         cw_buf_append(&b, "", 1);
         client_respond(c, 200, "OK", "text/plain; version=0.0.4", (const char *)b.data);
         cw_buf_free(&b);
@@ -246,12 +246,13 @@ static void server_closed(uv_handle_t *h)
         free(m);
 }
 
-int cw_metrics_start(cw_worker_t *w)
+int cw_metrics_start(uv_loop_t *loop, const char *listen, cw_metrics_read_cb read, void *ctx,
+                     cw_metrics_t **out)
 {
     char *host = NULL;
     int port = 0;
-    if (cw_hostport_parse(w->cfg->metrics_listen, &host, &port) < 0) {
-        cw_error("--metrics-listen '%s' is not IP:PORT", w->cfg->metrics_listen);
+    if (cw_hostport_parse(listen, &host, &port) < 0) {
+        cw_error("--metrics-listen '%s' is not IP:PORT", listen);
         return -EINVAL;
     }
     struct cw_metrics *m = calloc(1, sizeof *m);
@@ -259,35 +260,34 @@ int cw_metrics_start(cw_worker_t *w)
         free(host);
         return -ENOMEM;
     }
-    m->w = w;
+    m->read = read;
+    m->ctx = ctx;
     struct sockaddr_storage ss;
     int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
                                : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-    uv_tcp_init(w->loop, &m->server);
+    uv_tcp_init(loop, &m->server);
     m->server.data = m;
     if (rc == 0)
         rc = uv_tcp_bind(&m->server, (struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&m->server, 16, on_connection);
     if (rc < 0) {
-        cw_error("cannot listen for metrics on %s: %s", w->cfg->metrics_listen, uv_strerror(rc));
+        cw_error("cannot listen for metrics on %s: %s", listen, uv_strerror(rc));
         uv_close((uv_handle_t *)&m->server, server_closed); /* frees m */
         free(host);
         return rc;
     }
-    cw_info("metrics on http://%s/metrics and /healthz", w->cfg->metrics_listen);
-    w->metrics = m;
+    cw_info("metrics on http://%s/metrics and /healthz", listen);
+    *out = m;
     free(host);
     return 0;
 }
 
 
-void cw_metrics_stop(cw_worker_t *w)
+void cw_metrics_stop(cw_metrics_t *m)
 {
-    struct cw_metrics *m = w->metrics;
     if (m == NULL)
         return;
-    w->metrics = NULL;
     for (metrics_client_t *c = m->clients; c; c = c->next)
         client_close(c);
     uv_close((uv_handle_t *)&m->server, server_closed);

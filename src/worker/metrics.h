@@ -1,12 +1,35 @@
-/* --metrics-listen: /healthz and Prometheus /metrics over plain HTTP. */
+/* --metrics-listen: /healthz and Prometheus /metrics over plain HTTP.  It
+ * knows nothing of the worker: the numbers come from a callback. */
 #ifndef CW_METRICS_H
 #define CW_METRICS_H
 
-struct cw_worker;
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
 
-/* Listen on cfg->metrics_listen. 0 or a negative code (logged). */
-int cw_metrics_start(struct cw_worker *w);
-/* Close the listener and every open client (at exit). */
-void cw_metrics_stop(struct cw_worker *w);
+/* What /metrics and /healthz report, read at each request. */
+typedef struct cw_metrics_snapshot {
+    bool attached;
+    uint64_t connects;
+    uint64_t commands;
+    uint64_t commands_failed;
+    size_t commands_running;
+    uint64_t output_bytes;
+    uint64_t transfer_bytes;
+    double last_attach; /* Unix time, 0: never */
+    unsigned processes;
+} cw_metrics_snapshot_t;
+
+typedef void (*cw_metrics_read_cb)(void *ctx, cw_metrics_snapshot_t *out);
+
+typedef struct cw_metrics cw_metrics_t;
+
+/* Listen on listen ("IP:PORT").  0 with *out set, or a negative code
+ * (logged). */
+int cw_metrics_start(uv_loop_t *loop, const char *listen, cw_metrics_read_cb read, void *ctx,
+                     cw_metrics_t **out);
+/* Close the listener and every open client (at exit; NULL-safe). */
+void cw_metrics_stop(cw_metrics_t *m);
 
 #endif

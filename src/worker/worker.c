@@ -410,7 +410,8 @@ static void stop_release(cw_worker_t *w)
         cw_proxy_free(&w->proxy);
     free(w->proxy_auth);
     w->proxy_auth = NULL;
-    cw_metrics_stop(w);
+    cw_metrics_stop(w->metrics);
+    w->metrics = NULL;
     close_if_open((uv_handle_t *)&w->retry_timer);
     close_if_open((uv_handle_t *)&w->stop_timer);
     close_if_open((uv_handle_t *)&w->sig_term);
@@ -575,6 +576,21 @@ static void on_sighup(uv_signal_t *h, int signum)
         cw_info("SIGHUP: reopened the log file %s", cw_log_file());
 }
 
+/* What /metrics reports, now. */
+static void metrics_read(void *ctx, cw_metrics_snapshot_t *v)
+{
+    const cw_worker_t *w = ctx;
+    v->attached = cw_worker_attached(w);
+    v->connects = w->n_connects;
+    v->commands = w->cmds.stats.started;
+    v->commands_failed = w->cmds.stats.failed;
+    v->commands_running = w->cmds.n;
+    v->output_bytes = w->cmds.stats.bytes_output;
+    v->transfer_bytes = w->cmds.stats.bytes_transfer;
+    v->last_attach = w->last_attach;
+    v->processes = cw_proc_live_count();
+}
+
 /* ---- start ---- */
 
 int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
@@ -662,7 +678,8 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
             cfg->master_path);
     if (cfg->proxy)
         cw_info("connecting through the HTTP proxy %s:%d", w->proxy.host, w->proxy.port);
-    if (cfg->metrics_listen && (rc = cw_metrics_start(w)) < 0)
+    if (cfg->metrics_listen &&
+        (rc = cw_metrics_start(loop, cfg->metrics_listen, metrics_read, w, &w->metrics)) < 0)
         return rc;
     worker_connect(w);
     return 0;

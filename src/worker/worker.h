@@ -91,7 +91,7 @@ struct cw_worker {
     cw_proxy_t proxy;           /* HTTP CONNECT proxy (host NULL: none) */
     char proxy_target[300];     /* what the tunnel connects to ("" = no proxy) */
     char *proxy_auth;           /* Proxy-Authorization value, or NULL */
-    struct cw_metrics *metrics; /* --metrics-listen server, or NULL */
+    struct cw_metrics *metrics; /* --metrics-listen server, or NULL (metrics.h) */
     const char *dial_host;      /* what we connect to: the master, or a proxy */
     int dial_port;
     cw_addr_t addrs[CW_RESOLVE_MAX];
