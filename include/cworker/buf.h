@@ -16,6 +16,12 @@ typedef struct cw_buf {
 
 #define CW_BUF_INIT {NULL, 0, 0}
 
+/* The array growth every list in the project uses: v (cap elements of
+ * size bytes, may be NULL) grown to hold at least need elements, doubling
+ * from 16.  Returns the (maybe moved) array with *cap updated, or NULL on
+ * overflow or out of memory (then v and *cap are unchanged). */
+void *cw_grow(void *v, size_t *cap, size_t need, size_t size);
+
 /* Make room for `extra` more bytes; 0 or -ENOMEM. */
 int cw_buf_reserve(cw_buf_t *b, size_t extra);
 /* Append bytes; 0 or -ENOMEM. */

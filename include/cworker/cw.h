@@ -38,6 +38,12 @@ enum cw_err {
     CW_ERR_LAST = CW_ERR_BASE - 13,
 };
 
+/* Format a message into err (NULL or errlen 0: nothing is written) and
+ * return code: the one way every parser reports why it refuses, e.g.
+ * `return cw_err_fmt(CW_EBADARG, err, errlen, "bad %s", what);`. */
+int cw_err_fmt(int code, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Thread-safe strerror for a positive errno: the text (in buf or static). */
 const char *cw_errstr(int errnum, char *buf, size_t len);
 

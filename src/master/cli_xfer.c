@@ -285,14 +285,10 @@ static void put_next(xfer_t *x)
 
 static int add_item(xfer_t *x, item_kind_t kind, const char *local, const char *remote, int mode)
 {
-    if (x->nitems == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16;
-        xitem_t *n = realloc(x->items, cap * sizeof *n);
-        if (n == NULL)
-            return -ENOMEM;
-        x->items = n;
-        x->cap = cap;
-    }
+    xitem_t *n = cw_grow(x->items, &x->cap, x->nitems + 1, sizeof *n);
+    if (n == NULL)
+        return -ENOMEM;
+    x->items = n;
     xitem_t *it = &x->items[x->nitems++];
     it->kind = kind;
     it->local = local ? strdup(local) : NULL;

@@ -27,19 +27,6 @@ static const char *const cmd_class[CW_CMD__COUNT] = {
     [CW_CMD_DOWNLOAD_FILE] = "WorkerFileDownloadCommand",
 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Format an error message and return CW_EBADARG. */
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return CW_EBADARG;
-}
-
 /* True if the object is absent or nil. */
 static bool is_none(const msgpack_object *o)
 {
@@ -51,9 +38,9 @@ static int get_cstr(const msgpack_object *o, const char *key, char **out, char *
 {
     cw_str_t s;
     if (!cw_obj_str(o, &s))
-        return fail(err, errlen, "argument '%s' must be a string", key);
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument '%s' must be a string", key);
     if (memchr(s.ptr, '\0', s.len) != NULL)
-        return fail(err, errlen, "argument '%s' contains a NUL byte", key);
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument '%s' contains a NUL byte", key);
     *out = cw_str_dup(s);
     return *out ? 0 : -ENOMEM;
 }
@@ -76,7 +63,7 @@ static int opt_num(const msgpack_object *args, const char *key, double def, doub
     }
     double v;
     if (!cw_obj_num(o, &v) || !isfinite(v) || v < 0)
-        return fail(err, errlen, "argument '%s' must be a non-negative number or nil", key);
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument '%s' must be a non-negative number or nil", key);
     *out = v;
     return 0;
 }
@@ -94,7 +81,7 @@ static int opt_bool(const msgpack_object *args, const char *key, bool def, bool 
     else if (cw_obj_int(o, &i))
         *out = i != 0;
     else
-        return fail(err, errlen, "argument '%s' must be a boolean", key);
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument '%s' must be a boolean", key);
     return 0;
 }
 
@@ -153,10 +140,10 @@ static int parse_command(cw_args_t *a, const msgpack_object *o, char *err, size_
         return 0;
     }
     if (o->type != MSGPACK_OBJECT_ARRAY)
-        return fail(err, errlen, "argument 'command' must be a string or a list of strings");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'command' must be a string or a list of strings");
     uint32_t n = o->via.array.size;
     if (n == 0)
-        return fail(err, errlen, "argument 'command' is an empty list");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'command' is an empty list");
     a->argv = calloc((size_t)n + 1, sizeof(char *));
     a->argv_fake = calloc((size_t)n + 1, sizeof(char *));
     if (a->argv == NULL || a->argv_fake == NULL)
@@ -193,7 +180,7 @@ static int parse_logfiles(cw_args_t *a, const msgpack_object *o, char *err, size
     if (is_none(o))
         return 0;
     if (o->type != MSGPACK_OBJECT_MAP)
-        return fail(err, errlen, "argument 'logfiles' must be a map");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'logfiles' must be a map");
     uint32_t n = o->via.map.size;
     if (n == 0)
         return 0;
@@ -209,7 +196,7 @@ static int parse_logfiles(cw_args_t *a, const msgpack_object *o, char *err, size
         if (kv->val.type == MSGPACK_OBJECT_MAP) {
             rc = req_str(&kv->val, "filename", &lf->filename, err, errlen);
             if (rc == CW_EBADARG)
-                return fail(err, errlen, "logfiles entry '%s' needs a 'filename' string",
+                return cw_err_fmt(CW_EBADARG, err, errlen, "logfiles entry '%s' needs a 'filename' string",
                             lf->name);
             if (rc < 0)
                 return rc;
@@ -235,7 +222,7 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
     o = cw_map_get(args, "env");
     if (!is_none(o)) {
         if (o->type != MSGPACK_OBJECT_MAP)
-            return fail(err, errlen, "argument 'env' must be a map");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'env' must be a map");
         if ((rc = cw_env_arg_from_msgpack(&a->env, o)) < 0)
             return rc;
     }
@@ -259,21 +246,21 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
     if (!is_none(o)) {
         cw_str_t s;
         if (!cw_obj_str(o, &s) || s.len == 0 || s.len >= sizeof a->interrupt_signal_name)
-            return fail(err, errlen, "argument 'interruptSignal' must be a signal name");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'interruptSignal' must be a signal name");
         memcpy(a->interrupt_signal_name, s.ptr, s.len);
         a->interrupt_signal_name[s.len] = '\0';
         if (strncmp(a->interrupt_signal_name, "SIG", 3) == 0)
             memmove(a->interrupt_signal_name, a->interrupt_signal_name + 3, s.len - 2);
         a->interrupt_signal = cw_signal_by_name(a->interrupt_signal_name);
         if (a->interrupt_signal < 0)
-            return fail(err, errlen, "unknown interruptSignal '%s'", a->interrupt_signal_name);
+            return cw_err_fmt(CW_EBADARG, err, errlen, "unknown interruptSignal '%s'", a->interrupt_signal_name);
     }
 
     o = cw_map_get(args, "initial_stdin");
     if (!is_none(o)) {
         cw_str_t s;
         if (!cw_obj_str(o, &s))
-            return fail(err, errlen, "argument 'initial_stdin' must be a string");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'initial_stdin' must be a string");
         a->has_initial_stdin = true;
         a->initial_stdin_len = s.len;
         a->initial_stdin = malloc(s.len ? s.len : 1);
@@ -285,7 +272,7 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
         return rc;
     o = cw_map_get(args, "max_lines");
     if (!is_none(o) && (!cw_obj_int(o, &a->max_lines) || a->max_lines < 0))
-        return fail(err, errlen, "argument 'max_lines' must be a non-negative integer or nil");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'max_lines' must be a non-negative integer or nil");
     return 0;
 }
 
@@ -301,7 +288,7 @@ static int parse_paths(cw_args_t *a, const msgpack_object *o, char *err, size_t 
         return get_cstr(o, "paths", &a->paths[0], err, errlen);
     }
     if (o->type != MSGPACK_OBJECT_ARRAY)
-        return fail(err, errlen, "argument 'paths' must be a list of strings");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'paths' must be a list of strings");
     uint32_t n = o->via.array.size;
     a->paths = calloc((size_t)n + 1, sizeof(char *));
     if (a->paths == NULL)
@@ -325,22 +312,22 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
     if (is_none(o)) {
         a->blocksize = 16384;
     } else if (!cw_obj_int(o, &a->blocksize) || a->blocksize <= 0) {
-        return fail(err, errlen, "argument 'blocksize' must be a positive integer");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'blocksize' must be a positive integer");
     }
     if (a->blocksize > (16 << 20))
         a->blocksize = 16 << 20;
     o = cw_map_get(args, "maxsize");
     if (o == NULL)
-        return fail(err, errlen, "'maxsize'");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "'maxsize'");
     a->maxsize = -1;
     if (o->type != MSGPACK_OBJECT_NIL && (!cw_obj_int(o, &a->maxsize) || a->maxsize < 0))
-        return fail(err, errlen, "argument 'maxsize' must be a non-negative integer or nil");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'maxsize' must be a non-negative integer or nil");
     if ((rc = opt_bool(args, "keepstamp", false, &a->keepstamp, err, errlen)) < 0)
         return rc;
     if (a->kind == CW_CMD_UPLOAD_DIRECTORY) {
         o = cw_map_get(args, "compress");
         if (o == NULL)
-            return fail(err, errlen, "'compress'");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "'compress'");
         cw_str_t s;
         if (o->type == MSGPACK_OBJECT_NIL)
             a->compress = CW_COMPRESS_NONE;
@@ -349,17 +336,17 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
         else if (cw_obj_str(o, &s) && cw_str_eq(s, "bz2"))
             a->compress = CW_COMPRESS_BZ2;
         else
-            return fail(err, errlen, "argument 'compress' must be nil, \"gz\" or \"bz2\"");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'compress' must be nil, \"gz\" or \"bz2\"");
     }
     if (a->kind == CW_CMD_DOWNLOAD_FILE) {
         o = cw_map_get(args, "mode");
         if (o == NULL)
-            return fail(err, errlen, "'mode'");
+            return cw_err_fmt(CW_EBADARG, err, errlen, "'mode'");
         int64_t m;
         a->mode = -1;
         if (o->type != MSGPACK_OBJECT_NIL) {
             if (!cw_obj_int(o, &m) || m < 0 || m > 07777)
-                return fail(err, errlen, "argument 'mode' must be permission bits or nil");
+                return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'mode' must be permission bits or nil");
             a->mode = (int)m;
         }
     }
@@ -406,7 +393,7 @@ int cw_args_parse(cw_args_t *a, cw_cmd_kind_t kind, const msgpack_object *args, 
     a->mode = -1;
     a->timeout = a->max_time = a->sigterm_time = -1;
     if (args == NULL || args->type != MSGPACK_OBJECT_MAP)
-        return fail(err, errlen, "command arguments must be a map");
+        return cw_err_fmt(CW_EBADARG, err, errlen, "command arguments must be a map");
     if (!check_required(kind, args, err, errlen))
         return CW_EBADARG;
     int rc = 0;
@@ -437,7 +424,7 @@ int cw_args_parse(cw_args_t *a, cw_cmd_kind_t kind, const msgpack_object *args, 
         rc = parse_transfer(a, args, err, errlen);
         break;
     default:
-        rc = fail(err, errlen, "unknown command kind");
+        rc = cw_err_fmt(CW_EBADARG, err, errlen, "unknown command kind");
         break;
     }
     if (rc < 0) {

@@ -7,6 +7,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+void *cw_grow(void *v, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return v;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 2)
+            return NULL;
+        ncap *= 2;
+    }
+    if (size == 0 || ncap > SIZE_MAX / size)
+        return NULL;
+    void *nv = realloc(v, ncap * size);
+    if (nv == NULL)
+        return NULL;
+    *cap = ncap;
+    return nv;
+}
+
 int cw_buf_reserve(cw_buf_t *b, size_t extra)
 {
     if (extra <= b->cap - b->len)

@@ -55,26 +55,14 @@ static int item_cmp(const void *pa, const void *pb)
     return (a->order > b->order) - (a->order < b->order);
 }
 
-/* Fill err (if any) in printf style. */
-static void __attribute__((format(printf, 3, 4)))
-set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* The stock complaint about a value (or key) of the wrong type. */
 static int bad_value(char *err, size_t errlen, const cw_env_entry_t *e)
 {
     if (e->key_is_str)
-        set_err(err, errlen, "'env' values must be strings or lists; key '%.*s' is incorrect",
+        cw_err_fmt(0, err, errlen, "'env' values must be strings or lists; key '%.*s' is incorrect",
                 (int)e->key.len, e->key.ptr);
     else
-        set_err(err, errlen,
+        cw_err_fmt(0, err, errlen,
                 "'env' values must be strings or lists; key '<non-string key>' is incorrect");
     return CW_EBADARG;
 }
@@ -141,7 +129,7 @@ static int check_key(const cw_env_entry_t *e, char *err, size_t errlen)
     size_t n = e->key.len;
     /* execve cannot carry these; the stock worker fails at spawn instead. */
     if (n == 0 || memchr(s, '=', n) != NULL || memchr(s, '\0', n) != NULL) {
-        set_err(err, errlen, "'env' key '%.*s' is not a valid variable name", (int)n, s);
+        cw_err_fmt(0, err, errlen, "'env' key '%.*s' is not a valid variable name", (int)n, s);
         return CW_EBADARG;
     }
     return 0;
@@ -189,7 +177,7 @@ int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw
     if (err != NULL && errlen > 0)
         err[0] = '\0';
     if (env != NULL && env->given && env->not_a_map) {
-        set_err(err, errlen, "'env' must be a map");
+        cw_err_fmt(0, err, errlen, "'env' must be a map");
         return CW_EBADARG;
     }
     if (env != NULL && env->given)
@@ -251,7 +239,7 @@ int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw
             goto out;
         it->vlen = vals.len - it->voff;
         if (memchr(vals.data ? (const char *)vals.data + it->voff : "", '\0', it->vlen) != NULL) {
-            set_err(err, errlen, "'env' value of key '%.*s' contains a NUL character",
+            cw_err_fmt(0, err, errlen, "'env' value of key '%.*s' contains a NUL character",
                     (int)it->nlen, it->name);
             rc = CW_EBADARG;
             goto out;

@@ -87,18 +87,6 @@ static bool all_vchar(const char *s)
     return true;
 }
 
-/* Write a one-line explanation into err (if the caller gave one). */
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
-                                                          ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- base64 ---- */
 
 static const char b64_alphabet[] =
@@ -583,63 +571,63 @@ int cw_http_upgrade_request(cw_buf_t *out, const char *host_header, const char *
 int cw_http_upgrade_check_response(const cw_http_head_t *h, const char *key, char *err,
                                    size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
+    cw_err_fmt(0, err, errlen, "%s", "");
     if (h == NULL || key == NULL || !h->complete || h->is_request) {
-        set_err(err, errlen, "no complete response head to check");
+        cw_err_fmt(0, err, errlen, "no complete response head to check");
         return CW_EBADARG;
     }
     if (h->status != 101) {
-        set_err(err, errlen, "HTTP %d%s%s", h->status, h->reason[0] ? " " : "", h->reason);
+        cw_err_fmt(0, err, errlen, "HTTP %d%s%s", h->status, h->reason[0] ? " " : "", h->reason);
         return h->status == 401 ? CW_EAUTH : CW_EHANDSHAKE;
     }
     if (strcmp(h->version, "HTTP/1.1") != 0) {
-        set_err(err, errlen, "101 answer with unsupported version %s", h->version);
+        cw_err_fmt(0, err, errlen, "101 answer with unsupported version %s", h->version);
         return CW_EHANDSHAKE;
     }
     if (cw_http_head_get(h, "Upgrade", NULL) == NULL) {
-        set_err(err, errlen, "missing Upgrade");
+        cw_err_fmt(0, err, errlen, "missing Upgrade");
         return CW_EHANDSHAKE;
     }
     if (!head_has_token(h, "Upgrade", "websocket")) {
-        set_err(err, errlen, "Upgrade is not websocket");
+        cw_err_fmt(0, err, errlen, "Upgrade is not websocket");
         return CW_EHANDSHAKE;
     }
     if (cw_http_head_get(h, "Connection", NULL) == NULL) {
-        set_err(err, errlen, "missing Connection");
+        cw_err_fmt(0, err, errlen, "missing Connection");
         return CW_EHANDSHAKE;
     }
     if (!head_has_token(h, "Connection", "upgrade")) {
-        set_err(err, errlen, "Connection does not list upgrade");
+        cw_err_fmt(0, err, errlen, "Connection does not list upgrade");
         return CW_EHANDSHAKE;
     }
     int count;
     const char *accept = cw_http_head_get(h, "Sec-WebSocket-Accept", &count);
     if (accept == NULL) {
-        set_err(err, errlen, "missing Sec-WebSocket-Accept");
+        cw_err_fmt(0, err, errlen, "missing Sec-WebSocket-Accept");
         return CW_EHANDSHAKE;
     }
     if (count > 1) {
-        set_err(err, errlen, "repeated Sec-WebSocket-Accept");
+        cw_err_fmt(0, err, errlen, "repeated Sec-WebSocket-Accept");
         return CW_EHANDSHAKE;
     }
     char expect[29];
     cw_ws_accept_value(key, expect);
     if (expect[0] == '\0') {
-        set_err(err, errlen, "cannot compute Sec-WebSocket-Accept (libcrypto failed)");
+        cw_err_fmt(0, err, errlen, "cannot compute Sec-WebSocket-Accept (libcrypto failed)");
         return CW_EHANDSHAKE;
     }
     if (strcmp(accept, expect) != 0) {
-        set_err(err, errlen, "wrong Sec-WebSocket-Accept");
+        cw_err_fmt(0, err, errlen, "wrong Sec-WebSocket-Accept");
         return CW_EHANDSHAKE;
     }
     if (cw_http_head_get(h, "Sec-WebSocket-Extensions", NULL) != NULL) {
-        set_err(err, errlen, "unrequested Sec-WebSocket-Extensions");
+        cw_err_fmt(0, err, errlen, "unrequested Sec-WebSocket-Extensions");
         return CW_EHANDSHAKE;
     }
     for (size_t i = 0; i < h->nheaders; i++) {
         if (ascii_ieq(h->headers[i].name, "Sec-WebSocket-Protocol") &&
             h->headers[i].value[0] != '\0') {
-            set_err(err, errlen, "unrequested Sec-WebSocket-Protocol");
+            cw_err_fmt(0, err, errlen, "unrequested Sec-WebSocket-Protocol");
             return CW_EHANDSHAKE;
         }
     }

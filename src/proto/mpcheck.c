@@ -27,19 +27,6 @@ typedef struct mp_level {
     bool is_map;
 } mp_level_t;
 
-/* Format the refusal reason (err may be NULL) and return CW_EBADMSG. */
-__attribute__((format(printf, 3, 4))) static int refuse(char *err, size_t errlen, const char *fmt,
-                                                        ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return CW_EBADMSG;
-}
-
 /* Big-endian unsigned integer of n (1, 2, 4 or 8) bytes. */
 static uint64_t load_be(const uint8_t *p, size_t n)
 {
@@ -74,7 +61,7 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
             pending--;
         }
         if (pos >= len)
-            return refuse(err, errlen, "truncated msgpack at offset %zu", pos);
+            return cw_err_fmt(CW_EBADMSG, err, errlen, "truncated msgpack at offset %zu", pos);
 
         const size_t start = pos;
         const uint8_t b = data[pos++];
@@ -102,7 +89,7 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
             case 0xc3: /* true */
                 break;
             case 0xc1:
-                return refuse(err, errlen, "never-used byte 0xc1 at offset %zu", start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "never-used byte 0xc1 at offset %zu", start);
             case 0xc4:
             case 0xc5:
             case 0xc6:
@@ -118,7 +105,7 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
             case 0xd7:
             case 0xd8:
                 /* ext and fixext, including the timestamp type -1 */
-                return refuse(err, errlen, "ext type 0x%02x at offset %zu not allowed", b, start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "ext type 0x%02x at offset %zu not allowed", b, start);
             case 0xca:
                 fixed = 4;
                 break;
@@ -158,13 +145,13 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
         /* strict_map_key on the stock peers; we also refuse bin keys, which
          * could never match the str keys the protocol uses. */
         if (is_key && !is_str)
-            return refuse(err, errlen, "map key at offset %zu is not a str", start);
+            return cw_err_fmt(CW_EBADMSG, err, errlen, "map key at offset %zu is not a str", start);
 
         /* Bytes this element may use: the rest of the input minus one byte
          * for every element still pending in enclosing containers.  Keeping
          * every size within it keeps pending <= len - pos. */
         if (pending > avail || hdr + fixed > avail - pending)
-            return refuse(err, errlen, "truncated msgpack at offset %zu", start);
+            return cw_err_fmt(CW_EBADMSG, err, errlen, "truncated msgpack at offset %zu", start);
         const uint64_t room = avail - pending - hdr - fixed;
         if (hdr > 0)
             n = load_be(data + pos, hdr);
@@ -172,19 +159,19 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
 
         if (is_str || is_bin) {
             if (n > room)
-                return refuse(err, errlen, "%s at offset %zu declares %llu bytes, only %llu left",
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "%s at offset %zu declares %llu bytes, only %llu left",
                               is_str ? "str" : "bin", start, (unsigned long long)n,
                               (unsigned long long)room);
             if (is_str && !cw_utf8_valid(data + pos, (size_t)n))
-                return refuse(err, errlen, "str at offset %zu is not valid UTF-8", start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "str at offset %zu is not valid UTF-8", start);
             pos += (size_t)n;
         } else if (is_cont) {
             if (depth >= max_depth)
-                return refuse(err, errlen, "nesting deeper than %u at offset %zu", max_depth,
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "nesting deeper than %u at offset %zu", max_depth,
                               start);
             const uint64_t elems = cont_map ? 2 * n : n;
             if (elems > room)
-                return refuse(err, errlen,
+                return cw_err_fmt(CW_EBADMSG, err, errlen,
                               "%s at offset %zu declares %llu elements, only %llu bytes left",
                               cont_map ? "map" : "array", start, (unsigned long long)n,
                               (unsigned long long)room);
@@ -205,6 +192,6 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
     }
 
     if (pos != len)
-        return refuse(err, errlen, "%zu trailing bytes after the msgpack object", len - pos);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "%zu trailing bytes after the msgpack object", len - pos);
     return 0;
 }

@@ -175,29 +175,16 @@ bool cw_obj_num(const msgpack_object *o, double *out)
 
 /* ---- decoding ---- */
 
-/* Format err (may be NULL) and return code. */
-__attribute__((format(printf, 4, 5))) static int fail(int code, char *err, size_t errlen,
-                                                      const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* The stock peers' KeyError text; str(KeyError) adds the single quotes. */
 static int missing_key(char *err, size_t errlen, const char *key)
 {
-    return fail(CW_EMSGKEY, err, errlen, "'message did not contain obligatory \"%s\" key'", key);
+    return cw_err_fmt(CW_EMSGKEY, err, errlen, "'message did not contain obligatory \"%s\" key'", key);
 }
 
 /* Our text for a present key of the wrong type (the stock peers have none). */
 static int wrong_type(char *err, size_t errlen, const char *key, const char *expected)
 {
-    return fail(CW_EMSGKEY, err, errlen, "message key \"%s\" has the wrong type (expected %s)", key,
+    return cw_err_fmt(CW_EMSGKEY, err, errlen, "message key \"%s\" has the wrong type (expected %s)", key,
                 expected);
 }
 
@@ -254,7 +241,7 @@ static int decode_settings(cw_msg_t *m, const msgpack_object *root, char *err, s
                                            "max_line_length"};
     for (size_t i = 0; i < 4; i++) {
         if (cw_map_get(args, settings[i]) == NULL)
-            return fail(CW_EMSGKEY, err, errlen,
+            return cw_err_fmt(CW_EMSGKEY, err, errlen,
                         "'message did not contain obligatory settings for worker'");
     }
     /* Negative sizes mean nothing and would only trip the output layer. */
@@ -268,13 +255,13 @@ static int decode_settings(cw_msg_t *m, const msgpack_object *root, char *err, s
     };
     for (size_t i = 0; i < 3; i++) {
         if (!cw_obj_int(cw_map_get(args, ints[i].key), ints[i].out) || *ints[i].out < 0)
-            return fail(CW_EMSGKEY, err, errlen,
+            return cw_err_fmt(CW_EMSGKEY, err, errlen,
                         "setting \"%s\" has the wrong type (expected non-negative int)",
                         ints[i].key);
     }
     const msgpack_object *re = cw_map_get(args, "newline_re");
     if (re->type != MSGPACK_OBJECT_STR)
-        return fail(CW_EMSGKEY, err, errlen,
+        return cw_err_fmt(CW_EMSGKEY, err, errlen,
                     "setting \"newline_re\" has the wrong type "
                     "(expected str)");
     m->u.settings.newline_re.ptr = re->via.str.ptr;
@@ -327,7 +314,7 @@ static int decode_worker_op(cw_msg_t *m, const msgpack_object *root, char *err, 
         return get_str(root, "why", &m->u.interrupt.why, err, errlen);
     }
     default:
-        return fail(CW_EBADMSG, err, errlen, "internal: op %d on the worker side", (int)m->op);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the worker side", (int)m->op);
     }
 }
 
@@ -402,7 +389,7 @@ static int decode_master_op(cw_msg_t *m, const msgpack_object *root, char *err, 
             return wrong_type(err, errlen, "length", "non-negative int");
         return 0;
     default:
-        return fail(CW_EBADMSG, err, errlen, "internal: op %d on the master side", (int)m->op);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the master side", (int)m->op);
     }
 }
 
@@ -421,22 +408,22 @@ int cw_msg_decode(cw_msg_t *m, msgpack_unpacked *up, cw_side_t side, const uint8
     size_t off = 0;
     msgpack_unpack_return ur = msgpack_unpack_next(up, (const char *)data, len, &off);
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
-        return fail(-ENOMEM, err, errlen, "out of memory decoding msgpack");
+        return cw_err_fmt(-ENOMEM, err, errlen, "out of memory decoding msgpack");
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len)
-        return fail(CW_EBADMSG, err, errlen, "msgpack-c refused the message (%d)", (int)ur);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "msgpack-c refused the message (%d)", (int)ur);
 
     const msgpack_object *root = &up->data;
     if (root->type != MSGPACK_OBJECT_MAP)
-        return fail(CW_EBADMSG, err, errlen, "message is not a map");
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "message is not a map");
 
     const msgpack_object *op = cw_map_get(root, "op");
     const msgpack_object *seq = cw_map_get(root, "seq_number");
     if (op == NULL || seq == NULL)
-        return fail(CW_EIGNORE, err, errlen, "message without \"op\" or \"seq_number\"");
+        return cw_err_fmt(CW_EIGNORE, err, errlen, "message without \"op\" or \"seq_number\"");
     if (op->type != MSGPACK_OBJECT_STR)
-        return fail(CW_EIGNORE, err, errlen, "message whose \"op\" is not a str");
+        return cw_err_fmt(CW_EIGNORE, err, errlen, "message whose \"op\" is not a str");
     if (!cw_obj_int(seq, &m->seq))
-        return fail(CW_EIGNORE, err, errlen, "message whose \"seq_number\" is not an int64");
+        return cw_err_fmt(CW_EIGNORE, err, errlen, "message whose \"seq_number\" is not an int64");
     m->op_name.ptr = op->via.str.ptr;
     m->op_name.len = op->via.str.size;
     m->op = lookup_op(side, m->op_name);
@@ -447,7 +434,7 @@ int cw_msg_decode(cw_msg_t *m, msgpack_unpacked *up, cw_side_t side, const uint8
     case CW_OP_RESPONSE: {
         const msgpack_object *result = cw_map_get(root, "result");
         if (result == NULL)
-            return fail(CW_EBADMSG, err, errlen, "response without \"result\"");
+            return cw_err_fmt(CW_EBADMSG, err, errlen, "response without \"result\"");
         m->u.response.result = *result;
         /* Presence only, like the stock peers: even false means exception. */
         m->u.response.is_exception = cw_map_get(root, "is_exception") != NULL;

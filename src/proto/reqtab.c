@@ -6,18 +6,15 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "cworker/buf.h"
 #include "cworker/cw.h"
 
 int cw_reqtab_reserve(cw_reqtab_t *t)
 {
-    if (t->n < t->cap)
-        return 0;
-    size_t cap = t->cap ? t->cap * 2 : 16;
-    cw_reqtab_entry_t *v = realloc(t->v, cap * sizeof *v);
+    cw_reqtab_entry_t *v = cw_grow(t->v, &t->cap, t->n + 1, sizeof *v);
     if (v == NULL)
         return -ENOMEM;
     t->v = v;
-    t->cap = cap;
     return 0;
 }
 

@@ -16,16 +16,6 @@
 
 #define MAX_FILE_SIZE (1u << 20) /* config files, tacs and password files are small */
 
-int cw_opt_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (errlen)
-        vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -EINVAL;
-}
-
 int cw_opt_oom(char *err, size_t errlen)
 {
     cw_opt_fail(err, errlen, "out of memory");

@@ -9,13 +9,15 @@
 #ifndef CW_WORKER_OPTUTIL_H
 #define CW_WORKER_OPTUTIL_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cworker/cw.h"
+
 /* Write a message into err; returns -EINVAL, for `return cw_opt_fail(...)`. */
-int cw_opt_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#define cw_opt_fail(err, errlen, ...) cw_err_fmt(-EINVAL, err, errlen, __VA_ARGS__)
 /* The out-of-memory message; returns -ENOMEM. */
 int cw_opt_oom(char *err, size_t errlen);
 /* printf into a new heap string (NULL when out of memory). */

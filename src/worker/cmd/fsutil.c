@@ -52,21 +52,16 @@ static void depth_msg(cw_buf_t *b, const char *what, size_t max_depth)
     cw_buf_printf(b, "%s deeper than the limit of %zu levels (fs-max-depth)", what, max_depth);
 }
 
-/* Make room for need elements of size in *v; 0 or -ENOMEM. */
-static int fs_grow(void **v, size_t *cap, size_t need, size_t size)
+/* Make room for need elements of size in *v; 0 or -ENOMEM (cw_grow). */
+#define fs_grow(v, cap, need, size) fs_grow_((void *)(v), cap, need, size)
+static int fs_grow_(void *pv, size_t *cap, size_t need, size_t size)
 {
-    if (need <= *cap)
-        return 0;
-    size_t ncap = *cap ? *cap : 16;
-    while (ncap < need)
-        ncap *= 2;
-    if (ncap > SIZE_MAX / size)
+    /* pv points at a T *: read and write it as bytes, not through void * */
+    void *v, *nv;
+    memcpy(&v, pv, sizeof v);
+    if ((nv = cw_grow(v, cap, need, size)) == NULL)
         return -ENOMEM;
-    void *nv = realloc(*v, ncap * size);
-    if (nv == NULL)
-        return -ENOMEM;
-    *v = nv;
-    *cap = ncap;
+    memcpy(pv, &nv, sizeof nv);
     return 0;
 }
 
@@ -601,16 +596,12 @@ static int strlist_take(cw_strlist_t *l, char *s)
 {
     if (s == NULL)
         return -ENOMEM;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **v = cap <= SIZE_MAX / sizeof *v ? realloc(l->v, cap * sizeof *v) : NULL;
-        if (v == NULL) {
-            free(s);
-            return -ENOMEM;
-        }
-        l->v = v;
-        l->cap = cap;
+    char **v = cw_grow(l->v, &l->cap, l->n + 1, sizeof *v);
+    if (v == NULL) {
+        free(s);
+        return -ENOMEM;
     }
+    l->v = v;
     l->v[l->n++] = s;
     return 0;
 }
