@@ -56,7 +56,5 @@ void cw_env_arg_free(cw_env_arg_t *e);
 int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw_envp_t *out,
                  char *err, size_t errlen);
 
-/* Value of name in a NULL-terminated envp, or NULL. */
-const char *cw_env_get(char *const *envp, const char *name);
 
 #endif

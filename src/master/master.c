@@ -263,11 +263,6 @@ int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, siz
     return cw_conn_send(&r->w->conn, &b);
 }
 
-bool cw_remote_link_open(const cw_remote_t *r)
-{
-    return cw_conn_is_open(&r->w->conn);
-}
-
 /* ---- worker requests ---- */
 
 static void mw_on_update(cw_mworker_t *w, const cw_msg_t *m, cw_remote_t *r)
@@ -697,14 +692,6 @@ void cw_master_close(cw_master_t *m)
     m->naccounts = 0;
 }
 
-cw_mworker_t *cw_master_find(cw_master_t *m, const char *name)
-{
-    for (cw_mworker_t *w = m->workers; w; w = w->next)
-        if (w->state == CW_MW_ATTACHED && w->name && strcmp(w->name, name) == 0)
-            return w;
-    return NULL;
-}
-
 const msgpack_object *cw_mworker_info(cw_mworker_t *w, const char *key)
 {
     if (!w->has_info)
@@ -718,14 +705,3 @@ bool cw_mworker_has_command(cw_mworker_t *w, const char *command)
     return wc && cw_map_get(wc, command) != NULL;
 }
 
-int cw_mworker_shutdown(cw_mworker_t *w)
-{
-    if (!cw_conn_is_open(&w->conn))
-        return CW_ECLOSED;
-    cw_buf_t b = CW_BUF_INIT;
-    msgpack_packer pk;
-    cw_pack_init(&pk, &b);
-    int64_t seq = cw_conn_next_seq(&w->conn);
-    cw_pack_simple(&pk, seq, CW_OP_SHUTDOWN);
-    return cw_conn_request(&w->conn, seq, &b, ignore_answer, NULL);
-}

@@ -152,14 +152,10 @@ int cw_master_listen(cw_master_t *m, const char *host, int port, int *bound_port
  * handles.  The loop then runs out.  Safe to call more than once. */
 void cw_master_close(cw_master_t *m);
 
-/* The attached worker with that name, or NULL. */
-cw_mworker_t *cw_master_find(cw_master_t *m, const char *name);
 
 /* Worker info helpers (valid while attached). */
 const msgpack_object *cw_mworker_info(cw_mworker_t *w, const char *key);
 bool cw_mworker_has_command(cw_mworker_t *w, const char *command);
-/* Ask the worker process to exit (shutdown op). */
-int cw_mworker_shutdown(cw_mworker_t *w);
 
 /* Start a command.  packed_args is one msgpack map (the command's args),
  * copied into the message.  Returns the remote, or NULL (worker gone/OOM). */
@@ -171,7 +167,5 @@ int cw_remote_interrupt(cw_remote_t *r, const char *why);
 int cw_remote_respond(cw_remote_t *r, int64_t seq);
 int cw_remote_respond_error(cw_remote_t *r, int64_t seq, const char *text);
 int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, size_t len);
-/* True while the worker's link is writable (for producers that pace). */
-bool cw_remote_link_open(const cw_remote_t *r);
 
 #endif

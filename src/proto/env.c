@@ -295,14 +295,3 @@ out:
     return rc;
 }
 
-/* Linear lookup; envp is small and looked up rarely. */
-const char *cw_env_get(char *const *envp, const char *name)
-{
-    if (envp == NULL || name == NULL)
-        return NULL;
-    size_t n = strlen(name);
-    for (size_t k = 0; envp[k] != NULL; k++)
-        if (strncmp(envp[k], name, n) == 0 && envp[k][n] == '=')
-            return envp[k] + n + 1;
-    return NULL;
-}

@@ -12,6 +12,7 @@
 #include "cw_config.h"
 #include "log.h"
 #include "notify.h"
+#include "resolve.h"
 #include "worker.h"
 
 extern char **environ;
@@ -204,8 +205,8 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     case CW_ACTION_VERSION:
-        printf("cworker %s (protocol msgpack_experimental_v7, command version %s)\n",
-               CW_VERSION_STRING, CW_COMMAND_VERSION);
+        printf("cworker %s (protocol msgpack_experimental_v7, command version %s, resolver %s)\n",
+               CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend());
         rc = 0;
         goto out;
     case CW_ACTION_CREATE:

@@ -77,11 +77,6 @@ int cw_notify_init(void)
     return rc;
 }
 
-bool cw_notify_enabled(void)
-{
-    return notify_state.enabled;
-}
-
 int cw_notify(const char *state)
 {
     if (!notify_state.enabled)
@@ -144,15 +139,6 @@ int cw_notify_watchdog(void)
 int cw_notify_stopping(void)
 {
     return cw_notify("STOPPING=1");
-}
-
-int cw_notify_extend_timeout_ms(uint64_t ms)
-{
-    char buf[64];
-    if (ms > UINT64_MAX / 1000)
-        ms = UINT64_MAX / 1000;
-    snprintf(buf, sizeof buf, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)(ms * 1000));
-    return cw_notify(buf);
 }
 
 uint64_t cw_notify_watchdog_interval_ms(void)

@@ -20,8 +20,6 @@
  * NOTIFY_SOCKET is malformed (notifications are then off).
  * Calling it again re-reads the (now usually empty) environment. */
 int cw_notify_init(void);
-/* True if cw_notify_init found a notification socket. */
-bool cw_notify_enabled(void);
 
 /* Send raw state assignments, e.g. "READY=1\nSTATUS=attached".  0 when sent
  * or when notifications are off, a negative errno when sending failed. */
@@ -35,9 +33,6 @@ int cw_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 int cw_notify_watchdog(void);
 /* STOPPING=1: shutting down (draining commands). */
 int cw_notify_stopping(void);
-/* EXTEND_TIMEOUT_USEC=<ms*1000>: ask systemd for this much more time for the
- * current start-up or stop (e.g. a drain longer than TimeoutStopSec). */
-int cw_notify_extend_timeout_ms(uint64_t ms);
 
 /* How often to send WATCHDOG=1: half of WATCHDOG_USEC, in ms (at least 1);
  * 0 when no watchdog applies to this process (unset, malformed, or

@@ -409,11 +409,6 @@ void cw_cmd_add_int(cw_cmd_t *cmd, const char *key, int64_t v)
     cmd_added(cmd, cw_outbuf_add_int(&cmd->out, key, v));
 }
 
-void cw_cmd_add_float(cw_cmd_t *cmd, const char *key, double v)
-{
-    cmd_added(cmd, cw_outbuf_add_float(&cmd->out, key, v));
-}
-
 void cw_cmd_add_str(cw_cmd_t *cmd, const char *key, const char *v)
 {
     cmd_added(cmd, cw_outbuf_add_str(&cmd->out, key, v));

@@ -181,7 +181,6 @@ void cw_cmd_header(cw_cmd_t *cmd, const char *fmt, ...) __attribute__((format(pr
 /* Lines (stdout/stderr/log) were added to cmd->out by a cw_lines_t. */
 void cw_cmd_output_added(cw_cmd_t *cmd);
 void cw_cmd_add_int(cw_cmd_t *cmd, const char *key, int64_t v);
-void cw_cmd_add_float(cw_cmd_t *cmd, const char *key, double v);
 void cw_cmd_add_str(cw_cmd_t *cmd, const char *key, const char *v);
 void cw_cmd_add_strlist(cw_cmd_t *cmd, const char *key, const char *const *v, size_t n);
 void cw_cmd_add_numlist(cw_cmd_t *cmd, const char *key, const cw_num_t *v, size_t n);
