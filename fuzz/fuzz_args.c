@@ -25,8 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             int rc = cw_args_parse(&a, (cw_cmd_kind_t)k, &up.data, err, sizeof err);
             if (rc == 0 && k == CW_CMD_SHELL) {
                 /* what the shell command does next with them */
-                static char *base[] = {"HOME=/root", "PATH=/usr/bin:/bin", "PYTHONPATH=/p",
-                                       NULL};
+                static char *base[] = {"HOME=/root", "PATH=/usr/bin:/bin", "PYTHONPATH=/p", NULL};
                 cw_envp_t envp = NULL;
                 if (cw_env_build(base, &a.env, a.workdir, &envp, err, sizeof err) == 0) {
                     for (char **e = envp; *e; e++)

@@ -83,7 +83,7 @@ typedef struct cw_args {
     /* file-system commands */
     char **paths; /* mkdir, rmdir */
     size_t npaths;
-    char *path; /* stat, glob, listdir, rmfile, transfers */
+    char *path;      /* stat, glob, listdir, rmfile, transfers */
     char *from_path; /* cpdir */
     char *to_path;
 

@@ -14,7 +14,10 @@ typedef struct cw_buf {
     size_t cap;
 } cw_buf_t;
 
-#define CW_BUF_INIT {NULL, 0, 0}
+#define CW_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /* The array growth every list in the project uses: v (cap elements of
  * size bytes, may be NULL) grown to hold at least need elements, doubling

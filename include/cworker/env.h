@@ -31,8 +31,8 @@ typedef struct cw_env_entry {
 } cw_env_entry_t;
 
 typedef struct cw_env_arg {
-    bool given;      /* false: no env argument (or None) */
-    bool not_a_map;  /* given, but not a map */
+    bool given;     /* false: no env argument (or None) */
+    bool not_a_map; /* given, but not a map */
     cw_env_entry_t *v;
     size_t n;
 } cw_env_arg_t;
@@ -55,6 +55,5 @@ void cw_env_arg_free(cw_env_arg_t *e);
  * -ENOMEM. */
 int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw_envp_t *out,
                  char *err, size_t errlen);
-
 
 #endif

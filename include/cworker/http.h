@@ -19,8 +19,8 @@
 
 #include "cworker/buf.h"
 
-#define CW_HTTP_MAX_HEAD 8192
-#define CW_HTTP_MAX_LINE 4096
+#define CW_HTTP_MAX_HEAD    8192
+#define CW_HTTP_MAX_LINE    4096
 #define CW_HTTP_MAX_HEADERS 64
 /* Longest user name / password accepted in Basic auth (bytes). */
 #define CW_HTTP_MAX_CRED 1024
@@ -91,12 +91,12 @@ int cw_http_upgrade_check_response(const cw_http_head_t *h, const char *key, cha
 
 /* Server: what an upgrade request asked for. */
 typedef struct cw_http_upgrade_req {
-    const char *path;      /* points into the head */
-    const char *key;       /* Sec-WebSocket-Key, points into the head */
-    bool has_auth;         /* a well-formed Basic header was present */
+    const char *path; /* points into the head */
+    const char *key;  /* Sec-WebSocket-Key, points into the head */
+    bool has_auth;    /* a well-formed Basic header was present */
     char user[CW_HTTP_MAX_CRED + 1];
     char password[CW_HTTP_MAX_CRED + 1];
-    size_t user_len;       /* user / password may contain NUL bytes */
+    size_t user_len; /* user / password may contain NUL bytes */
     size_t password_len;
 } cw_http_upgrade_req_t;
 

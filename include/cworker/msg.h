@@ -141,8 +141,7 @@ typedef struct cw_msg {
 
 /* Validate raw msgpack bytes (see top of file).  Returns 0 or CW_EBADMSG with
  * a reason in err. */
-int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *err,
-                     size_t errlen);
+int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *err, size_t errlen);
 
 /* Decode one WebSocket message.  `up` must have been initialised with
  * msgpack_unpacked_init(); it is reused across calls (the caller destroys it
@@ -192,7 +191,8 @@ int cw_pack_request_end(msgpack_packer *pk, int64_t seq);
 
 /* Complete requests.  */
 int cw_pack_print(msgpack_packer *pk, int64_t seq, const char *message);
-int cw_pack_simple(msgpack_packer *pk, int64_t seq, cw_op_t op); /* keepalive, get_worker_info, shutdown */
+int cw_pack_simple(msgpack_packer *pk, int64_t seq,
+                   cw_op_t op); /* keepalive, get_worker_info, shutdown */
 int cw_pack_set_worker_settings(msgpack_packer *pk, int64_t seq, int64_t buffer_size,
                                 int64_t buffer_timeout, int64_t max_line_length,
                                 const char *newline_re);

@@ -71,8 +71,7 @@ typedef struct cw_lines {
 /* logname is copied (NULL unless stream is CW_STREAM_LOG). max_line_length
  * as in set_worker_settings (4096 default; values < 2 are treated as 2).
  * Returns 0 or -ENOMEM. */
-int cw_lines_init(cw_lines_t *ls, cw_stream_t stream, const char *logname,
-                  size_t max_line_length);
+int cw_lines_init(cw_lines_t *ls, cw_stream_t stream, const char *logname, size_t max_line_length);
 void cw_lines_free(cw_lines_t *ls);
 
 /* Push raw bytes that arrived at `now` (Unix time, seconds).  Complete lines
@@ -96,7 +95,7 @@ struct cw_outbuf {
     cw_out_entry_t *entries;
     size_t nentries;
     size_t cap;
-    size_t head;        /* first pending entry */
+    size_t head;         /* first pending entry */
     uint64_t bytes_text; /* total text bytes ever added (statistics) */
 };
 
@@ -106,8 +105,8 @@ void cw_outbuf_free(cw_outbuf_t *ob);
 /* Append complete lines: text must be non-empty and end with '\n'; every
  * line in it gets the same time.  Merged with the last entry when it is the
  * same stream (and log name).  Returns 0 or -ENOMEM. */
-int cw_outbuf_add_lines(cw_outbuf_t *ob, cw_stream_t stream, const char *logname,
-                        const char *text, size_t len, double time);
+int cw_outbuf_add_lines(cw_outbuf_t *ob, cw_stream_t stream, const char *logname, const char *text,
+                        size_t len, double time);
 
 /* Header text that may lack the final newline: each call ends its text with
  * '\n' if it does not already (convenience for our own messages). */
@@ -137,7 +136,7 @@ bool cw_outbuf_empty(const cw_outbuf_t *ob);
 /* ---- planning updates (the protocols encode them) ---- */
 
 typedef enum cw_out_kind {
-    CW_OUT_TEXT,    /* lines of a stream */
+    CW_OUT_TEXT, /* lines of a stream */
     CW_OUT_INT,
     CW_OUT_FLOAT,
     CW_OUT_STR,
@@ -149,10 +148,10 @@ typedef enum cw_out_kind {
  * changed. */
 typedef struct cw_out_pair {
     cw_out_kind_t kind;
-    cw_stream_t stream;  /* TEXT */
-    const char *key;     /* non-text: the key; TEXT of CW_STREAM_LOG: the log name */
+    cw_stream_t stream; /* TEXT */
+    const char *key;    /* non-text: the key; TEXT of CW_STREAM_LOG: the log name */
     size_t key_len;
-    const char *data;    /* TEXT: whole lines; STR: the value; STRLIST: the strings */
+    const char *data; /* TEXT: whole lines; STR: the value; STRLIST: the strings */
     size_t len;
     const size_t *ends;  /* TEXT: each line's '\n', at ends[i] - base in data */
     const double *times; /* TEXT: each line's time */

@@ -27,7 +27,10 @@ typedef struct cw_reqtab {
     size_t n, cap;
 } cw_reqtab_t;
 
-#define CW_REQTAB_INIT {NULL, 0, 0}
+#define CW_REQTAB_INIT                                                                             \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /* Make room for one more entry (so that a request can be sent only when it
  * can also be remembered): 0 or -ENOMEM. */

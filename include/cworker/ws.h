@@ -35,8 +35,8 @@ enum cw_ws_close_code {
     CW_WS_CLOSE_GOING_AWAY = 1001,
     CW_WS_CLOSE_PROTOCOL_ERROR = 1002,
     CW_WS_CLOSE_UNSUPPORTED = 1003,
-    CW_WS_CLOSE_NO_STATUS = 1005,  /* never sent: "close frame had no code" */
-    CW_WS_CLOSE_ABNORMAL = 1006,   /* never sent: "no close frame at all" */
+    CW_WS_CLOSE_NO_STATUS = 1005, /* never sent: "close frame had no code" */
+    CW_WS_CLOSE_ABNORMAL = 1006,  /* never sent: "no close frame at all" */
     CW_WS_CLOSE_INVALID_DATA = 1007,
     CW_WS_CLOSE_POLICY = 1008,
     CW_WS_CLOSE_TOO_BIG = 1009,

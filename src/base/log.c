@@ -159,8 +159,7 @@ static int file_open(void)
     struct stat pre;
     if (stat(lf.path, &pre) == 0 && !S_ISREG(pre.st_mode) && !S_ISCHR(pre.st_mode))
         return -EINVAL;
-    int fd =
-        open(lf.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
+    int fd = open(lf.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
     if (fd < 0)
         return -errno;
     struct stat st;

@@ -19,49 +19,49 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage:\n"
-            "  cworker-master run   --listen HOST:PORT --worker NAME [--workdir DIR] [--timeout S]\n"
-            "                       [--env K=V ...] [common options] -- CMD [ARGS...]\n"
-            "  cworker-master put   --listen HOST:PORT --worker NAME [-r] [--no-preserve-mode]\n"
-            "                       [common options] LOCAL REMOTE\n"
-            "  cworker-master get   --listen HOST:PORT --worker NAME [-r] [--compress gz|bz2]\n"
-            "                       [common options] REMOTE LOCAL\n"
-            "  cworker-master serve --listen HOST:PORT --workers FILE [--verbose]\n"
-            "\n"
-            "The master end of Buildbot's msgpack_experimental_v7 protocol: waits for a worker\n"
-            "(cworker or buildbot-worker) to attach, then runs a command on it or copies files.\n"
-            "\n"
-            "Common options:\n"
-            "  --listen HOST:PORT     address to listen on ([v6addr]:PORT for IPv6)\n"
-            "  --worker NAME          the worker to wait for\n"
-            "  --password-file FILE   its password (first line); or CWORKER_PASSWORD\n"
-            "  --wait S               how long to wait for it to attach (default 60)\n"
-            "  --verbose              log protocol detail (and, for run, the header lines)\n"
-            "  --tls-cert FILE --tls-key FILE\n"
-            "                         serve wss:// (TLS 1.2+) with this certificate chain and key\n"
-            "run:\n"
-            "  --workdir DIR          working directory on the worker (relative: to its basedir)\n"
-            "  --timeout S            kill the command after S seconds in all\n"
-            "  --env K=V              set a variable (repeatable); K= with nothing removes it\n"
-            "  --parallel N           run N copies at once (each sees CW_RUN_INDEX=0..N-1); the\n"
-            "                         output of each copy is printed as one block when it ends,\n"
-            "                         after a line '=== [i] exit CODE'; the exit status is the\n"
-            "                         first non-zero one\n"
-            "  stdout and stderr of the command are streamed to ours (after the protocol's\n"
-            "  line rules: CR/CRLF become LF, invalid UTF-8 becomes U+FFFD, a last line\n"
-            "  without newline gets one).\n"
-            "put/get:\n"
-            "  -r                     copy a directory tree\n"
-            "  --compress gz|bz2      get -r: compress the tar stream on the way\n"
-            "  --no-preserve-mode     put: send no file mode; the worker keeps an existing\n"
-            "                         file's mode (as FileDownload does), else its umask's\n"
-            "serve:\n"
-            "  --workers FILE         lines of 'NAME PASSWORD'; stays up and logs attach/detach\n"
-            "\n"
-            "Exit status: run: the command's exit code, 128+N if it was killed by signal N,\n"
-            "124 if --timeout killed it; all: 0 on success, 2 bad usage, 125 the worker did\n"
-            "not attach within --wait, 254 the link to the worker was lost, 255 other failures.\n");
+    fprintf(
+        f, "Usage:\n"
+           "  cworker-master run   --listen HOST:PORT --worker NAME [--workdir DIR] [--timeout S]\n"
+           "                       [--env K=V ...] [common options] -- CMD [ARGS...]\n"
+           "  cworker-master put   --listen HOST:PORT --worker NAME [-r] [--no-preserve-mode]\n"
+           "                       [common options] LOCAL REMOTE\n"
+           "  cworker-master get   --listen HOST:PORT --worker NAME [-r] [--compress gz|bz2]\n"
+           "                       [common options] REMOTE LOCAL\n"
+           "  cworker-master serve --listen HOST:PORT --workers FILE [--verbose]\n"
+           "\n"
+           "The master end of Buildbot's msgpack_experimental_v7 protocol: waits for a worker\n"
+           "(cworker or buildbot-worker) to attach, then runs a command on it or copies files.\n"
+           "\n"
+           "Common options:\n"
+           "  --listen HOST:PORT     address to listen on ([v6addr]:PORT for IPv6)\n"
+           "  --worker NAME          the worker to wait for\n"
+           "  --password-file FILE   its password (first line); or CWORKER_PASSWORD\n"
+           "  --wait S               how long to wait for it to attach (default 60)\n"
+           "  --verbose              log protocol detail (and, for run, the header lines)\n"
+           "  --tls-cert FILE --tls-key FILE\n"
+           "                         serve wss:// (TLS 1.2+) with this certificate chain and key\n"
+           "run:\n"
+           "  --workdir DIR          working directory on the worker (relative: to its basedir)\n"
+           "  --timeout S            kill the command after S seconds in all\n"
+           "  --env K=V              set a variable (repeatable); K= with nothing removes it\n"
+           "  --parallel N           run N copies at once (each sees CW_RUN_INDEX=0..N-1); the\n"
+           "                         output of each copy is printed as one block when it ends,\n"
+           "                         after a line '=== [i] exit CODE'; the exit status is the\n"
+           "                         first non-zero one\n"
+           "  stdout and stderr of the command are streamed to ours (after the protocol's\n"
+           "  line rules: CR/CRLF become LF, invalid UTF-8 becomes U+FFFD, a last line\n"
+           "  without newline gets one).\n"
+           "put/get:\n"
+           "  -r                     copy a directory tree\n"
+           "  --compress gz|bz2      get -r: compress the tar stream on the way\n"
+           "  --no-preserve-mode     put: send no file mode; the worker keeps an existing\n"
+           "                         file's mode (as FileDownload does), else its umask's\n"
+           "serve:\n"
+           "  --workers FILE         lines of 'NAME PASSWORD'; stays up and logs attach/detach\n"
+           "\n"
+           "Exit status: run: the command's exit code, 128+N if it was killed by signal N,\n"
+           "124 if --timeout killed it; all: 0 on success, 2 bad usage, 125 the worker did\n"
+           "not attach within --wait, 254 the link to the worker was lost, 255 other failures.\n");
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -136,10 +136,9 @@ static void progress_tick(uv_timer_t *t)
     double secs = (double)(uv_hrtime() - cli->xfer_start_ns) / 1e9;
     double mb = (double)cli->xfer_bytes / 1e6;
     if (cli->xfer_total)
-        fprintf(stderr, "\r%.1f / %.1f MB (%3.0f%%) %.1f MB/s   ", mb,
-                (double)cli->xfer_total / 1e6, 100.0 * (double)cli->xfer_bytes /
-                                                    (double)cli->xfer_total,
-                secs > 0 ? mb / secs : 0);
+        fprintf(
+            stderr, "\r%.1f / %.1f MB (%3.0f%%) %.1f MB/s   ", mb, (double)cli->xfer_total / 1e6,
+            100.0 * (double)cli->xfer_bytes / (double)cli->xfer_total, secs > 0 ? mb / secs : 0);
     else
         fprintf(stderr, "\r%.1f MB %.1f MB/s   ", mb, secs > 0 ? mb / secs : 0);
 }
@@ -330,8 +329,21 @@ int main(int argc, char **argv)
         return usage_error("unknown sub-command '%s'", sub);
 
     enum {
-        O_LISTEN = 256, O_WORKER, O_PASSWORD_FILE, O_WAIT, O_VERBOSE, O_WORKDIR, O_TIMEOUT,
-        O_ENV, O_COMPRESS, O_WORKERS, O_HELP, O_TLS_CERT, O_TLS_KEY, O_PARALLEL, O_NO_MODE,
+        O_LISTEN = 256,
+        O_WORKER,
+        O_PASSWORD_FILE,
+        O_WAIT,
+        O_VERBOSE,
+        O_WORKDIR,
+        O_TIMEOUT,
+        O_ENV,
+        O_COMPRESS,
+        O_WORKERS,
+        O_HELP,
+        O_TLS_CERT,
+        O_TLS_KEY,
+        O_PARALLEL,
+        O_NO_MODE,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},

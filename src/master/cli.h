@@ -11,11 +11,11 @@
 
 /* Exit codes of cworker-master (documented in `cworker-master --help`). */
 enum {
-    CLI_EXIT_USAGE = 2,        /* bad command line */
-    CLI_EXIT_TIMEOUT = 124,    /* run: the command was killed by --timeout */
-    CLI_EXIT_NO_WORKER = 125,  /* the worker did not attach within --wait */
-    CLI_EXIT_LINK_LOST = 254,  /* the link to the worker was lost mid-command */
-    CLI_EXIT_FAILURE = 255,    /* any other failure (local I/O, refused command, ...) */
+    CLI_EXIT_USAGE = 2,       /* bad command line */
+    CLI_EXIT_TIMEOUT = 124,   /* run: the command was killed by --timeout */
+    CLI_EXIT_NO_WORKER = 125, /* the worker did not attach within --wait */
+    CLI_EXIT_LINK_LOST = 254, /* the link to the worker was lost mid-command */
+    CLI_EXIT_FAILURE = 255,   /* any other failure (local I/O, refused command, ...) */
 };
 
 typedef struct cli cli_t;
@@ -50,14 +50,14 @@ struct cli {
     char *workdir;
     double timeout;
     long parallel; /* run: copies at once (--parallel) */
-    char **env; /* K=V strings */
+    char **env;    /* K=V strings */
     size_t nenv;
     int killed_by_signal;
     bool timed_out;
 
     /* put / get */
     bool recursive;
-    bool no_mode; /* put: send mode nil (keep the destination's) */
+    bool no_mode;         /* put: send mode nil (keep the destination's) */
     const char *compress; /* NULL, "gz", "bz2" */
     const char *local;
     const char *remote;

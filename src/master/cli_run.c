@@ -90,8 +90,8 @@ static int run_code(run_one_t *one, bool has_rc, int64_t rc, const char *failure
     if (cli->parallel > 1)
         snprintf(tag, sizeof tag, "[%u] ", one->index);
     if (lost) {
-        cw_error("%slost the link to worker '%s' while the command ran: %s", tag,
-                 cli->worker_name, failure ? failure : "?");
+        cw_error("%slost the link to worker '%s' while the command ran: %s", tag, cli->worker_name,
+                 failure ? failure : "?");
         return CLI_EXIT_LINK_LOST;
     }
     if (failure) {
@@ -113,8 +113,7 @@ static int run_code(run_one_t *one, bool has_rc, int64_t rc, const char *failure
     return CLI_EXIT_FAILURE;
 }
 
-static void run_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure,
-                            bool lost)
+static void run_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure, bool lost)
 {
     run_one_t *one = r->data;
     cli_t *cli = one->cli;

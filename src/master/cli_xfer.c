@@ -189,8 +189,7 @@ static void put_on_transfer(cw_remote_t *r, const cw_msg_t *m)
     }
 }
 
-static void put_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure,
-                            bool lost)
+static void put_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure, bool lost)
 {
     xfer_t *x = r->data;
     int code = remote_result(x, has_rc, rc, failure, lost);
@@ -572,8 +571,7 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
         x->fs.data = x;
         x->fs_busy = true;
         uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
-        if (uv_fs_write(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, get_write_cb) <
-            0) {
+        if (uv_fs_write(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, get_write_cb) < 0) {
             x->fs_busy = false;
             cw_remote_respond_error(r, m->seq, "write error on the master");
         }
@@ -607,8 +605,7 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
     }
 }
 
-static void get_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure,
-                            bool lost)
+static void get_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *failure, bool lost)
 {
     xfer_t *x = r->data;
     int code = remote_result(x, has_rc, rc, failure, lost);

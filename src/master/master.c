@@ -55,8 +55,7 @@ int cw_master_faults_parse(cw_master_faults_t *f, const char *spec)
         return -ENOMEM;
     int rc = 0;
     char *save = NULL;
-    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0;
-         tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
         const char *val = eq ? eq + 1 : "";
         if (eq)
@@ -507,8 +506,7 @@ static void mw_on_open(cw_conn_t *c)
 static int mw_on_auth(cw_conn_t *c, const cw_http_upgrade_req_t *req)
 {
     cw_mworker_t *w = c->data;
-    if (!master_check_password(w->m, req->user, req->user_len, req->password,
-                               req->password_len)) {
+    if (!master_check_password(w->m, req->user, req->user_len, req->password, req->password_len)) {
         cw_warn("refused worker '%.*s' from %s: bad name or password",
                 (int)(req->user_len > 64 ? 64 : req->user_len), req->user, c->peer);
         return 401;
@@ -704,4 +702,3 @@ bool cw_mworker_has_command(cw_mworker_t *w, const char *command)
     const msgpack_object *wc = cw_mworker_info(w, "worker_commands");
     return wc && cw_map_get(wc, command) != NULL;
 }
-

@@ -34,21 +34,21 @@ typedef struct cw_remote cw_remote_t;
 
 /* Test-only fault injection (see cw_master_faults_parse). */
 typedef struct cw_master_faults {
-    long drop_after;      /* close the TCP link abruptly after N messages from a worker */
-    long stall_after;     /* after N messages from a worker, stop reading for stall_ms */
+    long drop_after;  /* close the TCP link abruptly after N messages from a worker */
+    long stall_after; /* after N messages from a worker, stop reading for stall_ms */
     uint64_t stall_ms;
-    char *exception_op;   /* answer this worker request op with an exception */
-    uint8_t *send_msg;    /* after attach, send these bytes as one binary message */
+    char *exception_op; /* answer this worker request op with an exception */
+    uint8_t *send_msg;  /* after attach, send these bytes as one binary message */
     size_t send_msg_len;
-    uint8_t *send_raw;    /* after attach, write these bytes raw on the socket */
+    uint8_t *send_raw; /* after attach, write these bytes raw on the socket */
     size_t send_raw_len;
-    size_t oversize;      /* after attach, send a binary message of this many bytes */
-    bool skip_attach;     /* do not run the attach sequence (raw tests) */
+    size_t oversize;  /* after attach, send a binary message of this many bytes */
+    bool skip_attach; /* do not run the attach sequence (raw tests) */
 } cw_master_faults_t;
 
 typedef struct cw_master_options {
-    uint64_t keepalive_ms;  /* keepalive op interval (stock: 3600 s); 0 = none */
-    cw_conn_options_t conn; /* ping / dead-link / message limits */
+    uint64_t keepalive_ms;   /* keepalive op interval (stock: 3600 s); 0 = none */
+    cw_conn_options_t conn;  /* ping / dead-link / message limits */
     uint64_t dup_timeout_ms; /* how long an old connection has to answer (stock 10 s) */
     cw_master_faults_t faults;
 } cw_master_options_t;
@@ -109,9 +109,9 @@ struct cw_mworker {
     bool has_info;
     char *basedir;
     cw_remote_t *remotes;
-    long msgs_seen; /* for fault injection */
+    long msgs_seen;       /* for fault injection */
     cw_mworker_t *dup_of; /* the older connection we are waiting for */
-    void *data; /* user's pointer */
+    void *data;           /* user's pointer */
 };
 
 /* A transfer/data request from the worker for a running command. */
@@ -151,7 +151,6 @@ int cw_master_listen(cw_master_t *m, const char *host, int port, int *bound_port
 /* Stop listening, drop every connection (remotes complete as lost), close
  * handles.  The loop then runs out.  Safe to call more than once. */
 void cw_master_close(cw_master_t *m);
-
 
 /* Worker info helpers (valid while attached). */
 const msgpack_object *cw_mworker_info(cw_mworker_t *w, const char *key);

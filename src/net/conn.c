@@ -13,7 +13,7 @@
 #include "log.h"
 #include "tls.h"
 
-#define READ_BUF_SIZE (128 * 1024)
+#define READ_BUF_SIZE     (128 * 1024)
 #define SHUTDOWN_GRACE_MS 2000
 
 /* One queued write: the frame header plus the payload it owns. */
@@ -74,7 +74,8 @@ static void conn_tune_socket(cw_conn_t *c)
         /* A backstop 1 s behind the dead-link timer (conn_timer_cb), which says
          * what happened ("link dead: nothing received for 3.0 s"); with the same
          * value the kernel's bare "connection timed out" sometimes won the race
-         * (a failed test under load, 2026-11-28).  unsigned int is 32 bits: saturate rather than wrap (~49 days). */
+         * (a failed test under load, 2026-11-28).  unsigned int is 32 bits: saturate rather than
+         * wrap (~49 days). */
         uint64_t want = c->opt.dead_timeout + 1000;
         unsigned int ms = want > UINT_MAX ? UINT_MAX : (unsigned int)want;
         setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
@@ -101,8 +102,7 @@ static void conn_write_cb(uv_write_t *req, int status)
 }
 
 /* Queue header (may be empty) + payload (owned) on the TCP socket as they are. */
-static int conn_write_tcp(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payload,
-                          size_t len)
+static int conn_write_tcp(cw_conn_t *c, conn_wreq_t *w, size_t hlen, uint8_t *payload, size_t len)
 {
     uv_buf_t bufs[2];
     unsigned n = 0;
@@ -254,8 +254,8 @@ static const cw_ws_callbacks_t conn_ws_callbacks = {
     .on_close = ws_on_close,
 };
 
-void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role,
-                  const cw_conn_options_t *opt, const cw_conn_callbacks_t *cb, void *data)
+void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role, const cw_conn_options_t *opt,
+                  const cw_conn_callbacks_t *cb, void *data)
 {
     memset(c, 0, sizeof *c);
     c->loop = loop;
@@ -577,8 +577,8 @@ static void conn_timer_cb(uv_timer_t *t)
          * container, a suspended laptop): whatever the peer sent meanwhile
          * is still unread in the socket.  Count the silence from now, and
          * ask with a ping; a live peer answers within the dead timeout. */
-        cw_info("%s: the process did not run for %.1f s; checking the link with a ping",
-                c->peer, (double)gap / 1000.0);
+        cw_info("%s: the process did not run for %.1f s; checking the link with a ping", c->peer,
+                (double)gap / 1000.0);
         c->last_rx = now;
         c->last_ping = now;
         cw_ws_ping(&c->ws, (const uint8_t *)"cw", 2);
@@ -708,11 +708,11 @@ int cw_conn_start_client2(cw_conn_t *c, const cw_conn_client_t *o)
     return 0;
 }
 
-int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
-                         const char *user, const char *password)
+int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path, const char *user,
+                         const char *password)
 {
-    cw_conn_client_t o = {.host_header = host_header, .path = path, .user = user,
-                          .password = password};
+    cw_conn_client_t o = {
+        .host_header = host_header, .path = path, .user = user, .password = password};
     return cw_conn_start_client2(c, &o);
 }
 
@@ -772,8 +772,8 @@ int cw_conn_request(cw_conn_t *c, int64_t seq, cw_buf_t *msg, cw_conn_resp_cb cb
         return rc;
     rc = cw_reqtab_add(&c->pending, seq, (cw_reqtab_fn)cb, ctx);
     if (rc < 0)
-        cw_error("%s: request %lld sent while an earlier one with that number waits: %s",
-                 c->peer, (long long)seq, cw_strerror(rc));
+        cw_error("%s: request %lld sent while an earlier one with that number waits: %s", c->peer,
+                 (long long)seq, cw_strerror(rc));
     return 0;
 }
 
@@ -796,8 +796,9 @@ int cw_conn_respond_nil(cw_conn_t *c, int64_t seq)
 
 int cw_conn_respond_unknown(cw_conn_t *c, const cw_msg_t *m)
 {
-    cw_str_t name = m->op == CW_OP_UNKNOWN ? m->op_name
-                                           : (cw_str_t){cw_op_name(m->op), strlen(cw_op_name(m->op))};
+    cw_str_t name = m->op == CW_OP_UNKNOWN
+                        ? m->op_name
+                        : (cw_str_t){cw_op_name(m->op), strlen(cw_op_name(m->op))};
     cw_warn("%s: unknown op '%.*s'", c->peer, name.len > 100 ? 100 : (int)name.len, name.ptr);
     /* the op name is valid UTF-8 (checked); keep it whole in the answer */
     cw_buf_t text = CW_BUF_INIT;

@@ -68,14 +68,14 @@ typedef struct cw_conn_callbacks {
 } cw_conn_callbacks_t;
 
 typedef struct cw_conn_options {
-    size_t max_message;          /* largest WebSocket message accepted (bytes) */
-    uint64_t handshake_timeout;  /* ms for the HTTP upgrade to finish */
-    uint64_t ping_interval;      /* ms between our pings when idle; 0 = none */
-    uint64_t dead_timeout;       /* ms without any byte from the peer before the
-                                    link is declared dead; 0 = never */
-    size_t high_water;           /* queued bytes above which writable() is false */
-    size_t low_water;            /* on_drain fires when the queue falls below */
-    struct ssl_ctx_st *tls_ctx;  /* server: TLS on accepted links (NULL = plain) */
+    size_t max_message;         /* largest WebSocket message accepted (bytes) */
+    uint64_t handshake_timeout; /* ms for the HTTP upgrade to finish */
+    uint64_t ping_interval;     /* ms between our pings when idle; 0 = none */
+    uint64_t dead_timeout;      /* ms without any byte from the peer before the
+                                   link is declared dead; 0 = never */
+    size_t high_water;          /* queued bytes above which writable() is false */
+    size_t low_water;           /* on_drain fires when the queue falls below */
+    struct ssl_ctx_st *tls_ctx; /* server: TLS on accepted links (NULL = plain) */
 } cw_conn_options_t;
 
 /* How a client reaches the master. */
@@ -113,13 +113,13 @@ struct cw_conn {
     uint8_t *tbuf; /* decrypted bytes (TLS) */
     struct cw_tls *tls;
     bool tls_up;
-    bool proxy_pending; /* waiting for the proxy's answer to CONNECT */
+    bool proxy_pending;      /* waiting for the proxy's answer to CONNECT */
     cw_conn_client_t client; /* strings owned by the caller, must outlive the handshake */
 
     int64_t next_seq;
     cw_reqtab_t pending; /* our requests waiting for their response */
 
-    size_t queued;    /* bytes given to uv_write and not yet written */
+    size_t queued; /* bytes given to uv_write and not yet written */
     bool above_high;
     uint64_t last_rx; /* uv_now of the last byte received */
     uint64_t last_ping;
@@ -136,14 +136,14 @@ struct cw_conn {
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
 };
 
-void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role,
-                  const cw_conn_options_t *opt, const cw_conn_callbacks_t *cb, void *data);
+void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role, const cw_conn_options_t *opt,
+                  const cw_conn_callbacks_t *cb, void *data);
 /* The TCP handle to connect or accept on (initialised by cw_conn_init). */
 uv_tcp_t *cw_conn_tcp(cw_conn_t *c);
 
 /* Client: the TCP connection is up; send the upgrade request and read. */
-int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path,
-                         const char *user, const char *password);
+int cw_conn_start_client(cw_conn_t *c, const char *host_header, const char *path, const char *user,
+                         const char *password);
 /* Client, full form: optional HTTP CONNECT proxy and TLS below the upgrade.
  * The strings in o must stay valid until on_open or on_close. */
 int cw_conn_start_client2(cw_conn_t *c, const cw_conn_client_t *o);

@@ -228,7 +228,8 @@ static void handshake_error(cw_tls_t *t)
         return;
     }
     unsigned long e = ERR_peek_last_error();
-    if (ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST ||
+    if (ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER ||
+        ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST ||
         ERR_GET_REASON(e) == SSL_R_PACKET_LENGTH_TOO_LONG)
         ssl_errors(t->err, sizeof t->err,
                    "TLS handshake failed (is the other end speaking TLS on this port?)");

@@ -135,4 +135,3 @@ void cw_args_free(cw_args_t *a)
     cw_env_arg_free(&a->env);
     memset(a, 0, sizeof *a);
 }
-

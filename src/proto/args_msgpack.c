@@ -53,8 +53,8 @@ static int req_str(const msgpack_object *args, const char *key, char **out, char
 }
 
 /* An optional number (int or float) >= 0; nil/absent gives `def`. */
-static int opt_num(const msgpack_object *args, const char *key, double def, double *out,
-                   char *err, size_t errlen)
+static int opt_num(const msgpack_object *args, const char *key, double def, double *out, char *err,
+                   size_t errlen)
 {
     const msgpack_object *o = cw_map_get(args, key);
     if (is_none(o)) {
@@ -63,7 +63,8 @@ static int opt_num(const msgpack_object *args, const char *key, double def, doub
     }
     double v;
     if (!cw_obj_num(o, &v) || !isfinite(v) || v < 0)
-        return cw_err_fmt(CW_EBADARG, err, errlen, "argument '%s' must be a non-negative number or nil", key);
+        return cw_err_fmt(CW_EBADARG, err, errlen,
+                          "argument '%s' must be a non-negative number or nil", key);
     *out = v;
     return 0;
 }
@@ -140,7 +141,8 @@ static int parse_command(cw_args_t *a, const msgpack_object *o, char *err, size_
         return 0;
     }
     if (o->type != MSGPACK_OBJECT_ARRAY)
-        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'command' must be a string or a list of strings");
+        return cw_err_fmt(CW_EBADARG, err, errlen,
+                          "argument 'command' must be a string or a list of strings");
     uint32_t n = o->via.array.size;
     if (n == 0)
         return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'command' is an empty list");
@@ -196,8 +198,8 @@ static int parse_logfiles(cw_args_t *a, const msgpack_object *o, char *err, size
         if (kv->val.type == MSGPACK_OBJECT_MAP) {
             rc = req_str(&kv->val, "filename", &lf->filename, err, errlen);
             if (rc == CW_EBADARG)
-                return cw_err_fmt(CW_EBADARG, err, errlen, "logfiles entry '%s' needs a 'filename' string",
-                            lf->name);
+                return cw_err_fmt(CW_EBADARG, err, errlen,
+                                  "logfiles entry '%s' needs a 'filename' string", lf->name);
             if (rc < 0)
                 return rc;
             rc = opt_bool(&kv->val, "follow", false, &lf->follow, err, errlen);
@@ -246,14 +248,16 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
     if (!is_none(o)) {
         cw_str_t s;
         if (!cw_obj_str(o, &s) || s.len == 0 || s.len >= sizeof a->interrupt_signal_name)
-            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'interruptSignal' must be a signal name");
+            return cw_err_fmt(CW_EBADARG, err, errlen,
+                              "argument 'interruptSignal' must be a signal name");
         memcpy(a->interrupt_signal_name, s.ptr, s.len);
         a->interrupt_signal_name[s.len] = '\0';
         if (strncmp(a->interrupt_signal_name, "SIG", 3) == 0)
             memmove(a->interrupt_signal_name, a->interrupt_signal_name + 3, s.len - 2);
         a->interrupt_signal = cw_signal_by_name(a->interrupt_signal_name);
         if (a->interrupt_signal < 0)
-            return cw_err_fmt(CW_EBADARG, err, errlen, "unknown interruptSignal '%s'", a->interrupt_signal_name);
+            return cw_err_fmt(CW_EBADARG, err, errlen, "unknown interruptSignal '%s'",
+                              a->interrupt_signal_name);
     }
 
     o = cw_map_get(args, "initial_stdin");
@@ -272,7 +276,8 @@ static int parse_shell(cw_args_t *a, const msgpack_object *args, char *err, size
         return rc;
     o = cw_map_get(args, "max_lines");
     if (!is_none(o) && (!cw_obj_int(o, &a->max_lines) || a->max_lines < 0))
-        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'max_lines' must be a non-negative integer or nil");
+        return cw_err_fmt(CW_EBADARG, err, errlen,
+                          "argument 'max_lines' must be a non-negative integer or nil");
     return 0;
 }
 
@@ -312,7 +317,8 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
     if (is_none(o)) {
         a->blocksize = 16384;
     } else if (!cw_obj_int(o, &a->blocksize) || a->blocksize <= 0) {
-        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'blocksize' must be a positive integer");
+        return cw_err_fmt(CW_EBADARG, err, errlen,
+                          "argument 'blocksize' must be a positive integer");
     }
     if (a->blocksize > (16 << 20))
         a->blocksize = 16 << 20;
@@ -321,7 +327,8 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
         return cw_err_fmt(CW_EBADARG, err, errlen, "'maxsize'");
     a->maxsize = -1;
     if (o->type != MSGPACK_OBJECT_NIL && (!cw_obj_int(o, &a->maxsize) || a->maxsize < 0))
-        return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'maxsize' must be a non-negative integer or nil");
+        return cw_err_fmt(CW_EBADARG, err, errlen,
+                          "argument 'maxsize' must be a non-negative integer or nil");
     if ((rc = opt_bool(args, "keepstamp", false, &a->keepstamp, err, errlen)) < 0)
         return rc;
     if (a->kind == CW_CMD_UPLOAD_DIRECTORY) {
@@ -336,7 +343,8 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
         else if (cw_obj_str(o, &s) && cw_str_eq(s, "bz2"))
             a->compress = CW_COMPRESS_BZ2;
         else
-            return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'compress' must be nil, \"gz\" or \"bz2\"");
+            return cw_err_fmt(CW_EBADARG, err, errlen,
+                              "argument 'compress' must be nil, \"gz\" or \"bz2\"");
     }
     if (a->kind == CW_CMD_DOWNLOAD_FILE) {
         o = cw_map_get(args, "mode");
@@ -346,7 +354,8 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
         a->mode = -1;
         if (o->type != MSGPACK_OBJECT_NIL) {
             if (!cw_obj_int(o, &m) || m < 0 || m > 07777)
-                return cw_err_fmt(CW_EBADARG, err, errlen, "argument 'mode' must be permission bits or nil");
+                return cw_err_fmt(CW_EBADARG, err, errlen,
+                                  "argument 'mode' must be permission bits or nil");
             a->mode = (int)m;
         }
     }
@@ -354,8 +363,7 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
 }
 
 /* Names of the required keys missing from args, stock style. */
-static bool check_required(cw_cmd_kind_t kind, const msgpack_object *args, char *err,
-                           size_t errlen)
+static bool check_required(cw_cmd_kind_t kind, const msgpack_object *args, char *err, size_t errlen)
 {
     static const char *const req[CW_CMD__COUNT][3] = {
         [CW_CMD_SHELL] = {"workdir", "command", NULL},
@@ -461,7 +469,9 @@ static int env_entry(cw_env_entry_t *e, const msgpack_object *k, const msgpack_o
         e->kind = CW_ENV_UNSET;
         return 0;
     }
-    uint32_t n = v->type == MSGPACK_OBJECT_STR ? 1 : v->type == MSGPACK_OBJECT_ARRAY ? v->via.array.size : 0;
+    uint32_t n = v->type == MSGPACK_OBJECT_STR     ? 1
+                 : v->type == MSGPACK_OBJECT_ARRAY ? v->via.array.size
+                                                   : 0;
     if (v->type != MSGPACK_OBJECT_STR && v->type != MSGPACK_OBJECT_ARRAY) {
         e->kind = CW_ENV_BAD;
         return 0;

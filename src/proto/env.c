@@ -60,10 +60,10 @@ static int bad_value(char *err, size_t errlen, const cw_env_entry_t *e)
 {
     if (e->key_is_str)
         cw_err_fmt(0, err, errlen, "'env' values must be strings or lists; key '%.*s' is incorrect",
-                (int)e->key.len, e->key.ptr);
+                   (int)e->key.len, e->key.ptr);
     else
         cw_err_fmt(0, err, errlen,
-                "'env' values must be strings or lists; key '<non-string key>' is incorrect");
+                   "'env' values must be strings or lists; key '<non-string key>' is incorrect");
     return CW_EBADARG;
 }
 
@@ -240,7 +240,7 @@ int cw_env_build(char *const *base, const cw_env_arg_t *env, const char *pwd, cw
         it->vlen = vals.len - it->voff;
         if (memchr(vals.data ? (const char *)vals.data + it->voff : "", '\0', it->vlen) != NULL) {
             cw_err_fmt(0, err, errlen, "'env' value of key '%.*s' contains a NUL character",
-                    (int)it->nlen, it->name);
+                       (int)it->nlen, it->name);
             rc = CW_EBADARG;
             goto out;
         }
@@ -294,4 +294,3 @@ out:
     cw_buf_free(&vals);
     return rc;
 }
-

@@ -89,7 +89,8 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
             case 0xc3: /* true */
                 break;
             case 0xc1:
-                return cw_err_fmt(CW_EBADMSG, err, errlen, "never-used byte 0xc1 at offset %zu", start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "never-used byte 0xc1 at offset %zu",
+                                  start);
             case 0xc4:
             case 0xc5:
             case 0xc6:
@@ -105,7 +106,8 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
             case 0xd7:
             case 0xd8:
                 /* ext and fixext, including the timestamp type -1 */
-                return cw_err_fmt(CW_EBADMSG, err, errlen, "ext type 0x%02x at offset %zu not allowed", b, start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen,
+                                  "ext type 0x%02x at offset %zu not allowed", b, start);
             case 0xca:
                 fixed = 4;
                 break;
@@ -159,22 +161,23 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
 
         if (is_str || is_bin) {
             if (n > room)
-                return cw_err_fmt(CW_EBADMSG, err, errlen, "%s at offset %zu declares %llu bytes, only %llu left",
-                              is_str ? "str" : "bin", start, (unsigned long long)n,
-                              (unsigned long long)room);
+                return cw_err_fmt(
+                    CW_EBADMSG, err, errlen, "%s at offset %zu declares %llu bytes, only %llu left",
+                    is_str ? "str" : "bin", start, (unsigned long long)n, (unsigned long long)room);
             if (is_str && !cw_utf8_valid(data + pos, (size_t)n))
-                return cw_err_fmt(CW_EBADMSG, err, errlen, "str at offset %zu is not valid UTF-8", start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "str at offset %zu is not valid UTF-8",
+                                  start);
             pos += (size_t)n;
         } else if (is_cont) {
             if (depth >= max_depth)
-                return cw_err_fmt(CW_EBADMSG, err, errlen, "nesting deeper than %u at offset %zu", max_depth,
-                              start);
+                return cw_err_fmt(CW_EBADMSG, err, errlen, "nesting deeper than %u at offset %zu",
+                                  max_depth, start);
             const uint64_t elems = cont_map ? 2 * n : n;
             if (elems > room)
                 return cw_err_fmt(CW_EBADMSG, err, errlen,
-                              "%s at offset %zu declares %llu elements, only %llu bytes left",
-                              cont_map ? "map" : "array", start, (unsigned long long)n,
-                              (unsigned long long)room);
+                                  "%s at offset %zu declares %llu elements, only %llu bytes left",
+                                  cont_map ? "map" : "array", start, (unsigned long long)n,
+                                  (unsigned long long)room);
             if (elems > 0) {
                 stack[depth].left = elems;
                 stack[depth].is_map = cont_map;
@@ -192,6 +195,7 @@ int cw_msgpack_check(const uint8_t *data, size_t len, unsigned max_depth, char *
     }
 
     if (pos != len)
-        return cw_err_fmt(CW_EBADMSG, err, errlen, "%zu trailing bytes after the msgpack object", len - pos);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "%zu trailing bytes after the msgpack object",
+                          len - pos);
     return 0;
 }

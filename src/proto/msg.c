@@ -178,14 +178,15 @@ bool cw_obj_num(const msgpack_object *o, double *out)
 /* The stock peers' KeyError text; str(KeyError) adds the single quotes. */
 static int missing_key(char *err, size_t errlen, const char *key)
 {
-    return cw_err_fmt(CW_EMSGKEY, err, errlen, "'message did not contain obligatory \"%s\" key'", key);
+    return cw_err_fmt(CW_EMSGKEY, err, errlen, "'message did not contain obligatory \"%s\" key'",
+                      key);
 }
 
 /* Our text for a present key of the wrong type (the stock peers have none). */
 static int wrong_type(char *err, size_t errlen, const char *key, const char *expected)
 {
-    return cw_err_fmt(CW_EMSGKEY, err, errlen, "message key \"%s\" has the wrong type (expected %s)", key,
-                expected);
+    return cw_err_fmt(CW_EMSGKEY, err, errlen,
+                      "message key \"%s\" has the wrong type (expected %s)", key, expected);
 }
 
 /* Presence check of the keys in stock order; the first absent one is named. */
@@ -242,7 +243,7 @@ static int decode_settings(cw_msg_t *m, const msgpack_object *root, char *err, s
     for (size_t i = 0; i < 4; i++) {
         if (cw_map_get(args, settings[i]) == NULL)
             return cw_err_fmt(CW_EMSGKEY, err, errlen,
-                        "'message did not contain obligatory settings for worker'");
+                              "'message did not contain obligatory settings for worker'");
     }
     /* Negative sizes mean nothing and would only trip the output layer. */
     struct {
@@ -256,14 +257,14 @@ static int decode_settings(cw_msg_t *m, const msgpack_object *root, char *err, s
     for (size_t i = 0; i < 3; i++) {
         if (!cw_obj_int(cw_map_get(args, ints[i].key), ints[i].out) || *ints[i].out < 0)
             return cw_err_fmt(CW_EMSGKEY, err, errlen,
-                        "setting \"%s\" has the wrong type (expected non-negative int)",
-                        ints[i].key);
+                              "setting \"%s\" has the wrong type (expected non-negative int)",
+                              ints[i].key);
     }
     const msgpack_object *re = cw_map_get(args, "newline_re");
     if (re->type != MSGPACK_OBJECT_STR)
         return cw_err_fmt(CW_EMSGKEY, err, errlen,
-                    "setting \"newline_re\" has the wrong type "
-                    "(expected str)");
+                          "setting \"newline_re\" has the wrong type "
+                          "(expected str)");
     m->u.settings.newline_re.ptr = re->via.str.ptr;
     m->u.settings.newline_re.len = re->via.str.size;
     return 0;
@@ -314,7 +315,8 @@ static int decode_worker_op(cw_msg_t *m, const msgpack_object *root, char *err, 
         return get_str(root, "why", &m->u.interrupt.why, err, errlen);
     }
     default:
-        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the worker side", (int)m->op);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the worker side",
+                          (int)m->op);
     }
 }
 
@@ -389,7 +391,8 @@ static int decode_master_op(cw_msg_t *m, const msgpack_object *root, char *err, 
             return wrong_type(err, errlen, "length", "non-negative int");
         return 0;
     default:
-        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the master side", (int)m->op);
+        return cw_err_fmt(CW_EBADMSG, err, errlen, "internal: op %d on the master side",
+                          (int)m->op);
     }
 }
 

@@ -532,8 +532,8 @@ size_t cw_outbuf_plan(const cw_outbuf_t *ob, cw_out_plan_t *p)
 }
 
 static const cw_out_kind_t kind_map[] = {
-    [E_TEXT] = CW_OUT_TEXT,       [E_INT] = CW_OUT_INT,         [E_FLOAT] = CW_OUT_FLOAT,
-    [E_STR] = CW_OUT_STR,         [E_STRLIST] = CW_OUT_STRLIST, [E_NUMLIST] = CW_OUT_NUMLIST,
+    [E_TEXT] = CW_OUT_TEXT, [E_INT] = CW_OUT_INT,         [E_FLOAT] = CW_OUT_FLOAT,
+    [E_STR] = CW_OUT_STR,   [E_STRLIST] = CW_OUT_STRLIST, [E_NUMLIST] = CW_OUT_NUMLIST,
 };
 
 void cw_outbuf_plan_pair(const cw_outbuf_t *ob, const cw_out_plan_t *p, size_t k,
@@ -778,7 +778,8 @@ static int slow_step(cw_lines_t *ls, cw_outbuf_t *ob, const uint8_t *p, size_t n
             ls->held_time = now;
             i = n;
         } else {
-            rc = add_char(ls, ob, r == CW_UTF8_VALID ? p + i : cw_utf8_fffd, r == CW_UTF8_VALID ? k : 3, now);
+            rc = add_char(ls, ob, r == CW_UTF8_VALID ? p + i : cw_utf8_fffd,
+                          r == CW_UTF8_VALID ? k : 3, now);
             i += k;
         }
     }
@@ -888,7 +889,8 @@ int cw_lines_feed(cw_lines_t *ls, cw_outbuf_t *ob, const uint8_t *data, size_t l
             ls->utf8_len += take;
             return 0;
         }
-        rc = add_char(ls, ob, r == CW_UTF8_VALID ? tmp : cw_utf8_fffd, r == CW_UTF8_VALID ? k : 3, ls->held_time);
+        rc = add_char(ls, ob, r == CW_UTF8_VALID ? tmp : cw_utf8_fffd, r == CW_UTF8_VALID ? k : 3,
+                      ls->held_time);
         if (rc < 0)
             return rc;
         ls->utf8_len = 0;

@@ -31,7 +31,6 @@
 #include <stdatomic.h>
 #include <string.h>
 
-
 #include "cworker/cw.h"
 
 enum parse_state {
@@ -279,7 +278,8 @@ static int header_start(cw_ws_t *ws)
     /* Clients mask, servers do not (§5.1). */
     if (ws->f_masked != (ws->role == CW_WS_SERVER))
         return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO,
-                    ws->f_masked ? "masked frame from the server" : "unmasked frame from the client");
+                    ws->f_masked ? "masked frame from the server"
+                                 : "unmasked frame from the client");
     if (op & 0x8) {
         if (!ws->f_fin || len7 > MAX_CONTROL)
             return fail(ws, CW_WS_CLOSE_PROTOCOL_ERROR, CW_EPROTO,

@@ -5,9 +5,8 @@
 
 #include "log.h"
 
-int cw_dispatch_start(cw_dispatch_t *d, cw_session_t *s, const cw_cmd_settings_t *set,
-                      cw_str_t id, cw_cmd_kind_t kind, cw_args_t *args, char *err,
-                      size_t errlen, cw_cmd_t **out)
+int cw_dispatch_start(cw_dispatch_t *d, cw_session_t *s, const cw_cmd_settings_t *set, cw_str_t id,
+                      cw_cmd_kind_t kind, cw_args_t *args, char *err, size_t errlen, cw_cmd_t **out)
 {
     if (d->refusing) {
         snprintf(err, errlen, "worker is shutting down; command refused");

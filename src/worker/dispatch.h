@@ -32,9 +32,9 @@ struct cw_dispatch {
 /* start_command: 0 with *out created (the link answers the request, then
  * calls cw_cmd_start), or a negative code with the refusal in err (the link
  * answers with it).  args is taken over on success. */
-int cw_dispatch_start(cw_dispatch_t *d, cw_session_t *s, const cw_cmd_settings_t *set,
-                      cw_str_t id, cw_cmd_kind_t kind, cw_args_t *args, char *err,
-                      size_t errlen, cw_cmd_t **out);
+int cw_dispatch_start(cw_dispatch_t *d, cw_session_t *s, const cw_cmd_settings_t *set, cw_str_t id,
+                      cw_cmd_kind_t kind, cw_args_t *args, char *err, size_t errlen,
+                      cw_cmd_t **out);
 /* interrupt_command: an unknown id is logged and ignored (the stock worker's
  * answer is the same: none). */
 void cw_dispatch_interrupt(cw_dispatch_t *d, cw_session_t *s, cw_str_t id);

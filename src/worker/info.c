@@ -17,7 +17,7 @@
 #include "cw_config.h"
 #include "cworker/utf8.h"
 
-#define INFO_MAX_FILES 64
+#define INFO_MAX_FILES     64
 #define INFO_MAX_FILE_SIZE 65536
 
 /* Read a small text file whole (at most max bytes). */
@@ -169,8 +169,8 @@ int cw_info_collect(cw_info_t *info, const cw_info_src_t *src)
         rc = -ENOMEM;
     for (size_t i = 0; i < l->n; i++) {
         if (rc == 0 && l->key[i] != NULL &&
-            kv_set(&info->files[info->nfiles], l->key[i], strlen(l->key[i]),
-                              l->val[i].data, l->val[i].len) == 0)
+            kv_set(&info->files[info->nfiles], l->key[i], strlen(l->key[i]), l->val[i].data,
+                   l->val[i].len) == 0)
             info->nfiles++;
         else
             rc = -ENOMEM;

@@ -16,18 +16,18 @@ typedef struct cw_info_kv {
 
 /* Where the info comes from. */
 typedef struct cw_info_src {
-    const char *basedir;       /* BASEDIR/info/<name> files */
-    char **environ;            /* the worker's environment */
-    unsigned numcpus;          /* 0: the CPUs this process may run on */
+    const char *basedir; /* BASEDIR/info/<name> files */
+    char **environ;      /* the worker's environment */
+    unsigned numcpus;    /* 0: the CPUs this process may run on */
     bool delete_leftover_dirs;
 } cw_info_src_t;
 
 typedef struct cw_info {
     cw_info_kv_t *files; /* info/ files and os_* from os-release, in that order */
     size_t nfiles;
-    cw_info_kv_t *env;   /* environ */
+    cw_info_kv_t *env; /* environ */
     size_t nenv;
-    const char *system;  /* "posix" */
+    const char *system; /* "posix" */
     const char *basedir;
     const char *version; /* "cworker X.Y.Z" */
     unsigned numcpus;

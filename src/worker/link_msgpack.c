@@ -143,8 +143,7 @@ static int pack_xfer(msgpack_packer *pk, int64_t seq, const cw_cmd_t *cmd, const
     bool dir = cmd->kind == CW_CMD_UPLOAD_DIRECTORY;
     switch (r->op) {
     case CW_XFER_WRITE:
-        return cw_pack_write(pk, seq,
-                             dir ? CW_OP_UPLOAD_DIRECTORY_WRITE : CW_OP_UPLOAD_FILE_WRITE,
+        return cw_pack_write(pk, seq, dir ? CW_OP_UPLOAD_DIRECTORY_WRITE : CW_OP_UPLOAD_FILE_WRITE,
                              cmd->idstr, r->data, r->len);
     case CW_XFER_CLOSE:
         return cw_pack_cmd_simple(pk, seq, CW_OP_UPLOAD_FILE_CLOSE, cmd->idstr);
@@ -281,8 +280,8 @@ static void on_set_worker_settings(mlink_t *l, const cw_msg_t *m)
     if (!cw_newline_re_supported(m->u.settings.newline_re.ptr, m->u.settings.newline_re.len))
         cw_warn("master's newline_re '%.*s' is not supported; using the standard rules",
                 (int)m->u.settings.newline_re.len, m->u.settings.newline_re.ptr);
-    cw_debug("settings: buffer_size %zu, buffer_timeout %.0f, max_line_length %zu",
-             s->buffer_size, s->buffer_timeout, s->max_line_length);
+    cw_debug("settings: buffer_size %zu, buffer_timeout %.0f, max_line_length %zu", s->buffer_size,
+             s->buffer_timeout, s->max_line_length);
     cw_conn_respond_nil(&l->conn, m->seq);
 }
 
@@ -432,8 +431,8 @@ static const cw_link_ops_t mlink_ops = {
     .peer = ml_peer,
 };
 
-cw_link_t *cw_link_msgpack_new(uv_loop_t *loop, const cw_conn_options_t *opt,
-                               cw_dispatch_t *d, const cw_link_events_t *ev, void *owner)
+cw_link_t *cw_link_msgpack_new(uv_loop_t *loop, const cw_conn_options_t *opt, cw_dispatch_t *d,
+                               const cw_link_events_t *ev, void *owner)
 {
     mlink_t *l = calloc(1, sizeof *l);
     if (l == NULL)

@@ -7,7 +7,7 @@
 
 /* A new link (connect its ops->tcp(), then ops->start()); NULL when out of
  * memory. */
-cw_link_t *cw_link_msgpack_new(uv_loop_t *loop, const cw_conn_options_t *opt,
-                               cw_dispatch_t *d, const cw_link_events_t *ev, void *owner);
+cw_link_t *cw_link_msgpack_new(uv_loop_t *loop, const cw_conn_options_t *opt, cw_dispatch_t *d,
+                               const cw_link_events_t *ev, void *owner);
 
 #endif

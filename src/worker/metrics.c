@@ -13,7 +13,7 @@
 #include "options.h"
 
 #define METRICS_MAX_CLIENTS 16
-#define METRICS_TIMEOUT_MS 5000
+#define METRICS_TIMEOUT_MS  5000
 
 typedef struct metrics_client {
     uv_tcp_t tcp;
@@ -31,8 +31,8 @@ struct cw_metrics {
     void *ctx;
     uv_tcp_t server;
     metrics_client_t *clients;
-    int nclients; /* in the list, closing or not */
-    int nclosing; /* of which being closed */
+    int nclients;     /* in the list, closing or not */
+    int nclosing;     /* of which being closed */
     bool server_gone; /* the listening handle is closed: the last one out frees m */
 };
 
@@ -72,8 +72,8 @@ static void write_done(uv_write_t *req, int status)
 }
 
 /* Send a whole response and close. */
-static void client_respond(metrics_client_t *c, int status, const char *reason,
-                           const char *ctype, const char *body)
+static void client_respond(metrics_client_t *c, int status, const char *reason, const char *ctype,
+                           const char *body)
 {
     c->answered = true;
     cw_buf_t b = CW_BUF_INIT;
@@ -282,7 +282,6 @@ int cw_metrics_start(uv_loop_t *loop, const char *listen, cw_metrics_read_cb rea
     free(host);
     return 0;
 }
-
 
 void cw_metrics_stop(cw_metrics_t *m)
 {

@@ -102,8 +102,8 @@ int cw_notify(const char *state)
 #else
     int flags = 0; /* the worker ignores SIGPIPE (main.c) */
 #endif
-    ssize_t n = sendto(fd, state, strlen(state), flags,
-                       (const struct sockaddr *)&notify_state.addr, notify_state.addrlen);
+    ssize_t n = sendto(fd, state, strlen(state), flags, (const struct sockaddr *)&notify_state.addr,
+                       notify_state.addrlen);
     int err = n < 0 ? -errno : 0;
     close(fd);
     return err;

@@ -52,7 +52,7 @@ typedef struct cares_sock {
     uv_poll_t poll;
     ares_socket_t fd; /* ARES_SOCKET_BAD: slot free */
     cares_req_t *req;
-    bool open;        /* poll handle initialised and not yet closing */
+    bool open; /* poll handle initialised and not yet closing */
 } cares_sock_t;
 
 /* One resolution's state: a channel (so /etc/resolv.conf and /etc/hosts are
@@ -60,15 +60,15 @@ typedef struct cares_sock {
  * the cw_resolve_t while active; freed once every handle's close callback
  * has run (`handles` counts them). */
 struct cares_req {
-    cw_resolve_t *r;  /* NULL once the result was delivered */
+    cw_resolve_t *r; /* NULL once the result was delivered */
     ares_channel channel;
     bool channel_ok;
     uv_timer_t timer;
     cares_sock_t socks[CARES_MAX_SOCKS];
     int handles;
     int port;
-    bool done;        /* ares callback ran; tear down after ares returns */
-    bool in_ares;     /* inside an ares_* call that may run the callback */
+    bool done;    /* ares callback ran; tear down after ares returns */
+    bool in_ares; /* inside an ares_* call that may run the callback */
     bool torn_down;
     int status;
     cw_addr_t addrs[CW_RESOLVE_MAX];
@@ -200,8 +200,7 @@ static void cares_sock_state_cb(void *data, ares_socket_t fd, int readable, int 
         return;
     }
     if (s == NULL) {
-        if (free_slot == NULL || uv_poll_init_socket(q->timer.loop,
-                                                     &free_slot->poll, fd) < 0)
+        if (free_slot == NULL || uv_poll_init_socket(q->timer.loop, &free_slot->poll, fd) < 0)
             return; /* c-ares times the query out and tries the next server */
         s = free_slot;
         s->fd = fd;
@@ -246,8 +245,7 @@ static void cares_teardown(cares_req_t *q)
     uv_close((uv_handle_t *)&q->timer, cares_handle_closed);
 }
 
-int cw_resolve_start(cw_resolve_t *r, uv_loop_t *loop, const char *host, int port,
-                     cw_resolve_cb cb)
+int cw_resolve_start(cw_resolve_t *r, uv_loop_t *loop, const char *host, int port, cw_resolve_cb cb)
 {
     if (cares_lib_refs == 0) {
         int st = ares_library_init(ARES_LIB_INIT_ALL);
@@ -347,8 +345,7 @@ static void resolve_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     r->cb(r, status, addrs, n);
 }
 
-int cw_resolve_start(cw_resolve_t *r, uv_loop_t *loop, const char *host, int port,
-                     cw_resolve_cb cb)
+int cw_resolve_start(cw_resolve_t *r, uv_loop_t *loop, const char *host, int port, cw_resolve_cb cb)
 {
     char service[16];
     snprintf(service, sizeof service, "%d", port);

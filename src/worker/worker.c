@@ -58,7 +58,9 @@ static void worker_status(cw_worker_t *w)
 #define L(s) CW_LINK_##s
 static const bool link_allowed[CW_LINK_STATES][CW_LINK_STATES] = {
     [L(RESOLVING)] = {[L(CONNECTING)] = true, [L(BACKOFF)] = true, [L(DOWN)] = true},
-    [L(CONNECTING)] = {[L(CONNECTING)] = true, [L(OPEN)] = true, [L(BACKOFF)] = true,
+    [L(CONNECTING)] = {[L(CONNECTING)] = true,
+                       [L(OPEN)] = true,
+                       [L(BACKOFF)] = true,
                        [L(DOWN)] = true},
     [L(OPEN)] = {[L(ATTACHED)] = true, [L(BACKOFF)] = true, [L(DOWN)] = true},
     [L(ATTACHED)] = {[L(BACKOFF)] = true, [L(DOWN)] = true},
@@ -650,8 +652,8 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
                  cfg->master_port);
     if (cfg->use_tls) {
         char err[400];
-        w->tls_ctx = cw_tls_client_ctx(cfg->ca_file, cfg->client_cert, cfg->client_key, err,
-                                       sizeof err);
+        w->tls_ctx =
+            cw_tls_client_ctx(cfg->ca_file, cfg->client_cert, cfg->client_key, err, sizeof err);
         if (w->tls_ctx == NULL) {
             cw_error("TLS: %s", err);
             return CW_ETLS;
@@ -674,8 +676,7 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
         }
     }
     cw_info("cworker %s starting: worker '%s', basedir %s, master %s://%s%s", CW_VERSION_STRING,
-            cfg->name, cfg->basedir, cfg->use_tls ? "wss" : "ws", w->host_header,
-            cfg->master_path);
+            cfg->name, cfg->basedir, cfg->use_tls ? "wss" : "ws", w->host_header, cfg->master_path);
     if (cfg->proxy)
         cw_info("connecting through the HTTP proxy %s:%d", w->proxy.host, w->proxy.port);
     if (cfg->metrics_listen &&

@@ -80,8 +80,8 @@ struct cw_worker {
 
     cw_link_state_t link_state;
     cw_stop_phase_t stop_phase;
-    cw_link_t *link; /* the current link, or NULL */
-    unsigned attempt; /* failed attempts since the last attach */
+    cw_link_t *link;        /* the current link, or NULL */
+    unsigned attempt;       /* failed attempts since the last attach */
     uv_timer_t retry_timer; /* job: BACKOFF -> RESOLVING */
     uv_timer_t stop_timer;  /* job: the current stop phase's deadline */
     cw_resolve_t resolver;

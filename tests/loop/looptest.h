@@ -15,16 +15,16 @@
 /* A session that collects output instead of sending it. */
 typedef struct fake_session {
     cw_session_t base;
-    bool blocked;          /* can_send answers false (a slow master) */
-    size_t updates;        /* update messages taken */
-    cw_buf_t text[4];      /* per cw_stream_t */
+    bool blocked;     /* can_send answers false (a slow master) */
+    size_t updates;   /* update messages taken */
+    cw_buf_t text[4]; /* per cw_stream_t */
     bool has_rc;
     int64_t rc;
     char failure_reason[64];
     bool completed;
     char *complete_failure; /* complete's failure text, or NULL */
-    size_t released;       /* release calls */
-    size_t max_pending;    /* largest cw_outbuf_size seen at an update */
+    size_t released;        /* release calls */
+    size_t max_pending;     /* largest cw_outbuf_size seen at an update */
     /* transfers: uploads go to upload, downloads come from download */
     cw_buf_t upload;
     bool upload_closed;

@@ -331,10 +331,17 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
-        T(test_echo),       T(test_exit_before_eof), T(test_eof_before_exit),
-        T(test_interrupt),  T(test_timeout),         T(test_maxtime),
-        T(test_session_gone), T(test_backpressure),  T(test_fs_listdir),
-        T(test_upload),     cmocka_unit_test(test_phase_table),
+        T(test_echo),
+        T(test_exit_before_eof),
+        T(test_eof_before_exit),
+        T(test_interrupt),
+        T(test_timeout),
+        T(test_maxtime),
+        T(test_session_gone),
+        T(test_backpressure),
+        T(test_fs_listdir),
+        T(test_upload),
+        cmocka_unit_test(test_phase_table),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

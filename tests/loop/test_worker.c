@@ -38,7 +38,7 @@ typedef struct world {
     /* what the master saw */
     int attaches, detaches;
     cw_mworker_t *mw;
-    bool done;     /* the remote command completed */
+    bool done; /* the remote command completed */
     bool has_rc;
     int64_t rc;
     bool lost;
@@ -84,8 +84,7 @@ static void r_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char *fail
     w->lost = lost;
 }
 
-static const cw_remote_callbacks_t remote_cb = {.on_update = r_update,
-                                                 .on_complete = r_complete};
+static const cw_remote_callbacks_t remote_cb = {.on_update = r_update, .on_complete = r_complete};
 
 /* Start the endpoint and a worker configured by extra flags. */
 static int setup_with(void **state, const char *const *extra)
@@ -111,8 +110,8 @@ static int setup_with(void **state, const char *const *extra)
     chmod(pwfile, 0600);
     snprintf(master, sizeof master, "127.0.0.1:%d", w->port);
     snprintf(basedir, sizeof basedir, "%s/basedir", w->dir);
-    char *argv[32] = {"cworker", "--master", master, "--name", "w1", "--basedir", basedir,
-                      "--password-file", pwfile, "--backoff-max", "1"};
+    char *argv[32] = {"cworker", "--master",        master, "--name",        "w1", "--basedir",
+                      basedir,   "--password-file", pwfile, "--backoff-max", "1"};
     int argc = 11;
     for (size_t i = 0; extra && extra[i]; i++)
         argv[argc++] = (char *)extra[i];
@@ -376,8 +375,8 @@ static void check_table(const char *title, int count, const char *(*name)(int),
             snprintf(want, sizeof want, "`%s`", name(b));
             bool doc = strstr(to[r], want) != NULL;
             if (doc != allowed(a, b))
-                fail_msg("%s: %s -> %s is %s in the code but %s in docs/design.md", title,
-                         name(a), name(b), allowed(a, b) ? "allowed" : "not allowed",
+                fail_msg("%s: %s -> %s is %s in the code but %s in docs/design.md", title, name(a),
+                         name(b), allowed(a, b) ? "allowed" : "not allowed",
                          doc ? "listed" : "not listed");
         }
     }

@@ -822,14 +822,14 @@ static void test_format(void **state)
     cw_opts_t o;
     cw_config_t cfg;
     const char *env[] = {"CWORKER_PASSWORD= leading \"space\"\ttab\n", NULL};
-    load_ok(&(setup_t){.argv = ARGV("--master", "wss://[2001:db8::1]:9443/p", "--name", "w",
-                                    "--basedir", "/b", "--backoff-max", "2.7182818284",
-                                    "--kill-grace", "1.001", "--umask", "0", "--verbose",
-                                    "--log-format", "json", "--max-retries", "3", "--numcpus",
-                                    "6", "--log-file", "/var/log/w.log", "--log-size", "0",
-                                    "--log-count", "none"),
-                       .env = env},
-            &o, &cfg);
+    load_ok(
+        &(setup_t){.argv = ARGV("--master", "wss://[2001:db8::1]:9443/p", "--name", "w",
+                                "--basedir", "/b", "--backoff-max", "2.7182818284", "--kill-grace",
+                                "1.001", "--umask", "0", "--verbose", "--log-format", "json",
+                                "--max-retries", "3", "--numcpus", "6", "--log-file",
+                                "/var/log/w.log", "--log-size", "0", "--log-count", "none"),
+                   .env = env},
+        &o, &cfg);
     assert_int_equal(cfg.numcpus, 6);
     assert_string_equal(cfg.log_file, "/var/log/w.log");
     assert_int_equal(cfg.log_size, 0);

@@ -41,8 +41,8 @@ static void ea_str(envarg_t *e, const char *s)
 
 /* cw_env_build with the env argument as a msgpack object (converted like
  * start_command's arguments are). */
-static int build_mp(char *const *base, const msgpack_object *env, const char *pwd,
-                    cw_envp_t *out, char *err, size_t errlen)
+static int build_mp(char *const *base, const msgpack_object *env, const char *pwd, cw_envp_t *out,
+                    char *err, size_t errlen)
 {
     cw_env_arg_t e;
     int rc = cw_env_arg_from_msgpack(&e, env);
@@ -412,7 +412,8 @@ int main(void)
         cmocka_unit_test(test_no_env),       cmocka_unit_test(test_set_and_remove),
         cmocka_unit_test(test_lists),        cmocka_unit_test(test_pythonpath),
         cmocka_unit_test(test_substitution), cmocka_unit_test(test_bad_values),
-        cmocka_unit_test(test_pwd),          cmocka_unit_test(test_sorting_and_duplicates),      cmocka_unit_test(test_large),
+        cmocka_unit_test(test_pwd),          cmocka_unit_test(test_sorting_and_duplicates),
+        cmocka_unit_test(test_large),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1246,7 +1246,6 @@ static void test_full_handshake(void **state)
     }
 }
 
-
 /* Our SHA-1 against FIPS 180 vectors and libcrypto on many lengths/splits. */
 static void test_sha1(void **state)
 {

@@ -288,12 +288,9 @@ static void test_fifo_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_long_line_elided),
-        cmocka_unit_test(test_fifo_refused),
-        cmocka_unit_test(test_rotate_files_naming),
-        cmocka_unit_test(test_rotating_logger),
-        cmocka_unit_test(test_failing_file_falls_back),
-        cmocka_unit_test(test_removed_and_reopened),
+        cmocka_unit_test(test_long_line_elided),        cmocka_unit_test(test_fifo_refused),
+        cmocka_unit_test(test_rotate_files_naming),     cmocka_unit_test(test_rotating_logger),
+        cmocka_unit_test(test_failing_file_falls_back), cmocka_unit_test(test_removed_and_reopened),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1953,9 +1953,8 @@ static void test_read_file_length_64bit(void **state)
     assert_true(cw_clamp_size(10, cap) == 10);
     assert_true(cw_clamp_size(0, cap) == 0);
     assert_true(cw_clamp_size(-5, cap) == 0);
-    assert_true(cw_clamp_size(INT64_MAX, SIZE_MAX) == (SIZE_MAX < (uint64_t)INT64_MAX
-                                                           ? SIZE_MAX
-                                                           : (size_t)INT64_MAX));
+    assert_true(cw_clamp_size(INT64_MAX, SIZE_MAX) ==
+                (SIZE_MAX < (uint64_t)INT64_MAX ? SIZE_MAX : (size_t)INT64_MAX));
     /* a 64-bit size_t carries it whole; a 32-bit one saturates, never wraps */
     if (SIZE_MAX > UINT32_MAX)
         assert_true(cw_clamp_size(big, SIZE_MAX) == (size_t)big);

@@ -10,8 +10,12 @@
 #include "cworker/cw.h"
 #include "cworker/reqtab.h"
 
-static void fn_a(void) {}
-static void fn_b(void) {}
+static void fn_a(void)
+{
+}
+static void fn_b(void)
+{
+}
 
 static void test_route_by_seq(void **state)
 {

@@ -102,8 +102,7 @@ bool cw_cmd_supported(cw_cmd_kind_t kind)
     return impl_for(kind) != NULL;
 }
 
-void cw_cmds_init(cw_cmds_t *cs, const cw_cmd_env_t *env, const cw_cmds_events_t *ev,
-                  void *owner)
+void cw_cmds_init(cw_cmds_t *cs, const cw_cmd_env_t *env, const cw_cmds_events_t *ev, void *owner)
 {
     memset(cs, 0, sizeof *cs);
     cs->env = *env;
@@ -139,8 +138,8 @@ int cw_cmds_create(cw_cmds_t *cs, cw_session_t *s, const cw_cmd_settings_t *set,
         return CW_EBADARG;
     }
     if (cs->env.max_commands && cs->n >= cs->env.max_commands) {
-        snprintf(err, errlen, "worker busy: %zu commands running (limit --max-commands %zu)",
-                 cs->n, cs->env.max_commands);
+        snprintf(err, errlen, "worker busy: %zu commands running (limit --max-commands %zu)", cs->n,
+                 cs->env.max_commands);
         return CW_ETOOBIG;
     }
     cw_cmd_t *cmd = calloc(1, sizeof *cmd);

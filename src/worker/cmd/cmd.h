@@ -143,8 +143,7 @@ extern const cw_cmd_impl_t cw_cmd_download_impl;
 
 /* ---- the set (for the worker and the links) ---- */
 
-void cw_cmds_init(cw_cmds_t *cs, const cw_cmd_env_t *env, const cw_cmds_events_t *ev,
-                  void *owner);
+void cw_cmds_init(cw_cmds_t *cs, const cw_cmd_env_t *env, const cw_cmds_events_t *ev, void *owner);
 /* True if this build implements the kind (what the worker info announces). */
 bool cw_cmd_supported(cw_cmd_kind_t kind);
 /* Validate and create a command for the session (not started yet, so the

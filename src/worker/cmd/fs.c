@@ -28,7 +28,7 @@ typedef struct fs_job {
     int rc;
     cw_buf_t header; /* header text (lines) */
     cw_buf_t stderr_text;
-    cw_buf_t stdout_text; /* cpdir: the cp -v style log */
+    cw_buf_t stdout_text;  /* cpdir: the cp -v style log */
     const char *value_key; /* "files" or "stat", or NULL */
     cw_strlist_t files;    /* "files" (listdir, glob) */
     cw_num_t stat[10];     /* "stat" */
@@ -76,8 +76,7 @@ static void do_rmdir(fs_job_t *job)
             continue;
         }
         cw_buf_free(&why);
-        rc = cw_rmtree(a->paths[i], job->cmd->cs->env.fs_max_depth, &job->stop,
-                       &job->stderr_text);
+        rc = cw_rmtree(a->paths[i], job->cmd->cs->env.fs_max_depth, &job->stop, &job->stderr_text);
         if (rc == -EINTR || atomic_load(&job->stop)) {
             job->rc = -1;
             return;
@@ -145,8 +144,8 @@ static void do_rmfile(fs_job_t *job)
 
 static void do_glob(fs_job_t *job)
 {
-    int rc = cw_glob(job->cmd->args.path, job->cmd->cs->env.fs_max_depth, &job->stop,
-                     &job->files, &job->stderr_text);
+    int rc = cw_glob(job->cmd->args.path, job->cmd->cs->env.fs_max_depth, &job->stop, &job->files,
+                     &job->stderr_text);
     if (rc < 0) {
         job_error(job, "glob", rc, job->cmd->args.path);
         cw_strlist_free(&job->files);
@@ -228,7 +227,8 @@ static void add_text(cw_cmd_t *cmd, cw_stream_t stream, const cw_buf_t *text, do
         return;
     cw_buf_t fixed = CW_BUF_INIT;
     if (cw_utf8_repair(text->data, text->len, &fixed) == 0 &&
-        (fixed.len == 0 || fixed.data[fixed.len - 1] == '\n' || cw_buf_append(&fixed, "\n", 1) == 0))
+        (fixed.len == 0 || fixed.data[fixed.len - 1] == '\n' ||
+         cw_buf_append(&fixed, "\n", 1) == 0))
         cw_outbuf_add_lines(&cmd->out, stream, NULL, (const char *)fixed.data, fixed.len, now);
     cw_buf_free(&fixed);
 }

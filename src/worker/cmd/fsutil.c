@@ -498,7 +498,6 @@ int cw_rmtree(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *e
     return rc;
 }
 
-
 /* ------------------------------------------------------------------------ */
 /* rm's safety rules                                                        */
 /* ------------------------------------------------------------------------ */
@@ -1276,7 +1275,7 @@ static size_t str_hash(const char *s)
 
 /* Python's glob.glob(pattern, recursive=True), without repeats (see fsutil.h). */
 int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
-                    cw_buf_t *errors)
+            cw_buf_t *errors)
 {
     if (stopped(stop))
         return -EINTR;
@@ -1320,7 +1319,6 @@ int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist
     }
     return rc;
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* cp -R -P -p -v                                                           */
@@ -2027,7 +2025,7 @@ static void cp_walk(cp_ctx_t *c)
 
 /* cp -R -P -p -v from to (see fsutil.h). */
 int cw_copytree(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
-                        cw_buf_t *log, cw_buf_t *errors)
+                cw_buf_t *log, cw_buf_t *errors)
 {
     cp_ctx_t c = {
         .stop = stop, .log = log, .errors = errors, .max_depth = max_depth, .root = geteuid() == 0};
@@ -2068,7 +2066,6 @@ int cw_copytree(const char *from, const char *to, size_t max_depth, atomic_bool 
     cw_buf_free(&c.dst);
     return rc;
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* The tree walker                                                          */

@@ -55,7 +55,6 @@ int cw_mkdirs(const char *path, mode_t mode);
  * CW_ETOOBIG, -ESTALE.  Call cw_rm_refusal() first for rm's safety rules. */
 int cw_rmtree(const char *path, size_t max_depth, atomic_bool *stop, cw_buf_t *errors);
 
-
 /* rm -rf's safety rules, checked before anything is touched: returns 0
  * when path may be removed, else a negative code and a line in why (may be
  * NULL) naming the rule:
@@ -106,8 +105,7 @@ void cw_strlist_free(cw_strlist_t *l);
  * naming the limit.  Stops early when *stop becomes true (-EINTR).
  * Returns 0, -EINTR, CW_ETOOBIG or -ENOMEM; on failure out is as it was. */
 int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist_t *out,
-                    cw_buf_t *errors);
-
+            cw_buf_t *errors);
 
 /* cp -R -P -p from to, natively.  If `to` is an existing directory the copy
  * goes to to/basename(from), as cp does.  Symbolic links are copied as
@@ -134,8 +132,7 @@ int cw_glob(const char *pattern, size_t max_depth, atomic_bool *stop, cw_strlist
  * already made get their modes and times.  Returns 0 when everything was
  * copied, else the first failure: -errno, -EINTR, CW_ETOOBIG, -ESTALE. */
 int cw_copytree(const char *from, const char *to, size_t max_depth, atomic_bool *stop,
-                        cw_buf_t *log, cw_buf_t *errors);
-
+                cw_buf_t *log, cw_buf_t *errors);
 
 /* A walk over everything below a directory, for DirectoryUpload's tar
  * stream: pre-order (a directory, then what it holds), each directory's

@@ -296,8 +296,7 @@ int cw_proc_spawn(cw_proc_t *p, const cw_proc_options_t *o, char *err, size_t er
             ;
         switch (ce.stage) {
         case 1:
-            snprintf(err, errlen, "cannot change to directory '%s': %s", o->cwd,
-                     strerror(ce.err));
+            snprintf(err, errlen, "cannot change to directory '%s': %s", o->cwd, strerror(ce.err));
             break;
         case 2:
             snprintf(err, errlen, "cannot run '%s': %s", o->argv[0], strerror(ce.err));

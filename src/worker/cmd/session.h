@@ -47,14 +47,14 @@ typedef struct cw_xfer_req {
 /* The answer to one transfer request.  Pointers live only during the
  * callback. */
 typedef struct cw_xfer_answer {
-    int status;          /* 0: answered; CW_EPROTO: the master refused (error
-                            says why); CW_ECLOSED: the link went first */
-    const char *error;   /* the master's refusal text, not NUL-terminated */
+    int status;        /* 0: answered; CW_EPROTO: the master refused (error
+                          says why); CW_ECLOSED: the link went first */
+    const char *error; /* the master's refusal text, not NUL-terminated */
     size_t error_len;
     const uint8_t *data; /* READ: the data; len 0 with nil false is EOF */
     size_t len;
-    bool nil;            /* READ: the master answered nil instead of data */
-    bool not_data;       /* READ: the answer was neither data nor nil */
+    bool nil;      /* READ: the master answered nil instead of data */
+    bool not_data; /* READ: the answer was neither data nor nil */
 } cw_xfer_answer_t;
 
 typedef void (*cw_xfer_cb)(cw_cmd_t *cmd, const cw_xfer_answer_t *answer);

@@ -24,10 +24,10 @@
 #include "log.h"
 #include "proc.h"
 
-#define READ_CHUNK (64 * 1024)
-#define READS_PER_EVENT 4
+#define READ_CHUNK        (64 * 1024)
+#define READS_PER_EVENT   4
 #define BACKUP_TIMEOUT_MS 5000
-#define LOGFILE_POLL_MS 1000
+#define LOGFILE_POLL_MS   1000
 
 /* One watched logfile. */
 typedef struct shell_logfile {
@@ -47,7 +47,7 @@ typedef struct shell_stream {
     uv_poll_t poll;
     shell_t *sh;
     int fd;
-    bool open;   /* fd open, not at EOF yet */
+    bool open; /* fd open, not at EOF yet */
     bool polling;
     bool handle_init;
     bool want; /* send it to the master (want_stdout / want_stderr) */
@@ -274,7 +274,8 @@ static void stdin_poll_cb(uv_poll_t *h, int status, int events)
     shell_t *sh = h->data;
     cw_args_t *a = &sh->cmd->args;
     while (sh->in_off < a->initial_stdin_len) {
-        ssize_t n = write(sh->in_fd, a->initial_stdin + sh->in_off, a->initial_stdin_len - sh->in_off);
+        ssize_t n =
+            write(sh->in_fd, a->initial_stdin + sh->in_off, a->initial_stdin_len - sh->in_off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -599,7 +600,8 @@ static int shell_start(cw_cmd_t *cmd)
     rc = cw_proc_spawn(sh->proc, &po, err, sizeof err);
     if (rc < 0) {
         /* like a shell: 127 for a missing program, 126 when it cannot run */
-        cw_lines_feed(&sh->err.lines, &cmd->out, (const uint8_t *)err, strlen(err), cw_cmd_now(cmd));
+        cw_lines_feed(&sh->err.lines, &cmd->out, (const uint8_t *)err, strlen(err),
+                      cw_cmd_now(cmd));
         cw_lines_flush(&sh->err.lines, &cmd->out, cw_cmd_now(cmd));
         int code = rc == -ENOENT ? 127 : 126;
         if (strncmp(err, "cannot run", 10) != 0)

@@ -53,8 +53,8 @@ typedef struct tar_producer {
     uv_cond_t cond;
     cw_buf_t q[TAR_QUEUE]; /* ready chunks (ring) */
     int qhead, qcount;
-    bool eof;    /* the stream is complete (after the last chunk) */
-    int err;     /* <0: the thread failed; errmsg says why */
+    bool eof; /* the stream is complete (after the last chunk) */
+    int err;  /* <0: the thread failed; errmsg says why */
     char errmsg[600];
     atomic_bool stop;
     /* thread-side */
@@ -62,7 +62,7 @@ typedef struct tar_producer {
     size_t blocksize;
     char *root;
     cw_compress_t compress;
-    bool utf8_names; /* the locale is UTF-8: libarchive can convert names */
+    bool utf8_names;  /* the locale is UTF-8: libarchive can convert names */
     size_t max_depth; /* fs-max-depth */
 } tar_producer_t;
 #endif
@@ -77,7 +77,7 @@ struct xfer {
     size_t buflen;
     uint64_t done_bytes; /* sent (upload) or written (download) */
     int64_t seq;
-    bool stopping;       /* interrupted or lost: wind down */
+    bool stopping; /* interrupted or lost: wind down */
     bool finished;
     int rc;
     double atime, mtime; /* keepstamp */
@@ -91,8 +91,8 @@ struct xfer {
     bool work_busy;
     int work_err;
     uint64_t file_off;
-    bool probing;        /* download: asked 1 byte past maxsize */
-    bool zombie;         /* destroyed while an fs request was in flight */
+    bool probing; /* download: asked 1 byte past maxsize */
+    bool zombie;  /* destroyed while an fs request was in flight */
 #if CW_HAVE_ARCHIVE
     tar_producer_t *tar;
 #endif
@@ -122,7 +122,8 @@ static void xfer_stderr(xfer_t *x, const char *msg)
     cw_utf8_repair((const uint8_t *)msg, strlen(msg), &line);
     if (line.len == 0 || line.data[line.len - 1] != '\n')
         cw_buf_append(&line, "\n", 1);
-    cw_outbuf_add_lines(ob, CW_STREAM_STDERR, NULL, (const char *)line.data, line.len, cw_cmd_now(x->cmd));
+    cw_outbuf_add_lines(ob, CW_STREAM_STDERR, NULL, (const char *)line.data, line.len,
+                        cw_cmd_now(x->cmd));
     cw_buf_free(&line);
     cw_cmd_output_added(x->cmd);
 }
@@ -318,8 +319,7 @@ static void upload_read_cb(uv_fs_t *req)
     }
     cw_args_t *a = &x->cmd->args;
     if (n < 0) {
-        xfer_end_path(x, 1, "Cannot read file '", a->path, "' for upload: %s",
-                      uv_strerror((int)n));
+        xfer_end_path(x, 1, "Cannot read file '", a->path, "' for upload: %s", uv_strerror((int)n));
         return;
     }
     if (n == 0) {
@@ -353,8 +353,8 @@ static void upload_read_next(xfer_t *x)
     x->fs.data = x;
     x->fs_busy = true;
     uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)x->buflen);
-    int rc = uv_fs_read(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, (int64_t)x->file_off,
-                        upload_read_cb);
+    int rc =
+        uv_fs_read(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, (int64_t)x->file_off, upload_read_cb);
     if (rc < 0) {
         x->fs_busy = false;
         xfer_end(x, 1, "cannot read the file", NULL);
@@ -378,8 +378,7 @@ static void upload_open_cb(uv_fs_t *req)
         return;
     }
     if (r < 0) {
-        xfer_end_path(x, 1, "Cannot open file '", a->path, "' for upload: %s",
-                      uv_strerror((int)r));
+        xfer_end_path(x, 1, "Cannot open file '", a->path, "' for upload: %s", uv_strerror((int)r));
         return;
     }
     x->fd = (uv_file)r;
@@ -532,8 +531,7 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
     }
     /* ARCHIVE_WARN (e.g. a name stored as binary) still wrote the entry */
     if (archive_write_header(ar, e) < ARCHIVE_WARN) {
-        tar_fail(t, "tar: %s%s", archive_error_string(ar) ? archive_error_string(ar) : "error",
-                 "");
+        tar_fail(t, "tar: %s%s", archive_error_string(ar) ? archive_error_string(ar) : "error", "");
         if (fd >= 0)
             close(fd);
         return -1;
@@ -579,8 +577,8 @@ static int tar_walk(tar_producer_t *t, struct archive *ar, struct archive_entry 
     int rc = cw_walk_open(&w, t->root, t->max_depth, &t->stop, &why);
     if (rc < 0) {
         char ebuf[128];
-        tar_fail_path(t, "Cannot read directory '", t->root, "' for upload: ",
-                      cw_fs_strerror(rc, ebuf, sizeof ebuf));
+        tar_fail_path(t, "Cannot read directory '", t->root,
+                      "' for upload: ", cw_fs_strerror(rc, ebuf, sizeof ebuf));
     }
     while (rc == 0 && (rc = cw_walk_next(w, &we)) == 1) {
         if (S_ISSOCK(we.st.st_mode)) {
@@ -975,8 +973,8 @@ static void download_write_next(xfer_t *x)
     int rc = uv_fs_write(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, off, download_write_cb);
     if (rc < 0) {
         x->fs_busy = false;
-        download_finish_path(x, "Cannot write file '", x->cmd->args.path, "' for download: ",
-                             uv_strerror(rc));
+        download_finish_path(x, "Cannot write file '", x->cmd->args.path,
+                             "' for download: ", uv_strerror(rc));
     }
 }
 
@@ -1014,8 +1012,9 @@ static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         }
         len = 0; /* after data, treat nil as end of file */
     } else if (ans->not_data) {
-        download_finish(x, 1, "download failed: the master answered update_read_file with "
-                              "something that is not data");
+        download_finish(x, 1,
+                        "download failed: the master answered update_read_file with "
+                        "something that is not data");
         return;
     }
     if (len == 0) {
@@ -1174,28 +1173,28 @@ static int download_start(xfer_t *x)
     }
     free(dir);
     if (rc < 0) {
-        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
-                             cw_errstr(-rc, ebuf, sizeof ebuf));
+        download_finish_path(x, "Cannot open file '", a->path,
+                             "' for download: ", cw_errstr(-rc, ebuf, sizeof ebuf));
         return 0;
     }
     x->dest = resolve_links(a->path);
     if (x->dest == NULL) {
-        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
-                             cw_errstr(errno, ebuf, sizeof ebuf));
+        download_finish_path(x, "Cannot open file '", a->path,
+                             "' for download: ", cw_errstr(errno, ebuf, sizeof ebuf));
         return 0;
     }
     struct stat st;
     bool exists = lstat(x->dest, &st) == 0;
     if (!exists && errno != ENOENT) {
-        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
-                             cw_errstr(errno, ebuf, sizeof ebuf));
+        download_finish_path(x, "Cannot open file '", a->path,
+                             "' for download: ", cw_errstr(errno, ebuf, sizeof ebuf));
         return 0;
     }
     if (exists && S_ISCHR(st.st_mode)) {
         rc = download_open_direct(x);
     } else if (exists && !S_ISREG(st.st_mode)) {
-        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
-                             not_regular(st.st_mode));
+        download_finish_path(x, "Cannot open file '", a->path,
+                             "' for download: ", not_regular(st.st_mode));
         return 0;
     } else {
         /* the requested mode; else the old file's; else what open(2) gives */
@@ -1218,8 +1217,8 @@ static int download_start(xfer_t *x)
         }
     }
     if (rc < 0) {
-        download_finish_path(x, "Cannot open file '", a->path, "' for download: ",
-                             cw_errstr(-rc, ebuf, sizeof ebuf));
+        download_finish_path(x, "Cannot open file '", a->path,
+                             "' for download: ", cw_errstr(-rc, ebuf, sizeof ebuf));
         return 0;
     }
     download_request(x);
