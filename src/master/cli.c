@@ -520,6 +520,12 @@ int main(int argc, char **argv)
     int rc = cw_master_listen(&cli.master, host, port, &bound);
     if (rc < 0) {
         fprintf(stderr, "cworker-master: cannot listen on %s: %s\n", listen, uv_strerror(rc));
+        cw_master_close(&cli.master); /* its handles and accounts */
+        uv_run(cli.loop, UV_RUN_DEFAULT);
+        uv_loop_close(cli.loop);
+        cw_master_faults_free(&mo.faults);
+        cw_tls_ctx_free(tls_ctx);
+        free(cli.env);
         return CLI_EXIT_FAILURE;
     }
     cw_info("listening on %s:%d%s", host, bound, tls_ctx ? " (TLS)" : "");

@@ -30,18 +30,29 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 WORKER, MASTER = sys.argv[1], sys.argv[2]
 PW = 'sweep-pass'
 
 
+_ports_lock = threading.Lock()
+_ports_given = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port free now and not handed to another session of this sweep (the
+    sessions run side by side)."""
+    with _ports_lock:
+        while True:
+            s = socket.socket()
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+            s.close()
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
 
 
 def clean_env(extra=None):

@@ -1060,7 +1060,7 @@ static int glob_deep_tree_child(void *arg)
     char *pat = xfmt("%s/**", t);
     glob_job_t j = {.pattern = pat, .max_depth = CW_FS_MAX_DEPTH};
     int bad = 0;
-    if (glob_on_small_stack(&j, 64 * 1024) < 0)
+    if (glob_on_small_stack(&j, 128 * 1024) < 0)
         return FAIL("no thread\n");
     if (j.rc != 0 || j.out.n != 1502)
         bad += FAIL("rc %d, %zu results\n", j.rc, j.out.n);
@@ -1078,7 +1078,7 @@ static int glob_deep_tree_child(void *arg)
     cw_buf_free(&want);
     /* the deepest directory holds the leaf, 1,500 levels down */
     j.max_depth = 1499;
-    if (glob_on_small_stack(&j, 64 * 1024) < 0)
+    if (glob_on_small_stack(&j, 128 * 1024) < 0)
         return FAIL("no thread\n");
     if (j.rc != CW_ETOOBIG || j.out.n != 0 ||
         strstr(bstr(&j.err), "/**': directory tree deeper than the limit of 1499 levels "
@@ -1086,7 +1086,7 @@ static int glob_deep_tree_child(void *arg)
         bad += FAIL("limit: rc %d, errors '%.300s'\n", j.rc, bstr(&j.err));
     cw_strlist_free(&j.out);
     j.max_depth = 1500;
-    if (glob_on_small_stack(&j, 64 * 1024) < 0 || j.rc != 0 || j.out.n != 1502)
+    if (glob_on_small_stack(&j, 128 * 1024) < 0 || j.rc != 0 || j.out.n != 1502)
         bad += FAIL("at the limit: rc %d\n", j.rc);
     cw_strlist_free(&j.out);
     cw_buf_free(&j.err);
@@ -1094,7 +1094,8 @@ static int glob_deep_tree_child(void *arg)
     return bad != 0;
 }
 
-/* Deep trees under '**' need no stack. */
+/* Deep trees under '**' need no stack (128 KiB: less than the recursion
+ * used to take at this depth, more than qemu-user needs to start a thread). */
 static void glob_deep_tree(void **state)
 {
     (void)state;
@@ -2813,7 +2814,19 @@ static void rm_refusal_rules(void **state)
     assert_int_equal(symlink("/", rootlink), 0);
     bad += refusal_is(rootlink, b, 0, ""); /* the link goes, not / */
     want = xfmt("it is dangerous to operate recursively on '%s' (same as '/')\n", rootslash);
-    bad += refusal_is(rootslash, b, -EPERM, want);
+    {
+        /* Under qemu-user, whose -L prefix stands in for "/" in the checks
+         * but not in the link, the same path is caught as an ancestor of
+         * the base directory instead: refused either way. */
+        char *alt = xfmt("refusing to remove '%s': it contains the worker's base directory\n",
+                         rootslash);
+        cw_buf_t why = CW_BUF_INIT;
+        int got = cw_rm_refusal(rootslash, b, &why);
+        if (got != -EPERM || (strcmp(bstr(&why), want) != 0 && strcmp(bstr(&why), alt) != 0))
+            bad += FAIL("'%s': rc %d, '%s'\n", rootslash, got, bstr(&why));
+        cw_buf_free(&why);
+        free(alt);
+    }
     free(want);
     /* the base directory and its ancestors, however they are reached */
     char *bslash = xfmt("%s/", b), *bdot = xfmt("%s/build/../../base", b);

@@ -21,7 +21,8 @@ int main(void)
         uint32_t m = (uint32_t)out.len;
         uint8_t oh[4] = {m & 0xff, (m >> 8) & 0xff, (m >> 16) & 0xff, m >> 24};
         fwrite(oh, 1, 4, stdout);
-        fwrite(out.data, 1, out.len, stdout);
+        if (out.len)
+            fwrite(out.data, 1, out.len, stdout);
         cw_buf_free(&out);
         free(in);
     }
