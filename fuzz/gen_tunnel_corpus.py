@@ -3,7 +3,7 @@
 
 Control: bytes 0-1 split seed; byte 2: buffer 4096 << (b & 7), the session's own source writes
 (b >> 3 & 15) * 2048 bytes, bit 7 adds its FIN; byte 3: bit 0 server role (else client), bit 1
-client resumes session id 7 / token 0xEE * 16, bit 2 flush delayed acks after every piece.
+client resumes session id 7 / token 0xEE * 16, bit 2 flush delayed acks at the end.
 Run from the repository root: /usr/bin/python3 fuzz/gen_tunnel_corpus.py
 """
 import os
@@ -17,9 +17,10 @@ def frame(t, payload):
     return struct.pack('>BI', t, len(payload)) + payload
 
 
-def hello(kind=0, buf=4096, sid=0, token=b'\0' * 16, received=0, version=1, magic=b'CWTN'):
+def hello(kind=0, buf=4096, sid=0, token=b'\0' * 16, received=0, version=1, magic=b'CWTN',
+          link_seq=1):
     return frame(0x01, magic + struct.pack('>BBIQ', version, kind, buf, sid) + token +
-                 struct.pack('>Q', received))
+                 struct.pack('>QI', received, link_seq))
 
 
 def welcome(resumed=0, buf=4096, window=600, sid=7, token=TOKEN, received=0, version=1):

@@ -26,7 +26,8 @@
 #define CW_TUN_VERSION    1
 #define CW_TUN_HEADER     5        /* type u8 + payload length u32 */
 #define CW_TUN_TOKEN_LEN  16       /* 128 bits from getrandom */
-#define CW_TUN_HS_LEN     42       /* HELLO and WELCOME payloads */
+#define CW_TUN_HELLO_LEN  46       /* HELLO payload */
+#define CW_TUN_WELCOME_LEN 42      /* WELCOME payload */
 #define CW_TUN_MAX_DATA   65536    /* largest DATA payload accepted (after the offset) */
 #define CW_TUN_MAX_TEXT   200      /* REFUSE/ABORT text */
 #define CW_TUN_SEND_DATA  16384    /* DATA payload we send per frame */
@@ -62,6 +63,7 @@ enum cw_tun_reason {
     CW_TUN_R_CLOSED = 9,
     CW_TUN_R_INTERNAL = 10,
     CW_TUN_R_ENDED = 11,
+    CW_TUN_R_STALE = 12,
 };
 
 /* Name of a reason ("bad token", ...); never NULL. */
@@ -77,6 +79,7 @@ typedef struct cw_tun_hello {
     uint64_t id;       /* resume: the session; new: 0 */
     uint8_t token[CW_TUN_TOKEN_LEN];
     uint64_t received; /* positions of the server->client stream the client has */
+    uint32_t link_seq; /* the client's link number in this session: 1, 2, ... */
 } cw_tun_hello_t;
 
 typedef struct cw_tun_welcome {
@@ -101,6 +104,7 @@ typedef struct cw_tun_frame {
     const uint8_t *data; /* DATA piece; REFUSE/ABORT text */
     size_t len;
     bool last;         /* DATA: this piece ends its frame */
+    uint64_t frame_end; /* DATA: stream offset after the frame's last byte */
     cw_tun_hello_t hello;
     cw_tun_welcome_t welcome;
 } cw_tun_frame_t;
@@ -114,7 +118,7 @@ typedef struct cw_tun_dec {
     uint32_t len;      /* payload length */
     uint32_t done;     /* payload bytes consumed */
     uint64_t offset;   /* DATA: stream offset of the next byte */
-    uint8_t ctl[1 + CW_TUN_MAX_TEXT > CW_TUN_HS_LEN ? 1 + CW_TUN_MAX_TEXT : CW_TUN_HS_LEN];
+    uint8_t ctl[1 + CW_TUN_MAX_TEXT];
     const char *error; /* static text, after an error */
 } cw_tun_dec_t;
 
@@ -131,9 +135,10 @@ int cw_tun_dec_feed(cw_tun_dec_t *d, const uint8_t *in, size_t len, size_t *used
 const char *cw_tun_dec_error(const cw_tun_dec_t *d);
 
 /* Encoders: write one whole frame into out and return its length. */
-#define CW_TUN_HS_FRAME (CW_TUN_HEADER + CW_TUN_HS_LEN)
-size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_hello_t *h);
-size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_welcome_t *w);
+#define CW_TUN_HELLO_FRAME (CW_TUN_HEADER + CW_TUN_HELLO_LEN)
+#define CW_TUN_WELCOME_FRAME (CW_TUN_HEADER + CW_TUN_WELCOME_LEN)
+size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HELLO_FRAME], const cw_tun_hello_t *h);
+size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_WELCOME_FRAME], const cw_tun_welcome_t *w);
 /* REFUSE or ABORT; text is cut at CW_TUN_MAX_TEXT bytes. */
 #define CW_TUN_TEXT_FRAME (CW_TUN_HEADER + 1 + CW_TUN_MAX_TEXT)
 size_t cw_tun_enc_reason(uint8_t out[CW_TUN_TEXT_FRAME], uint8_t type, uint8_t reason,
@@ -209,6 +214,7 @@ typedef struct cw_tun {
     bool have_session; /* id and token are set */
     uint32_t peer_buffer;
     uint32_t window; /* client: the server's resume window (s) */
+    uint32_t link_seq; /* client: the last link's number; server: the attached one's */
 
     /* outgoing stream: bytes [base, end) are in the replay buffer */
     cw_tun_chunk_t *head, *tail;
@@ -225,7 +231,9 @@ typedef struct cw_tun {
 
     /* incoming stream */
     uint64_t received;  /* positions we have (bytes + FIN) */
-    uint64_t ack_sent;  /* the last `received` we told the peer */
+    uint64_t ack_sent;  /* the last position we told the peer (ACK, HELLO, WELCOME) */
+    bool track_consumed; /* ACKs say `consumed`, not `received` */
+    uint64_t consumed;  /* bytes our consumer has taken (<= received) */
     bool fin_received;
     bool ack_now;
 
@@ -286,7 +294,8 @@ bool cw_tun_want_output(const cw_tun_t *t);
 
 /* Take stream bytes from the source into the replay buffer: returns how
  * many were accepted (<= len, 0 when full or after FIN/CLOSED).  A short
- * count means "stop reading the source"; on_room says when to resume. */
+ * count, or no room left after it, means "stop reading the source";
+ * on_room says when to resume. */
 size_t cw_tun_write(cw_tun_t *t, const uint8_t *data, size_t len);
 /* End our stream (FIN after the buffered bytes).  0, or CW_ECLOSED. */
 int cw_tun_write_fin(cw_tun_t *t);
@@ -295,6 +304,16 @@ size_t cw_tun_room(const cw_tun_t *t);
 size_t cw_tun_buffered(const cw_tun_t *t);
 /* Bytes of replay buffer allocated now (chunks), for memory accounting. */
 size_t cw_tun_allocated(const cw_tun_t *t);
+
+/* Acknowledge only what the consumer has taken, not what arrived: the
+ * relay acknowledges bytes once the master's socket took them, so the
+ * peer's replay buffer is the window and a slow master slows the worker
+ * without the relay having to stop reading the link.  (Resumes still use
+ * `received`: bytes the consumer holds are never replayed.)  Call before
+ * the first link. */
+void cw_tun_track_consumed(cw_tun_t *t);
+/* The consumer has taken the stream up to position pos (<= received). */
+void cw_tun_consumed(cw_tun_t *t, uint64_t pos);
 
 /* Queue a PING with this value (the adapter's liveness timer). */
 void cw_tun_ping(cw_tun_t *t, uint64_t value);

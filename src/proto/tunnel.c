@@ -64,6 +64,8 @@ const char *cw_tun_reason_str(int reason)
         return "internal error";
     case CW_TUN_R_ENDED:
         return "session ended";
+    case CW_TUN_R_STALE:
+        return "stale link (a newer one exists)";
     default:
         return "unknown reason";
     }
@@ -108,9 +110,9 @@ static size_t put_header(uint8_t *out, uint8_t type, uint32_t len)
     return CW_TUN_HEADER;
 }
 
-size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_hello_t *h)
+size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HELLO_FRAME], const cw_tun_hello_t *h)
 {
-    uint8_t *p = out + put_header(out, CW_TUN_HELLO, CW_TUN_HS_LEN);
+    uint8_t *p = out + put_header(out, CW_TUN_HELLO, CW_TUN_HELLO_LEN);
     memcpy(p, hello_magic, 4);
     p[4] = h->version;
     p[5] = h->resume ? 1 : 0;
@@ -118,12 +120,13 @@ size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_hello_t *h)
     put64(p + 10, h->id);
     memcpy(p + 18, h->token, CW_TUN_TOKEN_LEN);
     put64(p + 34, h->received);
-    return CW_TUN_HS_FRAME;
+    put32(p + 42, h->link_seq);
+    return CW_TUN_HELLO_FRAME;
 }
 
-size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_welcome_t *w)
+size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_WELCOME_FRAME], const cw_tun_welcome_t *w)
 {
-    uint8_t *p = out + put_header(out, CW_TUN_WELCOME, CW_TUN_HS_LEN);
+    uint8_t *p = out + put_header(out, CW_TUN_WELCOME, CW_TUN_WELCOME_LEN);
     p[0] = w->version;
     p[1] = w->resumed ? 1 : 0;
     put32(p + 2, w->buffer);
@@ -131,7 +134,7 @@ size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_HS_FRAME], const cw_tun_welcome_t *
     put64(p + 10, w->id);
     memcpy(p + 18, w->token, CW_TUN_TOKEN_LEN);
     put64(p + 34, w->received);
-    return CW_TUN_HS_FRAME;
+    return CW_TUN_WELCOME_FRAME;
 }
 
 size_t cw_tun_enc_reason(uint8_t out[CW_TUN_TEXT_FRAME], uint8_t type, uint8_t reason,
@@ -188,8 +191,10 @@ static int dec_header_done(cw_tun_dec_t *d)
     uint32_t fixed = 0;
     switch (d->type) {
     case CW_TUN_HELLO:
+        fixed = CW_TUN_HELLO_LEN;
+        break;
     case CW_TUN_WELCOME:
-        fixed = CW_TUN_HS_LEN;
+        fixed = CW_TUN_WELCOME_LEN;
         break;
     case CW_TUN_ACK:
     case CW_TUN_PING:
@@ -237,6 +242,7 @@ static int dec_control_done(cw_tun_dec_t *d, cw_tun_frame_t *f)
         f->hello.id = get64(p + 10);
         memcpy(f->hello.token, p + 18, CW_TUN_TOKEN_LEN);
         f->hello.received = get64(p + 34);
+        f->hello.link_seq = get32(p + 42);
         break;
     case CW_TUN_WELCOME:
         if (p[1] > 1)
@@ -313,6 +319,7 @@ int cw_tun_dec_feed(cw_tun_dec_t *d, const uint8_t *in, size_t len, size_t *used
             memset(f, 0, sizeof *f);
             f->type = CW_TUN_DATA;
             f->value = d->offset;
+            f->frame_end = d->offset + (d->len - d->done);
             f->data = in + i;
             f->len = n;
             d->offset += n;
@@ -510,9 +517,12 @@ void cw_tun_abort(cw_tun_t *t, int reason, const char *text)
 }
 
 /* Both streams ended and our FIN is acknowledged: the session is complete. */
+static uint64_t ack_value(const cw_tun_t *t);
+
 static void check_complete(cw_tun_t *t)
 {
-    if (t->state == CW_TUN_ST_OPEN && t->fin_written && t->acked == t->end + 1 && t->fin_received) {
+    if (t->state == CW_TUN_ST_OPEN && t->fin_written && t->acked == t->end + 1 && t->fin_received &&
+        ack_value(t) == t->received) {
         t->ack_now = true; /* their FIN still needs our ACK */
         tun_close_cb(t, CW_TUN_R_ENDED, "both streams ended", false);
     }
@@ -531,8 +541,19 @@ int cw_tun_client_link(cw_tun_t *t)
         return CW_EPROTO;
     link_reset(t);
     t->hs_due = true;
+    t->link_seq++;
     tun_set_state(t, CW_TUN_ST_HELLO);
     return 0;
+}
+
+/* Room came back (an ACK, or a resume's offset): restart a stopped source. */
+static void room_check(cw_tun_t *t)
+{
+    if (t->blocked && cw_tun_room(t) > 0 && !t->fin_written && t->state != CW_TUN_ST_CLOSED) {
+        t->blocked = false;
+        if (t->cb->on_room)
+            t->cb->on_room(t->ud);
+    }
 }
 
 /* Accept the peer's `received` for our stream: release, rewind the send point. */
@@ -568,6 +589,7 @@ int cw_tun_server_new(cw_tun_t *t, uint64_t id, const uint8_t token[CW_TUN_TOKEN
     t->have_session = true;
     t->peer_buffer = h->buffer;
     t->window = window;
+    t->link_seq = h->link_seq;
     t->hs_due = true;
     t->hs_resumed = false;
     tun_set_state(t, CW_TUN_ST_OPEN);
@@ -588,16 +610,21 @@ int cw_tun_server_resume(cw_tun_t *t, const cw_tun_hello_t *h, uint32_t window)
         return CW_TUN_R_PROTOCOL;
     if (!cw_tun_token_equal(h->token, t->token))
         return CW_TUN_R_BAD_TOKEN;
+    if (h->link_seq <= t->link_seq)
+        return CW_TUN_R_STALE; /* a delayed HELLO of an attempt the client gave up */
     if (!offset_ok(t, h->received))
         return CW_TUN_R_BAD_OFFSET;
     link_reset(t);
     resume_from(t, h->received);
     t->peer_buffer = h->buffer;
     t->window = window;
+    t->link_seq = h->link_seq;
     t->hs_due = true;
     t->hs_resumed = true;
     tun_set_state(t, CW_TUN_ST_OPEN);
-    check_complete(t);
+    room_check(t);
+    if (t->state == CW_TUN_ST_OPEN)
+        check_complete(t);
     return 0;
 }
 
@@ -613,6 +640,26 @@ static uint64_t ack_threshold(const cw_tun_t *t)
 {
     uint64_t b = t->peer_buffer ? t->peer_buffer : CW_TUN_DEFAULT_BUFFER;
     return b / 4 ? b / 4 : 1;
+}
+
+/* What an ACK says now: everything received, or (tracking the consumer)
+ * what it took, the FIN counting once every byte before it was taken. */
+static uint64_t ack_value(const cw_tun_t *t)
+{
+    if (!t->track_consumed)
+        return t->received;
+    uint64_t bytes = t->received - (t->fin_received ? 1 : 0);
+    if (t->consumed >= bytes)
+        return t->received;
+    return t->consumed;
+}
+
+/* Ask for an ACK when enough has accumulated since the last one. */
+static void ack_check(cw_tun_t *t)
+{
+    uint64_t v = ack_value(t);
+    if (v > t->ack_sent && v - t->ack_sent >= ack_threshold(t))
+        t->ack_now = true;
 }
 
 /* A WELCOME on a link in HELLO state. */
@@ -642,6 +689,8 @@ static int on_welcome(cw_tun_t *t, const cw_tun_welcome_t *w)
     if (t->cb->on_open)
         t->cb->on_open(t->ud, w->resumed);
     if (t->state == CW_TUN_ST_OPEN)
+        room_check(t);
+    if (t->state == CW_TUN_ST_OPEN)
         check_complete(t);
     return 0;
 }
@@ -650,17 +699,21 @@ static int on_welcome(cw_tun_t *t, const cw_tun_welcome_t *w)
 static int on_data_piece(cw_tun_t *t, const cw_tun_frame_t *f)
 {
     uint64_t o = f->value, n = f->len;
+    /* frames are judged whole (frame_end), so the result does not depend on how the input
+     * was cut into pieces */
     if (o > t->received)
         return protocol_error(t, "DATA leaves a gap in the stream");
-    if (t->fin_received && o + n > t->received - 1)
+    if (t->fin_received && f->frame_end > t->received - 1)
         return protocol_error(t, "DATA after the stream's FIN");
+    /* the peer may hold at most its announced buffer unacknowledged */
+    if (t->peer_buffer && f->frame_end > t->ack_sent + t->peer_buffer)
+        return protocol_error(t, "DATA beyond the peer's announced buffer");
     uint64_t skip = t->received - o;
     if (skip >= n)
         return 0; /* already had all of it */
     size_t fresh = (size_t)(n - skip);
     t->received += fresh;
-    if (t->received - t->ack_sent >= ack_threshold(t))
-        t->ack_now = true;
+    ack_check(t);
     if (t->cb->on_data)
         return t->cb->on_data(t->ud, (uint8_t *)f->data + skip, fresh);
     return 0;
@@ -675,11 +728,7 @@ static int on_ack(cw_tun_t *t, uint64_t a)
         return 0;
     t->acked = a;
     replay_release(t, a);
-    if (t->blocked && cw_tun_room(t) > 0 && !t->fin_written) {
-        t->blocked = false;
-        if (t->cb->on_room)
-            t->cb->on_room(t->ud);
-    }
+    room_check(t);
     if (t->state == CW_TUN_ST_OPEN)
         check_complete(t);
     return 0;
@@ -781,7 +830,7 @@ int cw_tun_feed(cw_tun_t *t, uint8_t *data, size_t len)
 
 bool cw_tun_want_output(const cw_tun_t *t)
 {
-    bool ack = t->ack_now && t->received > t->ack_sent;
+    bool ack = t->ack_now && ack_value(t) > t->ack_sent;
     switch (t->state) {
     case CW_TUN_ST_HELLO:
         return t->hs_due;
@@ -801,9 +850,9 @@ size_t cw_tun_output(cw_tun_t *t, uint8_t *out, size_t cap)
     if (cap < CW_TUN_OUTPUT_MIN)
         return 0;
     if (t->state == CW_TUN_ST_CLOSED) {
-        if (t->ack_now && t->received > t->ack_sent) {
-            n += cw_tun_enc_u64(out + n, CW_TUN_ACK, t->received);
-            t->ack_sent = t->received;
+        if (t->ack_now && ack_value(t) > t->ack_sent) {
+            t->ack_sent = ack_value(t);
+            n += cw_tun_enc_u64(out + n, CW_TUN_ACK, t->ack_sent);
         }
         t->ack_now = false;
         if (t->abort_due && cap - n >= CW_TUN_TEXT_FRAME) {
@@ -821,7 +870,8 @@ size_t cw_tun_output(cw_tun_t *t, uint8_t *out, size_t cap)
                                 .resume = t->have_session,
                                 .buffer = (uint32_t)t->cap,
                                 .id = t->have_session ? t->id : 0,
-                                .received = t->received};
+                                .received = t->received,
+                                .link_seq = t->link_seq};
             if (t->have_session)
                 memcpy(h.token, t->token, CW_TUN_TOKEN_LEN);
             n += cw_tun_enc_hello(out + n, &h);
@@ -849,9 +899,9 @@ size_t cw_tun_output(cw_tun_t *t, uint8_t *out, size_t cap)
         n += cw_tun_enc_u64(out + n, CW_TUN_PING, t->ping_value);
         t->ping_due = false;
     }
-    if (t->ack_now && t->received > t->ack_sent) {
-        n += cw_tun_enc_u64(out + n, CW_TUN_ACK, t->received);
-        t->ack_sent = t->received;
+    if (t->ack_now && ack_value(t) > t->ack_sent) {
+        t->ack_sent = ack_value(t);
+        n += cw_tun_enc_u64(out + n, CW_TUN_ACK, t->ack_sent);
     }
     t->ack_now = false;
     /* data from the send point, whole frames only */
@@ -930,7 +980,8 @@ size_t cw_tun_write(cw_tun_t *t, const uint8_t *data, size_t len)
         done += k;
         t->end += k;
     }
-    if (n < len)
+    /* full (or refused some): the source stops, on_room restarts it */
+    if (n < len || cw_tun_room(t) == 0)
         t->blocked = true;
     return n;
 }
@@ -952,13 +1003,34 @@ void cw_tun_ping(cw_tun_t *t, uint64_t value)
 
 bool cw_tun_ack_pending(const cw_tun_t *t)
 {
-    return t->received > t->ack_sent;
+    return ack_value(t) > t->ack_sent;
 }
 
 void cw_tun_flush_ack(cw_tun_t *t)
 {
-    if (t->received > t->ack_sent)
+    if (ack_value(t) > t->ack_sent)
         t->ack_now = true;
+}
+
+void cw_tun_track_consumed(cw_tun_t *t)
+{
+    t->track_consumed = true;
+    t->consumed = t->received;
+}
+
+void cw_tun_consumed(cw_tun_t *t, uint64_t pos)
+{
+    uint64_t bytes = t->received - (t->fin_received ? 1 : 0);
+    if (pos > bytes)
+        pos = bytes;
+    if (pos <= t->consumed)
+        return;
+    t->consumed = pos;
+    ack_check(t);
+    if (t->fin_received && ack_value(t) == t->received) {
+        t->ack_now = true; /* the FIN's ACK goes out at once, as without tracking */
+        check_complete(t);
+    }
 }
 
 cw_tun_state_t cw_tun_state(const cw_tun_t *t)

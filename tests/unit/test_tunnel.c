@@ -81,10 +81,10 @@ static void log_frame(evlog_t *l, const cw_tun_frame_t *f, cw_buf_t *data_acc, u
         }
         break;
     case CW_TUN_HELLO:
-        cw_buf_printf(&l->text, "HELLO v%u r%d b%u id%llx rcv%llu tok%02x%02x\n", f->hello.version,
-                      f->hello.resume, f->hello.buffer, (unsigned long long)f->hello.id,
-                      (unsigned long long)f->hello.received, f->hello.token[0],
-                      f->hello.token[15]);
+        cw_buf_printf(&l->text, "HELLO v%u r%d b%u id%llx rcv%llu tok%02x%02x seq%u\n",
+                      f->hello.version, f->hello.resume, f->hello.buffer,
+                      (unsigned long long)f->hello.id, (unsigned long long)f->hello.received,
+                      f->hello.token[0], f->hello.token[15], f->hello.link_seq);
         break;
     case CW_TUN_WELCOME:
         cw_buf_printf(&l->text, "WELCOME v%u r%d b%u w%u id%llx rcv%llu tok%02x%02x\n",
@@ -165,7 +165,7 @@ static void test_codec_roundtrip(void **state)
     cw_buf_t w = CW_BUF_INIT;
     uint8_t fr[CW_TUN_TEXT_FRAME];
     cw_tun_hello_t h = {.version = 1, .resume = true, .buffer = 65536, .id = 0x1122334455667788u,
-                        .received = 123456789012u};
+                        .received = 123456789012u, .link_seq = 0xFEDCBA98u};
     for (int i = 0; i < CW_TUN_TOKEN_LEN; i++)
         h.token[i] = (uint8_t)(0xA0 + i);
     cw_buf_append(&w, fr, cw_tun_enc_hello(fr, &h));
@@ -201,7 +201,7 @@ static void test_codec_roundtrip(void **state)
     assert_int_equal(l.rc, 0);
     assert_int_equal(l.consumed, w.len);
     const char *s = (const char *)l.text.data;
-    assert_non_null(strstr(s, "HELLO v1 r1 b65536 id1122334455667788 rcv123456789012 toka0af\n"));
+    assert_non_null(strstr(s, "HELLO v1 r1 b65536 id1122334455667788 rcv123456789012 toka0af seq4275878552\n"));
     assert_non_null(strstr(s, "WELCOME v1 r1 b1048576 w600 id1122334455667788 rcv77 toka0af\n"));
     assert_non_null(strstr(s, "DATA 77 1:"));
     assert_non_null(strstr(s, "DATA 93 1000:"));
@@ -275,7 +275,7 @@ static void test_codec_limits(void **state)
     const char *http = "GET / HTTP/1.1\r\n\r\n";
     expect_fail((const uint8_t *)http, strlen(http), 5, "unknown frame type");
     /* HELLO with a bad magic, and of an unknown kind: the whole frame is read first */
-    uint8_t hf[CW_TUN_HS_FRAME];
+    uint8_t hf[CW_TUN_HELLO_FRAME];
     cw_tun_hello_t h = {.version = 1};
     cw_tun_enc_hello(hf, &h);
     hf[CW_TUN_HEADER] = 'X';
@@ -750,7 +750,7 @@ static void test_duplicates_and_gaps(void **state)
                {CW_TUN_HELLO, 0, "handshake frame"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         open_server(&srv, &cli);
-        uint8_t fr[CW_TUN_HS_FRAME];
+        uint8_t fr[CW_TUN_HELLO_FRAME];
         size_t n;
         if (bad[i].type == CW_TUN_HELLO) {
             cw_tun_hello_t hh = {.version = 1};
@@ -782,9 +782,15 @@ static void test_resume_refused(void **state)
     uint64_t srv_received = srv.t.received, srv_sent = srv.t.sent;
 
     cw_tun_hello_t h = {.version = 1, .resume = true, .buffer = 4096, .id = cli.t.id,
-                        .received = cli.t.received};
+                        .received = cli.t.received, .link_seq = cli.t.link_seq + 1};
     memcpy(h.token, cli.t.token, CW_TUN_TOKEN_LEN);
     cw_tun_hello_t bad = h;
+    /* the HELLO of an older attempt, delayed in the network, cannot take the session over */
+    bad.link_seq = cli.t.link_seq;
+    assert_int_equal(cw_tun_server_resume(&srv.t, &bad, 600), CW_TUN_R_STALE);
+    bad.link_seq = 0;
+    assert_int_equal(cw_tun_server_resume(&srv.t, &bad, 600), CW_TUN_R_STALE);
+    bad = h;
     for (int i = 0; i < CW_TUN_TOKEN_LEN; i++) {
         bad.token[i] ^= 0x01; /* one bit off in any byte */
         assert_int_equal(cw_tun_server_resume(&srv.t, &bad, 600), CW_TUN_R_BAD_TOKEN);
@@ -857,7 +863,7 @@ static void test_client_refused(void **state)
     assert_int_equal(cw_tun_client_link(&cli.t), 0);
     cw_tun_welcome_t w = {.version = 1, .resumed = true, .id = cli.t.id + 1};
     memcpy(w.token, cli.t.token, CW_TUN_TOKEN_LEN);
-    uint8_t wf[CW_TUN_HS_FRAME];
+    uint8_t wf[CW_TUN_WELCOME_FRAME];
     n = cw_tun_enc_welcome(wf, &w);
     assert_int_equal(feed_frames(&cli, wf, n), CW_EPROTO);
     assert_non_null(strstr(cli.close_text, "another session"));
@@ -969,6 +975,102 @@ static void test_detached_writes_replay(void **state)
     side_free(&cli);
 }
 
+/* A receiver that tracks its consumer acknowledges what was consumed, refuses data beyond the
+ * window it gave, acknowledges the FIN only once everything before it was consumed, and is
+ * complete only then; a resume still uses everything received. */
+static void test_consumer_acks(void **state)
+{
+    (void)state;
+    side_t srv, cli;
+    side_init(&srv, CW_TUN_SERVER, 4096, 0, 5);
+    side_init(&cli, CW_TUN_CLIENT, 4096, 0, 6);
+    srv.fin_at_end = cli.fin_at_end = false;
+    cw_tun_track_consumed(&srv.t);
+    assert_int_equal(cw_tun_client_link(&cli.t), 0);
+    side_emit(&cli, &srv);
+    size_t used;
+    assert_int_equal(server_accept(&srv, &cli, srv.wire_in.len, &used), 0);
+    side_emit(&srv, &cli);
+    uint64_t seed = 1;
+    deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    static uint8_t buf[4096];
+    memset(buf, 'c', sizeof buf);
+    assert_int_equal(cw_tun_write(&cli.t, buf, sizeof buf), 4096);
+    side_emit(&cli, &srv);
+    deliver(&srv, SIZE_MAX, SPLIT_WHOLE, &seed);
+    assert_int_equal(srv.got.len, 4096);
+    /* nothing consumed: no ACK, however long we wait */
+    cw_tun_flush_ack(&srv.t);
+    assert_false(cw_tun_want_output(&srv.t));
+    assert_false(cw_tun_ack_pending(&srv.t));
+    /* consumed a quarter (the client's threshold): an ACK of exactly that */
+    cw_tun_consumed(&srv.t, 1024);
+    assert_true(cw_tun_want_output(&srv.t));
+    side_emit(&srv, &cli);
+    deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    assert_int_equal(cw_tun_buffered(&cli.t), 4096 - 1024);
+    assert_int_equal(cw_tun_room(&cli.t), 1024);
+    /* a peer that ignores its buffer: data beyond ack + 4096 is a violation */
+    uint8_t fr[CW_TUN_HEADER + 8 + 2];
+    cw_tun_enc_data_header(fr, 1024 + 4096 - 1, 2);
+    fr[13] = fr[14] = 'x';
+    cw_buf_t w = CW_BUF_INIT;
+    /* first the bytes up to the edge (4096..5118), which are allowed */
+    uint8_t h[CW_TUN_HEADER + 8];
+    static uint8_t fill[1023];
+    cw_buf_append(&w, h, cw_tun_enc_data_header(h, 4096, sizeof fill));
+    cw_buf_append(&w, fill, sizeof fill);
+    assert_int_equal(feed_frames(&srv, w.data, w.len), 0);
+    assert_int_equal(feed_frames(&srv, fr, sizeof fr), CW_EPROTO);
+    assert_non_null(strstr(srv.close_text, "beyond the peer's announced buffer"));
+    cw_buf_free(&w);
+    side_free(&srv);
+    side_free(&cli);
+
+    /* FIN: acknowledged, and the session complete, only once consumed */
+    side_init(&srv, CW_TUN_SERVER, 4096, 0, 5);
+    side_init(&cli, CW_TUN_CLIENT, 4096, 0, 6);
+    cw_tun_track_consumed(&srv.t);
+    assert_int_equal(cw_tun_client_link(&cli.t), 0);
+    side_emit(&cli, &srv);
+    assert_int_equal(server_accept(&srv, &cli, srv.wire_in.len, &used), 0);
+    side_emit(&srv, &cli);
+    deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    assert_int_equal(cw_tun_write(&cli.t, buf, 100), 100);
+    assert_int_equal(cw_tun_write_fin(&cli.t), 0);
+    assert_int_equal(cw_tun_write_fin(&srv.t), 0);
+    for (int i = 0; i < 3; i++) {
+        side_emit(&cli, &srv);
+        deliver(&srv, SIZE_MAX, SPLIT_WHOLE, &seed);
+        side_emit(&srv, &cli);
+        deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    }
+    assert_int_equal(srv.fins, 1);
+    assert_int_equal(cli.fins, 1);
+    assert_int_equal(cw_tun_state(&srv.t), CW_TUN_ST_OPEN); /* 100 bytes not consumed */
+    assert_int_equal(cw_tun_buffered(&cli.t), 100);
+    /* a resume now: the client is told everything arrived, nothing is replayed */
+    cw_tun_link_lost(&srv.t);
+    cw_tun_link_lost(&cli.t);
+    cw_buf_reset(&srv.wire_in);
+    cw_buf_reset(&cli.wire_in);
+    assert_int_equal(cw_tun_client_link(&cli.t), 0);
+    side_emit(&cli, &srv);
+    assert_int_equal(server_accept(&srv, &cli, srv.wire_in.len, &used), 0);
+    side_emit(&srv, &cli);
+    deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    assert_int_equal(cw_tun_buffered(&cli.t), 0);
+    assert_int_equal(srv.got.len, 100);
+    cw_tun_consumed(&srv.t, 100);
+    assert_int_equal(cw_tun_state(&srv.t), CW_TUN_ST_CLOSED);
+    assert_int_equal(cw_tun_close_reason(&srv.t), CW_TUN_R_ENDED);
+    side_emit(&srv, &cli);
+    deliver(&cli, SIZE_MAX, SPLIT_WHOLE, &seed);
+    assert_int_equal(cw_tun_close_reason(&cli.t), CW_TUN_R_ENDED);
+    side_free(&srv);
+    side_free(&cli);
+}
+
 /* Feeding from inside a callback is refused rather than corrupting the decoder. */
 static side_t *reenter_side;
 static int reenter_data(void *ud, uint8_t *data, size_t len)
@@ -1007,6 +1109,7 @@ int main(void)
         cmocka_unit_test(test_backpressure_and_acks),
         cmocka_unit_test(test_detached_writes_replay),
         cmocka_unit_test(test_callback_error_and_reentry),
+        cmocka_unit_test(test_consumer_acks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
