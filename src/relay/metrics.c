@@ -274,7 +274,21 @@ int relay_metrics_start(relay_t *r)
         uv_close((uv_handle_t *)&m->server, server_closed);
         return rc;
     }
-    cw_info("metrics on http://%s/metrics and /healthz", r->opt.metrics);
+    /* the port actually bound (0 picks one) */
+    struct sockaddr_storage b;
+    int blen = sizeof b;
+    char ip[64] = "?";
+    int port = 0;
+    if (uv_tcp_getsockname(&m->server, (struct sockaddr *)&b, &blen) == 0) {
+        if (b.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&b, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&b)->sin_port);
+        } else {
+            uv_ip6_name((struct sockaddr_in6 *)&b, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&b)->sin6_port);
+        }
+    }
+    cw_info("metrics on http://%s:%d/metrics and /healthz", ip, port);
     r->metrics = m;
     return 0;
 }

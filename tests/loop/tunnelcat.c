@@ -3,6 +3,8 @@
  *   tunnelcat [options] HOST:PORT        copy stdin to the master through the relay, and what
  *                                        the master sends to stdout; FIN after stdin's EOF, exit
  *                                        after the master's EOF
+ *   tunnelcat --direct HOST:PORT         the same over plain TCP, no tunnel (the baseline for
+ *                                        throughput measurements)
  *   tunnelcat --idle N [options] HOST:PORT
  *                                        open N tunnels that send nothing; "all N open" on stderr
  *                                        when they are; close them all at stdin's EOF
@@ -61,16 +63,25 @@ static unsigned long long mono_ms(void)
         fflush(stderr);                                                                            \
     } while (0)
 
+static bool out_closing; /* close stdout once every write to it is done */
+
+static void close_out_if_drained(void)
+{
+    if (out_open && out_closing && out_queued == 0) {
+        out_open = false;
+        uv_close((uv_handle_t *)&out_pipe, NULL);
+    }
+}
+
+/* The end: stdin now, stdout after its queued writes (closing it would cancel them). */
 static void close_pipes(void)
 {
     if (in_open) {
         in_open = false;
         uv_close((uv_handle_t *)&in_pipe, NULL);
     }
-    if (out_open) {
-        out_open = false;
-        uv_close((uv_handle_t *)&out_pipe, NULL);
-    }
+    out_closing = true;
+    close_out_if_drained();
 }
 
 /* ---- one stream ------------------------------------------------------------- */
@@ -164,6 +175,7 @@ static void out_write_cb(uv_write_t *req, int status)
     outreq_t *o = (outreq_t *)req;
     out_queued -= o->len;
     free(o);
+    close_out_if_drained();
     if (out_queued < (256u << 10) && !tun_closed_flag &&
         cw_tunnel_state(&tun) < CW_TUNNEL_CLOSING)
         cw_tunnel_read_start(&tun);
@@ -294,11 +306,144 @@ static void idle_in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         cw_tunnel_close(&idle[i]);
 }
 
+/* ---- direct TCP (baseline) --------------------------------------------------------- */
+
+static uv_tcp_t dtcp;
+static uv_connect_t dconn;
+static bool d_in_reading, d_eof_sent, d_reading;
+
+static void d_in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void d_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* stdin is read while the socket's send queue is short */
+static void d_in_set_reading(void)
+{
+    bool want = in_open && !in_eof &&
+                uv_stream_get_write_queue_size((uv_stream_t *)&dtcp) < (1u << 20);
+    if (want == d_in_reading)
+        return;
+    d_in_reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&in_pipe, in_alloc, d_in_read);
+    else
+        uv_read_stop((uv_stream_t *)&in_pipe);
+}
+
+static void d_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    free(req);
+}
+
+static void d_write_cb(uv_write_t *req, int status)
+{
+    free(req->data); /* the inreq_t holding the bytes */
+    free(req);
+    d_in_set_reading();
+}
+
+static void d_in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    inreq_t *r = buf->base ? (inreq_t *)(buf->base - offsetof(inreq_t, data)) : NULL;
+    if (n <= 0) {
+        free(r);
+        if (n == 0)
+            return;
+        in_eof = true;
+        d_in_set_reading();
+        if (!d_eof_sent) {
+            d_eof_sent = true;
+            uv_shutdown_t *sr = malloc(sizeof *sr);
+            if (uv_shutdown(sr, (uv_stream_t *)&dtcp, d_shutdown_cb) != 0)
+                free(sr);
+        }
+        return;
+    }
+    stream_in += (uint64_t)n;
+    uv_write_t *w = malloc(sizeof *w);
+    w->data = r;
+    uv_buf_t b = uv_buf_init(r->data, (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&dtcp, &b, 1, d_write_cb) != 0) {
+        free(w);
+        free(r);
+    }
+    d_in_set_reading();
+}
+
+static void d_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
+{
+    static char rb[65536];
+    b->base = rb;
+    b->len = sizeof rb;
+}
+
+static void d_set_reading(bool want)
+{
+    if (want == d_reading || uv_is_closing((uv_handle_t *)&dtcp))
+        return;
+    d_reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&dtcp, d_alloc, d_read);
+    else
+        uv_read_stop((uv_stream_t *)&dtcp);
+}
+
+static void d_out_done(uv_write_t *req, int status)
+{
+    outreq_t *o = (outreq_t *)req;
+    out_queued -= o->len;
+    free(o);
+    close_out_if_drained();
+    if (out_queued < (256u << 10) && !out_closing)
+        d_set_reading(true);
+}
+
+static void d_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    if (n == 0)
+        return;
+    if (n < 0) {
+        EVENT("eof bytes=%llu", (unsigned long long)stream_out);
+        EVENT("stats stream_in=%llu stream_out=%llu", (unsigned long long)stream_in,
+              (unsigned long long)stream_out);
+        d_reading = false;
+        uv_close((uv_handle_t *)&dtcp, NULL);
+        close_pipes();
+        return;
+    }
+    stream_out += (uint64_t)n;
+    outreq_t *o = malloc(sizeof *o + (size_t)n);
+    memcpy(o->data, buf->base, (size_t)n);
+    o->len = (size_t)n;
+    uv_buf_t b = uv_buf_init(o->data, (unsigned)n);
+    if (uv_write(&o->req, (uv_stream_t *)&out_pipe, &b, 1, d_out_done) != 0) {
+        free(o);
+        return;
+    }
+    out_queued += (size_t)n;
+    if (out_queued >= (1u << 20))
+        d_set_reading(false);
+}
+
+static void d_connected(uv_connect_t *req, int status)
+{
+    if (status < 0) {
+        EVENT("open-failed %s", uv_strerror(status));
+        exit_code = 4;
+        uv_close((uv_handle_t *)&dtcp, NULL);
+        close_pipes();
+        return;
+    }
+    uv_tcp_nodelay(&dtcp, 1);
+    EVENT("open direct");
+    d_set_reading(true);
+    d_in_set_reading();
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: tunnelcat [--idle N] [--buffer BYTES] [--dead-timeout MS] [--ping MS]\n"
+    fprintf(stderr, "usage: tunnelcat [--direct | --idle N] [--buffer BYTES] [--dead-timeout MS] [--ping MS]\n"
                     "                 [--handshake-timeout MS] [--backoff-max MS] [--max-outage "
                     "MS]\n"
                     "                 [--ca FILE] [--tls-host NAME] HOST:PORT\n");
@@ -318,11 +463,12 @@ int main(int argc, char **argv)
         {"ca", required_argument, NULL, 'c'},
         {"tls-host", required_argument, NULL, 't'},
         {"verbose", no_argument, NULL, 'v'},
+        {"direct", no_argument, NULL, 'D'},
         {NULL, 0, NULL, 0},
     };
     cw_tunnel_options_default(&topt);
     const char *ca = NULL;
-    bool verbose = false;
+    bool verbose = false, direct = false;
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         unsigned long long v = optarg ? strtoull(optarg, NULL, 10) : 0;
@@ -356,6 +502,9 @@ int main(int argc, char **argv)
             break;
         case 'v':
             verbose = true;
+            break;
+        case 'D':
+            direct = true;
             break;
         default:
             return usage();
@@ -403,6 +552,17 @@ int main(int argc, char **argv)
             return 2;
         }
         out_open = true;
+        if (direct) {
+            struct sockaddr_in a;
+            if (uv_ip4_addr(host, port, &a) != 0)
+                return usage();
+            uv_tcp_init(loop, &dtcp);
+            uv_tcp_connect(&dconn, &dtcp, (struct sockaddr *)&a, d_connected);
+            uv_run(loop, UV_RUN_DEFAULT);
+            if (uv_loop_close(loop) != 0)
+                fprintf(stderr, "tunnelcat: handles left open\n");
+            return exit_code;
+        }
         cw_tunnel_init(loop, &tun, &topt, &callbacks);
         if (cw_tunnel_connect(&tun, host, port) != 0)
             return 4;
