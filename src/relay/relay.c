@@ -341,6 +341,8 @@ int relay_start(relay_t *r, uv_loop_t *loop, const relay_options_t *opt)
     if (rc < 0) {
         cw_error("cannot listen on %s: %s", opt->listen, uv_strerror(rc));
         uv_close((uv_handle_t *)&r->listener, relay_handle_closed);
+        cw_tls_ctx_free(r->tls_ctx);
+        r->tls_ctx = NULL;
         return rc;
     }
     uv_timer_init(loop, &r->tick);
@@ -387,4 +389,7 @@ void relay_stop(relay_t *r)
         while (r->buckets[b])
             session_abort(r->buckets[b], "relay stopping");
     relay_metrics_stop(r);
+    /* links still closing hold their own reference (SSL_new) */
+    cw_tls_ctx_free(r->tls_ctx);
+    r->tls_ctx = NULL;
 }
