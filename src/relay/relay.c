@@ -126,6 +126,15 @@ static void on_hello(relay_t *r, relay_link_t *lk, const cw_tun_hello_t *h, uint
         relay_link_refuse(lk, CW_TUN_R_VERSION, why);
         return;
     }
+    if (h->buffer > RELAY_MAX_PEER_BUFFER) {
+        /* it bounds what we queue for the master on the worker's behalf */
+        snprintf(why, sizeof why, "announced buffer %u over the relay's limit %u", h->buffer,
+                 RELAY_MAX_PEER_BUFFER);
+        cw_warn("refused %s from %s: %s", h->resume ? "a resume" : "a new session", lk->peer,
+                why);
+        relay_link_refuse(lk, CW_TUN_R_PROTOCOL, why);
+        return;
+    }
     if (!h->resume) {
         if (r->nsessions >= r->opt.max_sessions) {
             cw_warn("refused a new session from %s: %u sessions already (--max-sessions)",

@@ -33,6 +33,7 @@
 #define RELAY_TOMBSTONES 4096
 #define RELAY_HELLO_TIMEOUT_MS 10000
 #define RELAY_MASTER_CONNECT_MS 10000
+#define RELAY_MAX_PEER_BUFFER (64u << 20) /* largest worker buffer accepted */
 
 typedef struct relay relay_t;
 typedef struct session session_t;

@@ -1,9 +1,12 @@
 /* cworker-relay: one session, between its worker link and the master.
  *
  * Worker -> master: the link's bytes go through cw_tun_feed(); new stream
- * bytes come out in session_on_data() and are written to the master.  When
- * the master's write queue passes MASTER_HIGH the link is paused (TCP then
- * pushes back on the worker), and resumed below MASTER_LOW.
+ * bytes come out in session_on_data() and are written to the master.  They
+ * are acknowledged to the worker only once the master's socket has taken
+ * them (cw_tun_track_consumed), so a slow master fills the *worker's*
+ * replay buffer and stops its writers, while the relay keeps reading the
+ * link (pings, an ABORT, the link's end are never missed).  Pausing the link
+ * is left as a fallback above the worker's buffer plus MASTER_SLACK.
  *
  * Master -> worker: the master's socket is read into the replay buffer,
  * never more than it has room for (the read buffer offered to libuv is cut
@@ -23,8 +26,12 @@
 #include "cworker/cw.h"
 #include "log.h"
 
-#define MASTER_HIGH (1u << 20)
-#define MASTER_LOW  (256u << 10)
+/* The relay acknowledges the worker's bytes once the master's socket took
+ * them, so its queue for the master stays within the worker's announced
+ * buffer.  Only repeated resumes while the master takes nothing can push it
+ * further; then, above the worker's buffer plus MASTER_SLACK, the link is
+ * paused (and resumed below half that). */
+#define MASTER_SLACK (1u << 20)
 #define READ_SIZE   (64 * 1024)
 #define ACK_DELAY_MS 20
 
@@ -32,6 +39,11 @@ static uint8_t master_rbuf[READ_SIZE]; /* every master read is consumed inside i
 static uint8_t out_buf[4 * CW_TUN_OUTPUT_MIN];
 
 static void session_pump(session_t *s);
+
+static size_t master_high(const session_t *s)
+{
+    return (size_t)s->core.peer_buffer + MASTER_SLACK;
+}
 static void session_arm(session_t *s);
 static void session_end(session_t *s, uint8_t tomb, bool abort_link, const char *why);
 static void session_detach(session_t *s, const char *why);
@@ -136,7 +148,7 @@ static void master_write_cb(uv_write_t *req, int status)
         master_dead(s, uv_strerror(status));
         return;
     }
-    if (s->link_held && s->master_queued < MASTER_LOW) {
+    if (s->link_held && s->master_queued < master_high(s) / 2) {
         s->link_held = false;
         if (s->link)
             cw_tunlink_pause(&s->link->l, false);
@@ -176,7 +188,7 @@ static int master_write(session_t *s, const uint8_t *data, size_t len)
         return rc;
     }
     s->master_queued += len;
-    if (s->master_queued >= MASTER_HIGH && s->link && !s->link_held) {
+    if (s->master_queued >= master_high(s) && s->link && !s->link_held) {
         /* only after resumes while the master is stuck: acknowledging what the master took
          * normally bounds this queue by the worker's buffer */
         s->link_held = true;
@@ -417,7 +429,7 @@ static void session_take_link(session_t *s, relay_link_t *lk, uint8_t *rest, siz
     snprintf(s->peer, sizeof s->peer, "%s", lk->peer);
     s->last_ping = uv_now(s->r->loop);
     s->link_held = false;
-    if (s->master_queued >= MASTER_HIGH) {
+    if (s->master_queued >= master_high(s)) {
         s->link_held = true;
         cw_tunlink_pause(&lk->l, true);
     }
