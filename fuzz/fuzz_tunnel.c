@@ -196,8 +196,7 @@ static void r_closed(void *ud, int reason, const char *text)
 static const cw_tun_callbacks_t callbacks = {r_data, r_fin, r_room, r_open, r_closed};
 
 /* Run a session side over the stream in pieces; fills r. */
-static void session(run_t *r, const uint8_t *in, size_t len, uint64_t seed, uint8_t c2,
-                    uint8_t c3)
+static void session(run_t *r, const uint8_t *in, size_t len, uint64_t seed, uint8_t c2, uint8_t c3)
 {
     memset(r, 0, sizeof *r);
     r->digest = 0xCBF29CE484222325u;

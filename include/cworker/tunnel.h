@@ -23,20 +23,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CW_TUN_VERSION    1
-#define CW_TUN_HEADER     5        /* type u8 + payload length u32 */
-#define CW_TUN_TOKEN_LEN  16       /* 128 bits from getrandom */
-#define CW_TUN_HELLO_LEN  46       /* HELLO payload */
-#define CW_TUN_WELCOME_LEN 42      /* WELCOME payload */
-#define CW_TUN_MAX_DATA   65536    /* largest DATA payload accepted (after the offset) */
-#define CW_TUN_MAX_TEXT   200      /* REFUSE/ABORT text */
-#define CW_TUN_SEND_DATA  16384    /* DATA payload we send per frame */
-#define CW_TUN_CHUNK      16384    /* replay buffer allocation unit */
+#define CW_TUN_VERSION     1
+#define CW_TUN_HEADER      5     /* type u8 + payload length u32 */
+#define CW_TUN_TOKEN_LEN   16    /* 128 bits from getrandom */
+#define CW_TUN_HELLO_LEN   46    /* HELLO payload */
+#define CW_TUN_WELCOME_LEN 42    /* WELCOME payload */
+#define CW_TUN_MAX_DATA    65536 /* largest DATA payload accepted (after the offset) */
+#define CW_TUN_MAX_TEXT    200   /* REFUSE/ABORT text */
+#define CW_TUN_SEND_DATA   16384 /* DATA payload we send per frame */
+#define CW_TUN_CHUNK       16384 /* replay buffer allocation unit */
 /* Room cw_tun_output() needs at least (one whole frame of any kind). */
-#define CW_TUN_OUTPUT_MIN (CW_TUN_HEADER + 8 + CW_TUN_SEND_DATA)
+#define CW_TUN_OUTPUT_MIN     (CW_TUN_HEADER + 8 + CW_TUN_SEND_DATA)
 #define CW_TUN_DEFAULT_BUFFER ((size_t)1 << 20)
-#define CW_TUN_MIN_BUFFER ((size_t)4096)
-#define CW_TUN_MAX_BUFFER ((size_t)1 << 30)
+#define CW_TUN_MIN_BUFFER     ((size_t)4096)
+#define CW_TUN_MAX_BUFFER     ((size_t)1 << 30)
 
 enum cw_tun_type {
     CW_TUN_HELLO = 0x01,
@@ -75,8 +75,8 @@ bool cw_tun_reason_retryable(int reason);
 typedef struct cw_tun_hello {
     uint8_t version;
     bool resume;
-    uint32_t buffer;   /* the client's replay buffer size */
-    uint64_t id;       /* resume: the session; new: 0 */
+    uint32_t buffer; /* the client's replay buffer size */
+    uint64_t id;     /* resume: the session; new: 0 */
     uint8_t token[CW_TUN_TOKEN_LEN];
     uint64_t received; /* positions of the server->client stream the client has */
     uint32_t link_seq; /* the client's link number in this session: 1, 2, ... */
@@ -85,8 +85,8 @@ typedef struct cw_tun_hello {
 typedef struct cw_tun_welcome {
     uint8_t version;
     bool resumed;
-    uint32_t buffer;   /* the server's replay buffer size */
-    uint32_t window;   /* resume window, seconds */
+    uint32_t buffer; /* the server's replay buffer size */
+    uint32_t window; /* resume window, seconds */
     uint64_t id;
     uint8_t token[CW_TUN_TOKEN_LEN];
     uint64_t received; /* positions of the client->server stream the server has */
@@ -99,11 +99,11 @@ typedef struct cw_tun_welcome {
  * call on the decoder. */
 typedef struct cw_tun_frame {
     uint8_t type;
-    uint8_t reason;    /* REFUSE, ABORT */
-    uint64_t value;    /* DATA: offset; ACK/PING/PONG/FIN: the u64 */
+    uint8_t reason;      /* REFUSE, ABORT */
+    uint64_t value;      /* DATA: offset; ACK/PING/PONG/FIN: the u64 */
     const uint8_t *data; /* DATA piece; REFUSE/ABORT text */
     size_t len;
-    bool last;         /* DATA: this piece ends its frame */
+    bool last;          /* DATA: this piece ends its frame */
     uint64_t frame_end; /* DATA: stream offset after the frame's last byte */
     cw_tun_hello_t hello;
     cw_tun_welcome_t welcome;
@@ -115,9 +115,9 @@ typedef struct cw_tun_dec {
     uint8_t hdr[CW_TUN_HEADER + 8]; /* header, plus a DATA frame's offset */
     size_t have;
     uint8_t type;
-    uint32_t len;      /* payload length */
-    uint32_t done;     /* payload bytes consumed */
-    uint64_t offset;   /* DATA: stream offset of the next byte */
+    uint32_t len;    /* payload length */
+    uint32_t done;   /* payload bytes consumed */
+    uint64_t offset; /* DATA: stream offset of the next byte */
     uint8_t ctl[1 + CW_TUN_MAX_TEXT];
     const char *error; /* static text, after an error */
 } cw_tun_dec_t;
@@ -135,7 +135,7 @@ int cw_tun_dec_feed(cw_tun_dec_t *d, const uint8_t *in, size_t len, size_t *used
 const char *cw_tun_dec_error(const cw_tun_dec_t *d);
 
 /* Encoders: write one whole frame into out and return its length. */
-#define CW_TUN_HELLO_FRAME (CW_TUN_HEADER + CW_TUN_HELLO_LEN)
+#define CW_TUN_HELLO_FRAME   (CW_TUN_HEADER + CW_TUN_HELLO_LEN)
 #define CW_TUN_WELCOME_FRAME (CW_TUN_HEADER + CW_TUN_WELCOME_LEN)
 size_t cw_tun_enc_hello(uint8_t out[CW_TUN_HELLO_FRAME], const cw_tun_hello_t *h);
 size_t cw_tun_enc_welcome(uint8_t out[CW_TUN_WELCOME_FRAME], const cw_tun_welcome_t *w);
@@ -213,7 +213,7 @@ typedef struct cw_tun {
     uint8_t token[CW_TUN_TOKEN_LEN];
     bool have_session; /* id and token are set */
     uint32_t peer_buffer;
-    uint32_t window; /* client: the server's resume window (s) */
+    uint32_t window;   /* client: the server's resume window (s) */
     uint32_t link_seq; /* client: the last link's number; server: the attached one's */
 
     /* outgoing stream: bytes [base, end) are in the replay buffer */
@@ -230,17 +230,17 @@ typedef struct cw_tun {
     bool blocked;       /* a write was cut short: on_room when room returns */
 
     /* incoming stream */
-    uint64_t received;  /* positions we have (bytes + FIN) */
-    uint64_t ack_sent;  /* the last position we told the peer (ACK, HELLO, WELCOME) */
+    uint64_t received;   /* positions we have (bytes + FIN) */
+    uint64_t ack_sent;   /* the last position we told the peer (ACK, HELLO, WELCOME) */
     bool track_consumed; /* ACKs say `consumed`, not `received` */
-    uint64_t consumed;  /* bytes our consumer has taken (<= received) */
+    uint64_t consumed;   /* bytes our consumer has taken (<= received) */
     bool fin_received;
     bool ack_now;
 
     /* frames due on the link, built by cw_tun_output() from these */
-    bool hs_due;      /* HELLO (client) or WELCOME (server) */
-    bool hs_resumed;  /* server: the WELCOME says "resumed" */
-    bool abort_due;   /* ABORT(close_reason, close_text) */
+    bool hs_due;     /* HELLO (client) or WELCOME (server) */
+    bool hs_resumed; /* server: the WELCOME says "resumed" */
+    bool abort_due;  /* ABORT(close_reason, close_text) */
     bool pong_due;
     uint64_t pong_value;
     bool ping_due;

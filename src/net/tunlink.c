@@ -210,10 +210,11 @@ static void tl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     if (n < 0) {
         if (n == UV_EOF)
-            tl_fail(l, UV_EOF, l->tls && !l->tls_up
-                                   ? "connection closed during the TLS handshake (is the other "
-                                     "end speaking TLS on this port?)"
-                                   : "connection closed by peer");
+            tl_fail(l, UV_EOF,
+                    l->tls && !l->tls_up
+                        ? "connection closed during the TLS handshake (is the other "
+                          "end speaking TLS on this port?)"
+                        : "connection closed by peer");
         else
             tl_fail(l, (int)n, uv_strerror((int)n));
         return;
@@ -226,8 +227,7 @@ static void tl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         l->cb->on_data(l, (uint8_t *)buf->base, (size_t)n);
 }
 
-int cw_tunlink_init(uv_loop_t *loop, cw_tunlink_t *l, const cw_tunlink_callbacks_t *cb,
-                    void *data)
+int cw_tunlink_init(uv_loop_t *loop, cw_tunlink_t *l, const cw_tunlink_callbacks_t *cb, void *data)
 {
     memset(l, 0, sizeof *l);
     l->cb = cb;

@@ -42,23 +42,23 @@ typedef struct cw_tunlink_callbacks {
 
 struct cw_tunlink {
     uv_tcp_t tcp;
-    uv_connect_t creq;      /* client: the connect request */
+    uv_connect_t creq; /* client: the connect request */
     const cw_tunlink_callbacks_t *cb;
-    void *data;             /* owner's pointer */
-    struct cw_tls *tls;     /* owned; NULL for plain TCP */
-    size_t queued;          /* bytes given to uv_write, not yet written */
-    uint64_t last_rx;       /* uv_now() of the last byte received */
+    void *data;         /* owner's pointer */
+    struct cw_tls *tls; /* owned; NULL for plain TCP */
+    size_t queued;      /* bytes given to uv_write, not yet written */
+    uint64_t last_rx;   /* uv_now() of the last byte received */
     uint64_t bytes_in, bytes_out;
     bool tls_up;
     bool reading;
     bool paused;
-    bool failed;            /* the link is dead (err, why) */
-    bool notified;          /* on_error was called */
+    bool failed;   /* the link is dead (err, why) */
+    bool notified; /* on_error was called */
     bool closing;
     int err;
-    const char *why;        /* static text, or owned by the TLS session */
-    uv_timer_t *linger;     /* a graceful close's deadline (owned, only then) */
-    int close_pending;      /* handles still closing */
+    const char *why;    /* static text, or owned by the TLS session */
+    uv_timer_t *linger; /* a graceful close's deadline (owned, only then) */
+    int close_pending;  /* handles still closing */
 };
 
 /* Write-queue marks: writable() is false above HIGH; on_drain below LOW. */
@@ -67,8 +67,7 @@ struct cw_tunlink {
 
 /* Initialise (the TCP handle is initialised too: close it with
  * cw_tunlink_close() whatever happens next). */
-int cw_tunlink_init(uv_loop_t *loop, cw_tunlink_t *l, const cw_tunlink_callbacks_t *cb,
-                    void *data);
+int cw_tunlink_init(uv_loop_t *loop, cw_tunlink_t *l, const cw_tunlink_callbacks_t *cb, void *data);
 uv_tcp_t *cw_tunlink_tcp(cw_tunlink_t *l);
 /* The TCP connection is up (connected or accepted): tune the socket
  * (no Nagle, keepalive, TCP_USER_TIMEOUT = dead_timeout_ms + 1 s when

@@ -20,12 +20,12 @@
 #include "log.h"
 #include "tunlink.h"
 
-#define DEFAULT_PING 10000
-#define DEFAULT_DEAD 30000
-#define DEFAULT_HANDSHAKE 10000
+#define DEFAULT_PING         10000
+#define DEFAULT_DEAD         30000
+#define DEFAULT_HANDSHAKE    10000
 #define DEFAULT_BACKOFF_BASE 100
-#define DEFAULT_BACKOFF_MAX 5000
-#define DEFAULT_ACK_DELAY 20
+#define DEFAULT_BACKOFF_MAX  5000
+#define DEFAULT_ACK_DELAY    20
 
 /* Frames are built here and copied by the link, so one buffer serves every
  * tunnel of the process. */
@@ -375,8 +375,7 @@ static void tunnel_drain_writes(cw_tunnel_t *t)
             t->wq_tail = NULL;
         tunnel_write_done(t, w, 0);
     }
-    if (t->wq_head == NULL && t->shutdown_pending && !t->core.fin_written &&
-        !tunnel_closing(t))
+    if (t->wq_head == NULL && t->shutdown_pending && !t->core.fin_written && !tunnel_closing(t))
         cw_tun_write_fin(&t->core);
 }
 
@@ -495,8 +494,7 @@ static void timer_cb(uv_timer_t *h)
     uint64_t quiet = now - l->last_rx;
     if (t->opt.dead_timeout && quiet >= t->opt.dead_timeout) {
         char why[96];
-        snprintf(why, sizeof why, "link dead: nothing received for %.1f s",
-                 (double)quiet / 1000.0);
+        snprintf(why, sizeof why, "link dead: nothing received for %.1f s", (double)quiet / 1000.0);
         tunnel_link_down(t, why);
         return;
     }
@@ -692,8 +690,8 @@ int cw_tunnel_connect(cw_tunnel_t *t, const char *host, int port)
     return 0;
 }
 
-int cw_tunnel_write(cw_tunnel_write_t *req, cw_tunnel_t *t, const uv_buf_t bufs[],
-                    unsigned nbufs, cw_tunnel_write_cb cb)
+int cw_tunnel_write(cw_tunnel_write_t *req, cw_tunnel_t *t, const uv_buf_t bufs[], unsigned nbufs,
+                    cw_tunnel_write_cb cb)
 {
     if (nbufs == 0 || nbufs > CW_TUNNEL_MAX_BUFS || cb == NULL)
         return UV_EINVAL;

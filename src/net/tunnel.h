@@ -81,17 +81,17 @@ typedef struct cw_tunnel_callbacks {
 } cw_tunnel_callbacks_t;
 
 typedef struct cw_tunnel_options {
-    size_t buffer_size;          /* replay buffer (bytes written, not yet acknowledged);
-                                    0: 1 MiB */
-    uint64_t ping_interval;      /* ms of silence before we ping; 0: 10 s */
-    uint64_t dead_timeout;       /* ms of silence before the link is dead; 0: 30 s */
-    uint64_t handshake_timeout;  /* ms for TCP + TLS + HELLO/WELCOME; 0: 10 s */
-    uint64_t backoff_base;       /* ms, first retry delay cap; 0: 100 ms */
-    uint64_t backoff_max;        /* ms, cap of the retry delay; 0: 5 s */
-    uint64_t max_outage;         /* ms before giving up; 0: the relay's window */
-    uint64_t ack_delay;          /* ms a received byte may wait for its ACK; 0: 20 ms */
-    struct ssl_ctx_st *tls_ctx;  /* a client TLS context (cw_tls_client_ctx), or NULL */
-    const char *tls_host;        /* name checked against the certificate; NULL: host */
+    size_t buffer_size;         /* replay buffer (bytes written, not yet acknowledged);
+                                   0: 1 MiB */
+    uint64_t ping_interval;     /* ms of silence before we ping; 0: 10 s */
+    uint64_t dead_timeout;      /* ms of silence before the link is dead; 0: 30 s */
+    uint64_t handshake_timeout; /* ms for TCP + TLS + HELLO/WELCOME; 0: 10 s */
+    uint64_t backoff_base;      /* ms, first retry delay cap; 0: 100 ms */
+    uint64_t backoff_max;       /* ms, cap of the retry delay; 0: 5 s */
+    uint64_t max_outage;        /* ms before giving up; 0: the relay's window */
+    uint64_t ack_delay;         /* ms a received byte may wait for its ACK; 0: 20 ms */
+    struct ssl_ctx_st *tls_ctx; /* a client TLS context (cw_tls_client_ctx), or NULL */
+    const char *tls_host;       /* name checked against the certificate; NULL: host */
 } cw_tunnel_options_t;
 
 typedef void (*cw_tunnel_write_cb)(cw_tunnel_write_t *req, int status);
@@ -127,33 +127,33 @@ struct cw_tunnel {
     char *tls_host;
     int port;
     cw_tun_t core;
-    struct cw_tunlink *link;  /* the current link, or NULL */
-    int links_open;           /* links not yet closed (the current one and dying ones) */
-    struct tunnel_gai *gai;   /* the resolution in flight (owned until its callback) */
-    int gai_pending;          /* resolutions whose callback has not run */
-    uv_timer_t timer;         /* handshake / backoff / liveness */
-    uv_timer_t ack_timer;     /* delayed acknowledgements */
-    uv_timer_t done_timer;    /* runs completed write callbacks outside the user's calls */
+    struct cw_tunlink *link; /* the current link, or NULL */
+    int links_open;          /* links not yet closed (the current one and dying ones) */
+    struct tunnel_gai *gai;  /* the resolution in flight (owned until its callback) */
+    int gai_pending;         /* resolutions whose callback has not run */
+    uv_timer_t timer;        /* handshake / backoff / liveness */
+    uv_timer_t ack_timer;    /* delayed acknowledgements */
+    uv_timer_t done_timer;   /* runs completed write callbacks outside the user's calls */
     int handles_open;
-    bool ever_open;           /* the first WELCOME arrived */
-    bool reading;             /* the user wants on_read */
-    cw_buf_t held;            /* bytes read while the user paused reading */
-    bool eof_pending;         /* on_eof waits for the user to read again */
+    bool ever_open;                       /* the first WELCOME arrived */
+    bool reading;                         /* the user wants on_read */
+    cw_buf_t held;                        /* bytes read while the user paused reading */
+    bool eof_pending;                     /* on_eof waits for the user to read again */
     cw_tunnel_write_t *wq_head, *wq_tail; /* writes waiting for replay buffer room */
     size_t wq_bytes;
     cw_tunnel_write_t *done_head, *done_tail; /* finished, callback not yet run */
     cw_tunnel_shutdown_cb shutdown_cb;
-    int shutdown_status;      /* close: the shutdown callback's status, run at the end */
-    bool shutdown_pending;    /* FIN goes after the queued writes */
-    unsigned attempts;        /* failed attempts in this outage */
-    uint64_t outage_start;    /* uv_now() when the link went down */
+    int shutdown_status;   /* close: the shutdown callback's status, run at the end */
+    bool shutdown_pending; /* FIN goes after the queued writes */
+    unsigned attempts;     /* failed attempts in this outage */
+    uint64_t outage_start; /* uv_now() when the link went down */
     uint64_t last_ping;
     uint64_t ping_seq;
     unsigned addr_rotor;
-    char why[256];            /* the last error, for on_lost / on_open / cw_tunnel_error */
+    char why[256]; /* the last error, for on_lost / on_open / cw_tunnel_error */
     /* statistics */
     uint64_t resumes, links, bytes_in, bytes_out;
-    uint64_t last_down_ms;    /* the last outage, link loss to resume, ms */
+    uint64_t last_down_ms; /* the last outage, link loss to resume, ms */
 };
 
 void cw_tunnel_options_default(cw_tunnel_options_t *o);
@@ -170,8 +170,8 @@ int cw_tunnel_connect(cw_tunnel_t *t, const char *host, int port);
  * taken into the replay buffer as it has room; cb then fires with 0.
  * Returns 0, or UV_EINVAL / UV_EPIPE (after shutdown) / UV_ECANCELED
  * (closed or lost) without calling cb. */
-int cw_tunnel_write(cw_tunnel_write_t *req, cw_tunnel_t *t, const uv_buf_t bufs[],
-                    unsigned nbufs, cw_tunnel_write_cb cb);
+int cw_tunnel_write(cw_tunnel_write_t *req, cw_tunnel_t *t, const uv_buf_t bufs[], unsigned nbufs,
+                    cw_tunnel_write_cb cb);
 /* Bytes of queued writes not yet taken into the replay buffer (what a
  * user compares with its high-water mark, like uv_stream_get_write_queue_size). */
 size_t cw_tunnel_write_queue_size(const cw_tunnel_t *t);

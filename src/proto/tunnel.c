@@ -30,10 +30,10 @@ struct cw_tun_chunk {
 };
 
 enum dec_state {
-    DS_HEADER,   /* collecting the 5 header bytes */
-    DS_OFFSET,   /* DATA: collecting the 8 offset bytes */
-    DS_PAYLOAD,  /* DATA: handing out payload pieces */
-    DS_CONTROL,  /* collecting a control payload into ctl */
+    DS_HEADER,  /* collecting the 5 header bytes */
+    DS_OFFSET,  /* DATA: collecting the 8 offset bytes */
+    DS_PAYLOAD, /* DATA: handing out payload pieces */
+    DS_CONTROL, /* collecting a control payload into ctl */
     DS_FAILED,
 };
 
@@ -270,8 +270,7 @@ static int dec_control_done(cw_tun_dec_t *d, cw_tun_frame_t *f)
     return 1;
 }
 
-int cw_tun_dec_feed(cw_tun_dec_t *d, const uint8_t *in, size_t len, size_t *used,
-                    cw_tun_frame_t *f)
+int cw_tun_dec_feed(cw_tun_dec_t *d, const uint8_t *in, size_t len, size_t *used, cw_tun_frame_t *f)
 {
     size_t i = 0;
     *used = 0;
@@ -856,8 +855,7 @@ size_t cw_tun_output(cw_tun_t *t, uint8_t *out, size_t cap)
         }
         t->ack_now = false;
         if (t->abort_due && cap - n >= CW_TUN_TEXT_FRAME) {
-            n += cw_tun_enc_reason(out + n, CW_TUN_ABORT, (uint8_t)t->close_reason,
-                                   t->close_text);
+            n += cw_tun_enc_reason(out + n, CW_TUN_ABORT, (uint8_t)t->close_reason, t->close_text);
             t->abort_due = false;
         }
         return n;

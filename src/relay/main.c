@@ -130,9 +130,9 @@ int main(int argc, char **argv)
 {
     struct option lopts[NOPTS + 1];
     for (size_t i = 0; i < NOPTS; i++)
-        lopts[i] = (struct option){opt_table[i].name,
-                                   opt_table[i].arg ? required_argument : no_argument, NULL,
-                                   (int)opt_table[i].id};
+        lopts[i] =
+            (struct option){opt_table[i].name, opt_table[i].arg ? required_argument : no_argument,
+                            NULL, (int)opt_table[i].id};
     lopts[NOPTS] = (struct option){0, 0, 0, 0};
 
     relay_options_t o = {.resume_window = 600,

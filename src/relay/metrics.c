@@ -12,7 +12,7 @@
 #include "relay.h"
 
 #define METRICS_MAX_CLIENTS 16
-#define METRICS_TIMEOUT_MS 5000
+#define METRICS_TIMEOUT_MS  5000
 
 typedef struct metrics_client {
     uv_tcp_t tcp;
@@ -68,8 +68,7 @@ static void write_done(uv_write_t *req, int status)
     client_close(c);
 }
 
-static void client_respond(metrics_client_t *c, int status, const char *reason,
-                           const char *body)
+static void client_respond(metrics_client_t *c, int status, const char *reason, const char *body)
 {
     c->answered = true;
     cw_buf_t b = CW_BUF_INIT;

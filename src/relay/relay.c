@@ -121,8 +121,7 @@ static void on_hello(relay_t *r, relay_link_t *lk, const cw_tun_hello_t *h, uint
     if (h->version != CW_TUN_VERSION) {
         snprintf(why, sizeof why, "version %u not supported (this relay speaks %u)", h->version,
                  CW_TUN_VERSION);
-        cw_warn("refused %s from %s: %s", h->resume ? "a resume" : "a new session", lk->peer,
-                why);
+        cw_warn("refused %s from %s: %s", h->resume ? "a resume" : "a new session", lk->peer, why);
         relay_link_refuse(lk, CW_TUN_R_VERSION, why);
         return;
     }
@@ -130,15 +129,14 @@ static void on_hello(relay_t *r, relay_link_t *lk, const cw_tun_hello_t *h, uint
         /* it bounds what we queue for the master on the worker's behalf */
         snprintf(why, sizeof why, "announced buffer %u over the relay's limit %u", h->buffer,
                  RELAY_MAX_PEER_BUFFER);
-        cw_warn("refused %s from %s: %s", h->resume ? "a resume" : "a new session", lk->peer,
-                why);
+        cw_warn("refused %s from %s: %s", h->resume ? "a resume" : "a new session", lk->peer, why);
         relay_link_refuse(lk, CW_TUN_R_PROTOCOL, why);
         return;
     }
     if (!h->resume) {
         if (r->nsessions >= r->opt.max_sessions) {
-            cw_warn("refused a new session from %s: %u sessions already (--max-sessions)",
-                    lk->peer, r->nsessions);
+            cw_warn("refused a new session from %s: %u sessions already (--max-sessions)", lk->peer,
+                    r->nsessions);
             relay_link_refuse(lk, CW_TUN_R_BUSY, "session limit reached");
             return;
         }
@@ -153,8 +151,8 @@ static void on_hello(relay_t *r, relay_link_t *lk, const cw_tun_hello_t *h, uint
         reason = cw_tun_server_resume(&s->core, h, r->opt.resume_window);
     if (reason > 0) {
         /* the session itself (if any) is untouched */
-        cw_warn("refused resume of session %016llx from %s: %s",
-                (unsigned long long)h->id, lk->peer, cw_tun_reason_str(reason));
+        cw_warn("refused resume of session %016llx from %s: %s", (unsigned long long)h->id,
+                lk->peer, cw_tun_reason_str(reason));
         relay_link_refuse(lk, reason, cw_tun_reason_str(reason));
         return;
     }
@@ -374,8 +372,10 @@ int relay_start(relay_t *r, uv_loop_t *loop, const relay_options_t *opt)
     }
     cw_info("cworker-relay %s listening on %s:%d (%s), master %s, resume window %u s, buffer "
             "%zu bytes, dead timeout %.1f s",
-            CW_VERSION, ip, port, r->tls_ctx ? "TLS" : "plain TCP: use --tls-cert off a trusted "
-                                                        "network",
+            CW_VERSION, ip, port,
+            r->tls_ctx ? "TLS"
+                       : "plain TCP: use --tls-cert off a trusted "
+                         "network",
             opt->master, opt->resume_window, opt->buffer_size, (double)opt->dead_timeout / 1000);
     if (opt->metrics && (rc = relay_metrics_start(r)) < 0) {
         relay_stop(r);

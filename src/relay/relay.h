@@ -29,33 +29,33 @@
 #include "cworker/tunnel.h"
 #include "tunlink.h"
 
-#define RELAY_BUCKETS 4096
-#define RELAY_TOMBSTONES 4096
-#define RELAY_HELLO_TIMEOUT_MS 10000
+#define RELAY_BUCKETS           4096
+#define RELAY_TOMBSTONES        4096
+#define RELAY_HELLO_TIMEOUT_MS  10000
 #define RELAY_MASTER_CONNECT_MS 10000
-#define RELAY_MAX_PEER_BUFFER (64u << 20) /* largest worker buffer accepted */
+#define RELAY_MAX_PEER_BUFFER   (64u << 20) /* largest worker buffer accepted */
 
 typedef struct relay relay_t;
 typedef struct session session_t;
 
 typedef struct relay_options {
-    char *listen;            /* HOST:PORT */
-    char *master;            /* HOST:PORT */
-    uint32_t resume_window;  /* s */
-    size_t buffer_size;      /* replay buffer per session and direction */
+    char *listen;           /* HOST:PORT */
+    char *master;           /* HOST:PORT */
+    uint32_t resume_window; /* s */
+    size_t buffer_size;     /* replay buffer per session and direction */
     char *tls_cert, *tls_key;
-    char *metrics;           /* HOST:PORT or NULL */
-    uint64_t dead_timeout;   /* ms; pings at a third of it */
+    char *metrics;         /* HOST:PORT or NULL */
+    uint64_t dead_timeout; /* ms; pings at a third of it */
     unsigned max_sessions;
     bool verbose;
 } relay_options_t;
 
 /* A worker link: waiting for HELLO (pending), or attached to a session. */
 typedef struct relay_link {
-    cw_tunlink_t l;           /* first: the tunlink callbacks get &l */
+    cw_tunlink_t l; /* first: the tunlink callbacks get &l */
     relay_t *r;
-    session_t *s;             /* attached session, or NULL */
-    cw_tun_dec_t *dec;        /* pending: the HELLO decoder (freed at attach) */
+    session_t *s;                   /* attached session, or NULL */
+    cw_tun_dec_t *dec;              /* pending: the HELLO decoder (freed at attach) */
     struct relay_link *prev, *next; /* the pending list */
     uint64_t accepted_at;
     char peer[48];
@@ -70,25 +70,25 @@ typedef enum session_state {
 
 struct session {
     relay_t *r;
-    session_t *next;          /* bucket chain */
+    session_t *next; /* bucket chain */
     session_state_t state;
     cw_tun_t core;
-    relay_link_t *link;       /* attached link, or NULL */
+    relay_link_t *link; /* attached link, or NULL */
     uv_tcp_t master;
-    uv_connect_t *creq;       /* while connecting to the master */
+    uv_connect_t *creq; /* while connecting to the master */
     uv_timer_t timer;
     int handles_open;
-    size_t master_queued;     /* bytes written to the master, not yet taken by the kernel */
-    bool master_reading;      /* reading the master's socket */
-    bool master_eof;          /* the master closed its end (or failed) */
-    bool master_dead;         /* nothing can be written to the master any more */
-    bool master_shut;         /* we sent the master our FIN */
-    bool link_held;           /* we paused the link: the master's write queue is full */
+    size_t master_queued; /* bytes written to the master, not yet taken by the kernel */
+    bool master_reading;  /* reading the master's socket */
+    bool master_eof;      /* the master closed its end (or failed) */
+    bool master_dead;     /* nothing can be written to the master any more */
+    bool master_shut;     /* we sent the master our FIN */
+    bool link_held;       /* we paused the link: the master's write queue is full */
     uint64_t created_at, detached_at;
     uint64_t tick_due, ack_due, last_ping, ping_seq;
     uint64_t bytes_to_master, bytes_from_master;
     unsigned resumes;
-    char peer[48];            /* the worker's address on the last link */
+    char peer[48]; /* the worker's address on the last link */
 };
 
 struct relay {
@@ -97,13 +97,13 @@ struct relay {
     struct ssl_ctx_st *tls_ctx;
     uv_tcp_t listener;
     struct sockaddr_storage master_addr;
-    uv_timer_t tick;          /* HELLO timeouts of pending links */
-    relay_link_t *pending;    /* links waiting for HELLO */
+    uv_timer_t tick;       /* HELLO timeouts of pending links */
+    relay_link_t *pending; /* links waiting for HELLO */
     session_t *buckets[RELAY_BUCKETS];
     unsigned nsessions, ndetached;
     struct {
         uint64_t id;
-        uint8_t reason;       /* EXPIRED, ENDED (complete) or CLOSED (aborted) */
+        uint8_t reason; /* EXPIRED, ENDED (complete) or CLOSED (aborted) */
     } tomb[RELAY_TOMBSTONES];
     unsigned tomb_next;
     struct relay_metrics *metrics;

@@ -32,7 +32,7 @@
  * further; then, above the worker's buffer plus MASTER_SLACK, the link is
  * paused (and resumed below half that). */
 #define MASTER_SLACK (1u << 20)
-#define READ_SIZE   (64 * 1024)
+#define READ_SIZE    (64 * 1024)
 #define ACK_DELAY_MS 20
 
 static uint8_t master_rbuf[READ_SIZE]; /* every master read is consumed inside its callback */
@@ -253,8 +253,7 @@ static void master_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 static void master_read_start(session_t *s)
 {
-    if (s->master_reading || s->master_eof || s->state == SS_CLOSING ||
-        cw_tun_room(&s->core) == 0)
+    if (s->master_reading || s->master_eof || s->state == SS_CLOSING || cw_tun_room(&s->core) == 0)
         return;
     if (uv_read_start((uv_stream_t *)&s->master, master_alloc, master_read_cb) == 0)
         s->master_reading = true;
@@ -446,12 +445,11 @@ void session_attach(session_t *s, relay_link_t *lk, uint8_t *rest, size_t rest_l
         /* the old link died silently and we had not noticed yet */
         cw_info("session %s: resumed from %s; the old link from %s was still up and is "
                 "replaced (replaying %llu bytes)",
-                sid(s, b), lk->peer, s->peer,
-                (unsigned long long)(s->core.end - s->core.sent));
+                sid(s, b), lk->peer, s->peer, (unsigned long long)(s->core.end - s->core.sent));
         session_release_link(s, false);
     } else {
-        cw_info("session %s: resumed from %s after %.1f s outage (replaying %llu bytes)",
-                sid(s, b), lk->peer, (double)(now - s->detached_at) / 1000.0,
+        cw_info("session %s: resumed from %s after %.1f s outage (replaying %llu bytes)", sid(s, b),
+                lk->peer, (double)(now - s->detached_at) / 1000.0,
                 (unsigned long long)(s->core.end - s->core.sent));
     }
     s->resumes++;

@@ -52,7 +52,7 @@ struct tm_conn {
     uv_tcp_t tcp;
     test_master_t *m;
     tm_conn_t *next;
-    uint64_t rx, tx;       /* stream positions */
+    uint64_t rx, tx; /* stream positions */
     size_t queued;
     bool eof, shut, shut_done, closing, reading, held;
 };

@@ -31,14 +31,14 @@ typedef struct test_master {
     int port;
     tm_mode_t mode;
     uint64_t source_len;
-    bool paused;          /* not reading any connection */
+    bool paused; /* not reading any connection */
     tm_conn_t *conns;
     int accepted, closed; /* connections */
     int eofs;             /* EOFs (or resets) seen from the relay */
     uint64_t received;    /* bytes received, all connections */
     uint64_t bad_at;      /* first bad byte position (sink), or UINT64_MAX */
     uint64_t last_close_ms;
-    size_t max_queue;     /* largest write queue seen */
+    size_t max_queue; /* largest write queue seen */
 } test_master_t;
 
 int tm_start(test_master_t *m, uv_loop_t *loop, tm_mode_t mode);

@@ -32,7 +32,7 @@ typedef struct drv {
     cw_tunnel_t t;
     uint64_t to_send, sent;
     int inflight;
-    unsigned rx_salt;     /* 1: the echo of our stream; 2: the master's source stream */
+    unsigned rx_salt; /* 1: the echo of our stream; 2: the master's source stream */
     uint64_t rx, bad_at;
     uint64_t seed;
     bool shutdown_at_end; /* FIN once everything is written */
@@ -546,8 +546,12 @@ static void wrong_token_step(world_t *w)
         d->produce_paused = true; /* the session is mid-transfer during the attempt */
         memset(&raw, 0, sizeof raw);
         cw_tun_dec_init(&raw.dec);
-        cw_tun_hello_t h = {.version = 1, .resume = true, .buffer = 4096, .id = d->t.core.id,
-                            .received = 0, .link_seq = d->t.core.link_seq + 1};
+        cw_tun_hello_t h = {.version = 1,
+                            .resume = true,
+                            .buffer = 4096,
+                            .id = d->t.core.id,
+                            .received = 0,
+                            .link_seq = d->t.core.link_seq + 1};
         memcpy(h.token, d->t.core.token, CW_TUN_TOKEN_LEN);
         h.token[7] ^= 0x40;
         cw_tun_enc_hello(raw.hello, &h);

@@ -176,8 +176,7 @@ static void out_write_cb(uv_write_t *req, int status)
     out_queued -= o->len;
     free(o);
     close_out_if_drained();
-    if (out_queued < (256u << 10) && !tun_closed_flag &&
-        cw_tunnel_state(&tun) < CW_TUNNEL_CLOSING)
+    if (out_queued < (256u << 10) && !tun_closed_flag && cw_tunnel_state(&tun) < CW_TUNNEL_CLOSING)
         cw_tunnel_read_start(&tun);
 }
 
@@ -318,8 +317,8 @@ static void d_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 /* stdin is read while the socket's send queue is short */
 static void d_in_set_reading(void)
 {
-    bool want = in_open && !in_eof &&
-                uv_stream_get_write_queue_size((uv_stream_t *)&dtcp) < (1u << 20);
+    bool want =
+        in_open && !in_eof && uv_stream_get_write_queue_size((uv_stream_t *)&dtcp) < (1u << 20);
     if (want == d_in_reading)
         return;
     d_in_reading = want;
@@ -443,10 +442,12 @@ static void d_connected(uv_connect_t *req, int status)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: tunnelcat [--direct | --idle N] [--buffer BYTES] [--dead-timeout MS] [--ping MS]\n"
-                    "                 [--handshake-timeout MS] [--backoff-max MS] [--max-outage "
-                    "MS]\n"
-                    "                 [--ca FILE] [--tls-host NAME] HOST:PORT\n");
+    fprintf(
+        stderr,
+        "usage: tunnelcat [--direct | --idle N] [--buffer BYTES] [--dead-timeout MS] [--ping MS]\n"
+        "                 [--handshake-timeout MS] [--backoff-max MS] [--max-outage "
+        "MS]\n"
+        "                 [--ca FILE] [--tls-host NAME] HOST:PORT\n");
     return 2;
 }
 

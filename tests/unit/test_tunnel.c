@@ -72,8 +72,7 @@ static void log_frame(evlog_t *l, const cw_tun_frame_t *f, cw_buf_t *data_acc, u
         assert_true(f->len > 0);
         assert_int_equal(cw_buf_append(data_acc, f->data, f->len), 0);
         if (f->last) {
-            cw_buf_printf(&l->text, "DATA %llu %zu:", (unsigned long long)*data_off,
-                          data_acc->len);
+            cw_buf_printf(&l->text, "DATA %llu %zu:", (unsigned long long)*data_off, data_acc->len);
             for (size_t i = 0; i < data_acc->len; i++)
                 cw_buf_printf(&l->text, "%02x", data_acc->data[i]);
             cw_buf_append_str(&l->text, "\n");
@@ -88,10 +87,9 @@ static void log_frame(evlog_t *l, const cw_tun_frame_t *f, cw_buf_t *data_acc, u
         break;
     case CW_TUN_WELCOME:
         cw_buf_printf(&l->text, "WELCOME v%u r%d b%u w%u id%llx rcv%llu tok%02x%02x\n",
-                      f->welcome.version, f->welcome.resumed, f->welcome.buffer,
-                      f->welcome.window, (unsigned long long)f->welcome.id,
-                      (unsigned long long)f->welcome.received, f->welcome.token[0],
-                      f->welcome.token[15]);
+                      f->welcome.version, f->welcome.resumed, f->welcome.buffer, f->welcome.window,
+                      (unsigned long long)f->welcome.id, (unsigned long long)f->welcome.received,
+                      f->welcome.token[0], f->welcome.token[15]);
         break;
     case CW_TUN_REFUSE:
     case CW_TUN_ABORT:
@@ -164,13 +162,21 @@ static void test_codec_roundtrip(void **state)
     (void)state;
     cw_buf_t w = CW_BUF_INIT;
     uint8_t fr[CW_TUN_TEXT_FRAME];
-    cw_tun_hello_t h = {.version = 1, .resume = true, .buffer = 65536, .id = 0x1122334455667788u,
-                        .received = 123456789012u, .link_seq = 0xFEDCBA98u};
+    cw_tun_hello_t h = {.version = 1,
+                        .resume = true,
+                        .buffer = 65536,
+                        .id = 0x1122334455667788u,
+                        .received = 123456789012u,
+                        .link_seq = 0xFEDCBA98u};
     for (int i = 0; i < CW_TUN_TOKEN_LEN; i++)
         h.token[i] = (uint8_t)(0xA0 + i);
     cw_buf_append(&w, fr, cw_tun_enc_hello(fr, &h));
-    cw_tun_welcome_t we = {.version = 1, .resumed = true, .buffer = 1 << 20, .window = 600,
-                           .id = h.id, .received = 77};
+    cw_tun_welcome_t we = {.version = 1,
+                           .resumed = true,
+                           .buffer = 1 << 20,
+                           .window = 600,
+                           .id = h.id,
+                           .received = 77};
     memcpy(we.token, h.token, sizeof we.token);
     cw_buf_append(&w, fr, cw_tun_enc_welcome(fr, &we));
     /* DATA frames of several sizes, the largest allowed among them */
@@ -201,7 +207,8 @@ static void test_codec_roundtrip(void **state)
     assert_int_equal(l.rc, 0);
     assert_int_equal(l.consumed, w.len);
     const char *s = (const char *)l.text.data;
-    assert_non_null(strstr(s, "HELLO v1 r1 b65536 id1122334455667788 rcv123456789012 toka0af seq4275878552\n"));
+    assert_non_null(
+        strstr(s, "HELLO v1 r1 b65536 id1122334455667788 rcv123456789012 toka0af seq4275878552\n"));
     assert_non_null(strstr(s, "WELCOME v1 r1 b1048576 w600 id1122334455667788 rcv77 toka0af\n"));
     assert_non_null(strstr(s, "DATA 77 1:"));
     assert_non_null(strstr(s, "DATA 93 1000:"));
@@ -294,7 +301,7 @@ static void test_codec_limits(void **state)
 
 typedef struct side {
     cw_tun_t t;
-    cw_buf_t got;     /* stream bytes delivered */
+    cw_buf_t got; /* stream bytes delivered */
     size_t ndata;
     int fins;
     int rooms;
@@ -302,12 +309,12 @@ typedef struct side {
     int closed;
     int close_reason;
     char close_text[256];
-    cw_buf_t wire_in; /* bytes in flight towards this side */
+    cw_buf_t wire_in;    /* bytes in flight towards this side */
     uint64_t next_write; /* next stream position of our own source */
-    uint64_t total;   /* source length */
+    uint64_t total;      /* source length */
     unsigned salt;
-    bool fin_at_end;  /* write FIN once the source is exhausted */
-    int data_rc;      /* what on_data returns */
+    bool fin_at_end; /* write FIN once the source is exhausted */
+    int data_rc;     /* what on_data returns */
 } side_t;
 
 static int s_on_data(void *ud, uint8_t *data, size_t len)
@@ -781,8 +788,12 @@ static void test_resume_refused(void **state)
     assert_int_equal(cw_tun_state(&srv.t), CW_TUN_ST_OPEN);
     uint64_t srv_received = srv.t.received, srv_sent = srv.t.sent;
 
-    cw_tun_hello_t h = {.version = 1, .resume = true, .buffer = 4096, .id = cli.t.id,
-                        .received = cli.t.received, .link_seq = cli.t.link_seq + 1};
+    cw_tun_hello_t h = {.version = 1,
+                        .resume = true,
+                        .buffer = 4096,
+                        .id = cli.t.id,
+                        .received = cli.t.received,
+                        .link_seq = cli.t.link_seq + 1};
     memcpy(h.token, cli.t.token, CW_TUN_TOKEN_LEN);
     cw_tun_hello_t bad = h;
     /* the HELLO of an older attempt, delayed in the network, cannot take the session over */
