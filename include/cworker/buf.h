@@ -37,6 +37,8 @@ int cw_buf_append_str(cw_buf_t *b, const char *s);
 int cw_buf_append_elided(cw_buf_t *b, const char *s, size_t max);
 /* printf-style append; 0 or -ENOMEM. */
 int cw_buf_printf(cw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drop the first n bytes (n <= len). */
+void cw_buf_consume(cw_buf_t *b, size_t n);
 /* Forget the content, keep the allocation. */
 void cw_buf_reset(cw_buf_t *b);
 /* Free the allocation; the buffer is empty and reusable afterwards. NULL-safe. */

@@ -104,6 +104,16 @@ int cw_buf_printf(cw_buf_t *b, const char *fmt, ...)
     return 0;
 }
 
+void cw_buf_consume(cw_buf_t *b, size_t n)
+{
+    if (n >= b->len) {
+        b->len = 0;
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+}
+
 void cw_buf_reset(cw_buf_t *b)
 {
     b->len = 0;
