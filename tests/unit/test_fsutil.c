@@ -2818,8 +2818,8 @@ static void rm_refusal_rules(void **state)
         /* Under qemu-user, whose -L prefix stands in for "/" in the checks
          * but not in the link, the same path is caught as an ancestor of
          * the base directory instead: refused either way. */
-        char *alt = xfmt("refusing to remove '%s': it contains the worker's base directory\n",
-                         rootslash);
+        char *alt =
+            xfmt("refusing to remove '%s': it contains the worker's base directory\n", rootslash);
         cw_buf_t why = CW_BUF_INIT;
         int got = cw_rm_refusal(rootslash, b, &why);
         if (got != -EPERM || (strcmp(bstr(&why), want) != 0 && strcmp(bstr(&why), alt) != 0))
