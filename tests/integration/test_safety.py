@@ -254,13 +254,15 @@ def test_rmdir_refuses_basedir_and_ancestors(master, safe_worker):
 
 # ---- 2: a glob pattern the master controls cannot crash the worker --------------------------
 
-def test_glob_huge_pattern(pool, master):
+def test_glob_huge_pattern(pool, master, tmp_path):
     """A pattern of 50,000 '/*' components overflowed the matcher's stack on its thread and
     killed the worker (every build lost).  Now the step ends on its own and the worker
-    stays attached, same process."""
+    stays attached, same process.  (The pattern starts in a directory of the test's own:
+    below /tmp a stray link to / would make the glob walk the whole file system.)"""
     w = pool.worker('cworker')
     pid = w.pid
-    pattern = '/tmp' + '/*' * 50000
+    (tmp_path / 'g' / 'a' / 'b').mkdir(parents=True)
+    pattern = str(tmp_path / 'g') + '/*' * 50000
     b = pool.run('cworker', 'globup', props={'pattern': pattern, 'dest': '/nonexistent'},
                  timeout=120)
     assert b.result not in ('RETRY', 'EXCEPTION'), describe_build(b)
