@@ -151,11 +151,12 @@ static int type_byte(cw_banana_dec_t *d, uint8_t t, size_t have)
             return fail(d, CW_EPROTO, "LIST longer than 655,360 elements");
         if (v > d->lim.max_nodes - d->nodes)
             return fail(d, CW_ETOOBIG, "message has more elements than allowed");
+        /* an empty list is as deep as any other, even if it needs no stack slot */
+        if (d->depth >= d->lim.max_depth)
+            return fail(d, CW_ETOOBIG, "lists nested deeper than allowed");
         d->nodes += (size_t)v;
         if (v == 0)
             return 1;
-        if (d->depth >= d->lim.max_depth)
-            return fail(d, CW_ETOOBIG, "lists nested deeper than allowed");
         d->left[d->depth++] = (size_t)v;
         return 0;
     case CW_BANANA_W_STRING:
