@@ -27,7 +27,8 @@
  * to unknown objects ("Invalid Object ID") and for arguments jelly refuses.
  *
  * Reentrancy: on_event may call every function below except cw_pb_feed(),
- * cw_pb_close() and cw_pb_free() on its own session.  Only one outgoing
+ * cw_pb_close() (both refuse with CW_EBADARG) and cw_pb_free() on its own
+ * session; to stop, it returns a negative code.  Only one outgoing
  * message can be under construction at a time (a *_begin must be followed by
  * its *_end before the next *_begin).
  */

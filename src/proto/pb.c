@@ -80,6 +80,7 @@ struct cw_pb {
     int err;    /* why the session closed, 0 if it did not fail */
     char why[200];
     bool calls_failed; /* cw_pb_close() reported the waiting calls */
+    bool in_feed;      /* inside cw_pb_feed(): feed and close are refused from callbacks */
 
     /* worker role */
     uint8_t *username;
@@ -1204,10 +1205,9 @@ int cw_pb_start(cw_pb_t *pb)
     return rc;
 }
 
-int cw_pb_feed(cw_pb_t *pb, const uint8_t *data, size_t len)
+/* The body of cw_pb_feed(). */
+static int feed(cw_pb_t *pb, const uint8_t *data, size_t len)
 {
-    if (pb->state == CW_PB_ST_CLOSED)
-        return pb->err ? pb->err : -ENOTCONN;
     while (len > 0) {
         size_t used;
         cw_banana_msg_t *m;
@@ -1227,8 +1227,22 @@ int cw_pb_feed(cw_pb_t *pb, const uint8_t *data, size_t len)
     return 0;
 }
 
+int cw_pb_feed(cw_pb_t *pb, const uint8_t *data, size_t len)
+{
+    if (pb->in_feed)
+        return CW_EBADARG;
+    if (pb->state == CW_PB_ST_CLOSED)
+        return pb->err ? pb->err : -ENOTCONN;
+    pb->in_feed = true;
+    int rc = feed(pb, data, len);
+    pb->in_feed = false;
+    return rc;
+}
+
 int cw_pb_close(cw_pb_t *pb)
 {
+    if (pb->in_feed)
+        return CW_EBADARG;
     bool truncated = cw_banana_dec_partial(&pb->dec) && pb->state != CW_PB_ST_CLOSED;
     if (pb->state != CW_PB_ST_CLOSED) {
         pb->state = CW_PB_ST_CLOSED;

@@ -1715,6 +1715,45 @@ static void test_take_doc(void **state)
     peer_free(&w);
 }
 
+/* An owner that tries to feed and close its session from inside a callback. */
+static int reentrant_owner(void *ud, cw_pb_t *pb, const cw_pb_event_t *ev)
+{
+    int *rcs = ud;
+    if (ev->type == CW_PB_EV_CALL) {
+        rcs[0] = cw_pb_feed(pb, (const uint8_t *)"\x00\x81", 2);
+        rcs[1] = cw_pb_close(pb);
+        rcs[2] = cw_pb_answer_none(pb, ev->u.call.reqid);
+    }
+    return 0;
+}
+
+static void test_reentrancy_refused(void **state)
+{
+    (void)state;
+    int rcs[3] = {1, 1, 1};
+    cw_buf_t out = CW_BUF_INIT;
+    cw_pb_config_t cfg = {.role = CW_PB_WORKER,
+                          .out = &out,
+                          .on_event = reentrant_owner,
+                          .ud = rcs,
+                          .username = "w1",
+                          .username_len = 2,
+                          .password = "pass",
+                          .password_len = 4};
+    cw_pb_t *pb;
+    assert_int_equal(cw_pb_new(&pb, &cfg), 0);
+    cw_buf_t in = hex(OFFER VERSION CHALLENGE_ANSWER);
+    put_print(&in, 1, "attached");
+    assert_int_equal(cw_pb_feed(pb, in.data, in.len), 0);
+    assert_int_equal(rcs[0], CW_EBADARG);
+    assert_int_equal(rcs[1], CW_EBADARG);
+    assert_int_equal(rcs[2], 0); /* answering from the callback is what it is for */
+    assert_int_equal(cw_pb_state(pb), CW_PB_ST_LOGIN);
+    cw_pb_free(pb);
+    cw_buf_free(&in);
+    cw_buf_free(&out);
+}
+
 static void test_owner_error_stops(void **state)
 {
     (void)state;
@@ -1875,6 +1914,7 @@ int main(void)
         cmocka_unit_test(test_answers_and_errors_routed),
         cmocka_unit_test(test_take_doc),
         cmocka_unit_test(test_owner_error_stops),
+        cmocka_unit_test(test_reentrancy_refused),
         cmocka_unit_test(test_exports),
         cmocka_unit_test(test_split_invariance_worker_stream),
     };
