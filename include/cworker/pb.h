@@ -91,9 +91,8 @@ typedef enum cw_pb_event_type {
 typedef struct cw_pb_event {
     cw_pb_event_type_t type;
     union {
-        struct { /* CW_PB_EV_LOGGED_IN */
-            int64_t
-                perspective; /* luid of the master's perspective object (a received reference) */
+        struct {                 /* CW_PB_EV_LOGGED_IN */
+            int64_t perspective; /* the master's perspective: a received reference */
         } logged_in;
         struct { /* CW_PB_EV_LOGIN_FAILED */
             cw_pb_login_failure_t kind;
@@ -163,7 +162,7 @@ typedef struct cw_pb_config {
     void *bot_ud; /* target_ud of calls to the Bot */
 
     /* master role: a fixed challenge for tests (copied, <= 64 bytes); NULL = 16
-     * random bytes per login (the MD5 of random capitals, as Twisted) */
+     * bytes from the kernel's CSPRNG per login (Twisted: MD5 of random capitals) */
     const uint8_t *challenge;
     size_t challenge_len;
 } cw_pb_config_t;
