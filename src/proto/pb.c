@@ -770,6 +770,9 @@ static int root_login(cw_pb_t *pb, int64_t reqid, const cw_jelly_t *args)
     }
     int64_t luid;
     int rc = cw_pb_export(pb, NULL, false, &luid);
+    if (rc == CW_ETOOBIG) /* a peer that logs in again and again without decrefs */
+        return answer_failure(pb, reqid, T_PB_ERROR, "Maximum PB reference count exceeded.",
+                              parents_pb_error, 4);
     if (rc < 0)
         return proto_fail(pb, rc, "cannot export a challenger");
     export_t *x = find_export(pb, luid);

@@ -1103,6 +1103,27 @@ static void test_master_login_checks(void **state)
     assert_bytes(m.out.data, m.out.len, "02 80 07 82 76 65 72 73 69 6f 6e 06 81");
     assert_int_equal(feed_hex(&m, VERSION), CW_EPROTO);
     peer_free(&m);
+    /* logins again and again without decrefs: the export limit answers pb.Error */
+    cw_pb_config_t few = {.max_exports = 2};
+    peer_init(&m, CW_PB_MASTER, NULL, "pass", &few);
+    cw_buf_t logins = hex("02 82 70 62 " VERSION);
+    for (int i = 1; i <= 3; i++) {
+        char h[120];
+        sprintf(h,
+                "07 80 1a 87 %02x 81 04 82 72 6f 6f 74 14 87 01 81 02 80 0b 87 02 82 77 31 01 80 "
+                "05 87",
+                i);
+        cw_buf_t one = hex(h);
+        cw_buf_append(&logins, one.data, one.len);
+        cw_buf_free(&one);
+    }
+    assert_int_equal(feed_buf(&m, &logins), 0);
+    char *t2 = transcript(m.out.data + 12, m.out.len - 12, true);
+    assert_non_null(strstr(t2, "(b'error' 3 <failure twisted.spread.pb.Error: Maximum PB reference "
+                               "count exceeded.>)\n"));
+    free(t2);
+    cw_buf_free(&logins);
+    peer_free(&m);
     /* unknown root method */
     peer_init(&m, CW_PB_MASTER, NULL, "pass", NULL);
     assert_int_equal(feed_hex(&m, "02 82 70 62 " VERSION
