@@ -27,10 +27,6 @@ enum scan_state {
     SC_PAYLOAD, /* copying `skip` payload bytes of a STRING or FLOAT */
 };
 
-/* A message buffer grown beyond this is released after the message is handed out, so one big
- * message does not pin its memory for the life of the connection. */
-#define KEEP_MSG_CAP ((size_t)1 << 20)
-
 /* Twisted 22.4's vocabulary (banana.py outgoingVocabulary); index 0 is unused. */
 static const char *const vocab[CW_BANANA_VOCAB_COUNT + 1] = {
     NULL,           "None",     "class",         "dereference", "reference",
@@ -348,12 +344,11 @@ int cw_banana_dec_feed(cw_banana_dec_t *d, const uint8_t *data, size_t len, size
         return fail(d, -ENOMEM, "out of memory");
     if (!done)
         return 0;
+    /* the message takes the buffer with it (STRING nodes point into it), so nothing of a big
+     * message stays pinned in the decoder */
     rc = build(d, out);
     if (rc < 0)
         return fail(d, rc, "out of memory");
-    if (d->msg.cap > KEEP_MSG_CAP)
-        cw_buf_free(&d->msg);
-    d->msg.len = 0;
     d->nodes = 0;
     return 0;
 }
