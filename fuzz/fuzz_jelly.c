@@ -172,6 +172,7 @@ static void encode_mode(const uint8_t *p, size_t n, uint8_t ctl)
     cw_jelly_enc_init(&e, &out, top, (ctl >> 3) & 1);
     size_t i = 0;
     bool raw = false; /* a plain banana list was written: not a jelly value by itself */
+    size_t bigs = 0;  /* strings near the size limit written */
     while (i < n) {
         uint8_t op = p[i++];
         uint8_t arg = i < n ? p[i++] : 0;
@@ -223,8 +224,12 @@ static void encode_mode(const uint8_t *p, size_t n, uint8_t ctl)
             raw = true;
             break;
         case 12:
-            /* around banana's size limit */
-            cw_jelly_bytes(&e, big, CW_BANANA_SIZE_LIMIT - 1 + (arg % 3));
+            /* around banana's size limit; twice per program at most, or the fuzzer spends its
+             * time copying tens of MiB */
+            if (bigs++ < 2)
+                cw_jelly_bytes(&e, big, CW_BANANA_SIZE_LIMIT - 1 + (arg % 3));
+            else
+                cw_jelly_bytes(&e, big, arg);
             break;
         case 13: {
             cw_jelly_failure_desc_t f = {.type = (arg & 1) ? "builtins.ValueError" : NULL,
