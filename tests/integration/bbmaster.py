@@ -515,6 +515,8 @@ class Master(_Process):
         master zlib -9 on every chunk of a 100 MiB log and makes readback a plain copy.
     quarantine_timeout: None keeps the stock 10 s worker quarantine after an EXCEPTION build;
         a number replaces it (test harness only).
+    pb_port: None (default) for no Perspective Broker listener; a port number adds
+        c['protocols']['pb'] on tcp:PORT:interface=127.0.0.1 next to msgpack.
     """
 
     name = 'master'
@@ -522,7 +524,7 @@ class Master(_Process):
 
     def __init__(self, basedir, builders, workers=(('w1', 'pass1'),), extra_cfg='', *,
                  log_compression='raw', quarantine_timeout=None, protocol_debug=False,
-                 msgpack_port=None, www_port=None):
+                 msgpack_port=None, www_port=None, pb_port=None):
         super().__init__()
         self.basedir = os.path.abspath(basedir)
         self.builders = dict(builders)
@@ -535,6 +537,7 @@ class Master(_Process):
         self.www_port = www_port or free_port()
         while self.www_port == self.msgpack_port:
             self.www_port = free_port()
+        self.pb_port = pb_port
         self._builderids = {}
         self._rpc_id = 0
         # never go through an http_proxy from the environment for 127.0.0.1
@@ -573,6 +576,8 @@ class Master(_Process):
                 spec = {'steps': spec}
             out.append(_CFG_BUILDER.format(name=name, workernames=list(spec.get('workernames', all_workers)),
                                            steps=spec['steps'], kwargs=spec.get('kwargs', '')))
+        if self.pb_port:
+            out.append(f"c['protocols']['pb'] = {{'port': 'tcp:{int(self.pb_port)}:interface=127.0.0.1'}}\n")
         out.append(_CFG_TAIL.format(sched=FORCE_SCHEDULER, slots=FORCE_PROP_SLOTS))
         if self.extra_cfg:
             out.append('\n# --- extra_cfg ---\n' + self.extra_cfg + '\n')
@@ -624,7 +629,8 @@ class Master(_Process):
                 raise HarnessError(f'master exited with status {rc} during startup\n'
                                    f'--- twistd.log ---\n{self._log_since(log_offset)}\n'
                                    f'--- stdout ---\n{tail(os.path.join(self.basedir, "twistd.stdout"))}')
-            if self._rest_ok() and port_open(self.msgpack_port):
+            if self._rest_ok() and port_open(self.msgpack_port) and \
+                    (not self.pb_port or port_open(self.pb_port)):
                 break
             if time.monotonic() >= deadline:
                 self.stop(timeout=5)
@@ -680,8 +686,11 @@ class Master(_Process):
 
     def listen_addresses(self):
         """{'msgpack': [...], 'www': [...]} local listening addresses, from `ss`."""
-        return {'msgpack': listening_addresses(self.msgpack_port),
-                'www': listening_addresses(self.www_port)}
+        addrs = {'msgpack': listening_addresses(self.msgpack_port),
+                 'www': listening_addresses(self.www_port)}
+        if self.pb_port:
+            addrs['pb'] = listening_addresses(self.pb_port)
+        return addrs
 
     # ---- REST --------------------------------------------------------------------------------
 
