@@ -19,6 +19,7 @@
 #include "cworker/banana.h"
 #include "cworker/cw.h"
 #include "cworker/jelly.h"
+#include "cworker/utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "i64map.h"
+#include "cworker/utf8.h"
 
 /* ---- arena ---- */
 
