@@ -52,6 +52,13 @@ BUILDBOT = os.environ.get('BB_BUILDBOT') or (shutil.which('buildbot', path='/usr
 BUILDBOT_WORKER = os.environ.get('BB_BUILDBOT_WORKER') or (
     shutil.which('buildbot-worker', path='/usr/bin') or 'buildbot-worker')
 
+# The protocol the workers speak in this run: 'msgpack' (msgpack_experimental_v7 over
+# WebSocket) or 'pb' (Perspective Broker).  scripts/check runs the integration suite once per
+# protocol; a test that is about one protocol passes `protocol=` to the worker itself.
+PROTOCOL = os.environ.get('CW_PROTOCOL', 'msgpack')
+if PROTOCOL not in ('msgpack', 'pb'):
+    raise RuntimeError(f'CW_PROTOCOL={PROTOCOL!r}: expected msgpack or pb')
+
 RESULT_NAMES = ['SUCCESS', 'WARNINGS', 'FAILURE', 'SKIPPED', 'EXCEPTION', 'RETRY', 'CANCELLED']
 
 FORCE_SCHEDULER = 'force'
@@ -515,8 +522,9 @@ class Master(_Process):
         master zlib -9 on every chunk of a 100 MiB log and makes readback a plain copy.
     quarantine_timeout: None keeps the stock 10 s worker quarantine after an EXCEPTION build;
         a number replaces it (test harness only).
-    pb_port: None (default) for no Perspective Broker listener; a port number adds
-        c['protocols']['pb'] on tcp:PORT:interface=127.0.0.1 next to msgpack.
+    pb_port: a port number adds c['protocols']['pb'] on tcp:PORT:interface=127.0.0.1 next to
+        msgpack; None (default) picks a free one when this run's PROTOCOL is 'pb' and opens no
+        PB listener otherwise.
     """
 
     name = 'master'
@@ -538,6 +546,10 @@ class Master(_Process):
         while self.www_port == self.msgpack_port:
             self.www_port = free_port()
         self.pb_port = pb_port
+        if self.pb_port is None and PROTOCOL == 'pb':
+            self.pb_port = free_port()
+            while self.pb_port in (self.msgpack_port, self.www_port):
+                self.pb_port = free_port()
         self._builderids = {}
         self._rpc_id = 0
         # never go through an http_proxy from the environment for 127.0.0.1
@@ -639,6 +651,15 @@ class Master(_Process):
             time.sleep(0.05)
         self.last_start_seconds = time.monotonic() - t0
         return self
+
+    def worker_port(self, protocol=None):
+        """The port a worker of `protocol` (default: this run's) connects to."""
+        protocol = protocol or PROTOCOL
+        if protocol == 'pb':
+            if not self.pb_port:
+                raise HarnessError('this master has no PB port (pass pb_port=)')
+            return self.pb_port
+        return self.msgpack_port
 
     def _clear_stale_connections(self):
         # Test harness only. A 3.7 master that was SIGKILLed leaves its rows in
@@ -1099,12 +1120,13 @@ class _Worker(_Process):
 
 
 class StockWorker(_Worker):
-    """The stock Python buildbot-worker 3.7 on msgpack_experimental_v7."""
+    """The stock Python buildbot-worker 3.7 (protocol: 'msgpack' or 'pb'; default PROTOCOL)."""
 
     name = 'stock worker'
 
-    def __init__(self, basedir, master, name, password, protocol_debug=False):
+    def __init__(self, basedir, master, name, password, protocol_debug=False, protocol=None):
         super().__init__()
+        self.protocol = protocol or PROTOCOL
         self.basedir = os.path.abspath(basedir)
         self.master = master
         self.worker_name = name
@@ -1116,9 +1138,11 @@ class StockWorker(_Worker):
     def create(self):
         if os.path.exists(os.path.join(self.basedir, 'buildbot.tac')):
             os.remove(os.path.join(self.basedir, 'buildbot.tac'))
+        wire = 'msgpack_experimental_v7' if self.protocol == 'msgpack' else 'pb'
         r = subprocess.run([PYTHON, BUILDBOT_WORKER, 'create-worker', '-q',
-                            '--protocol=msgpack_experimental_v7', self.basedir,
-                            f'127.0.0.1:{self.master.msgpack_port}', self.worker_name, self.password],
+                            f'--protocol={wire}', self.basedir,
+                            f'127.0.0.1:{worker_port(self.master, self.protocol)}',
+                            self.worker_name, self.password],
                            env=_clean_env(), capture_output=True, text=True)
         if r.returncode != 0:
             raise HarnessError(f'buildbot-worker create-worker failed:\n{r.stdout}\n{r.stderr}')
@@ -1141,17 +1165,31 @@ class StockWorker(_Worker):
         return self
 
 
+def worker_port(master, protocol):
+    """The port of `master` (a Master or a stand-in with .msgpack_port) for `protocol`."""
+    wp = getattr(type(master), 'worker_port', None)
+    if wp is not None:
+        return master.worker_port(protocol)
+    if protocol != 'msgpack':
+        raise HarnessError(f'{type(master).__name__} stands in for a msgpack master only; '
+                           f'give the worker protocol="msgpack"')
+    return master.msgpack_port
+
+
 def default_cworker_bin():
     return os.environ.get('CWORKER_BIN') or os.path.join(REPO_ROOT, 'build', 'src', 'worker', 'cworker')
 
 
 class CWorker(_Worker):
-    """The C worker: `<bin> --master 127.0.0.1:PORT --name N --basedir D --password-file F`."""
+    """The C worker: `<bin> --master 127.0.0.1:PORT --protocol P --name N --basedir D
+    --password-file F` (protocol: 'msgpack' or 'pb'; default PROTOCOL)."""
 
     name = 'cworker'
 
-    def __init__(self, basedir, master, name, password, binary=None, extra_args=(), env=None):
+    def __init__(self, basedir, master, name, password, binary=None, extra_args=(), env=None,
+                 protocol=None):
         super().__init__()
+        self.protocol = protocol or PROTOCOL
         self.basedir = os.path.abspath(basedir)
         self.master = master
         self.worker_name = name
@@ -1163,8 +1201,8 @@ class CWorker(_Worker):
         self.password_file = os.path.join(self.basedir, 'password')
 
     def argv(self):
-        return [self.binary, '--master', f'127.0.0.1:{self.master.msgpack_port}',
-                '--name', self.worker_name, '--basedir', self.basedir,
+        return [self.binary, '--master', f'127.0.0.1:{worker_port(self.master, self.protocol)}',
+                '--protocol', self.protocol, '--name', self.worker_name, '--basedir', self.basedir,
                 '--password-file', self.password_file] + self.extra_args
 
     def start(self, wait=True, timeout=30):

@@ -325,6 +325,9 @@ class _ViaProxy:
         self._master = master
         self.msgpack_port = proxy.port
 
+    def worker_port(self, protocol=None):
+        return self.msgpack_port
+
     def __getattr__(self, name):
         return getattr(self._master, name)
 
