@@ -680,12 +680,9 @@ int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len)
     return rc ? rc : enc_rc(e, cw_banana_string(e->out, p, len, e->vocab));
 }
 
-int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len)
+/* ("unicode" text) for text already known to be valid UTF-8. */
+static int enc_unicode_valid(cw_jelly_enc_t *e, const void *p, size_t len)
 {
-    if (e->err)
-        return e->err;
-    if (!cw_utf8_valid(p, len))
-        return enc_fail(e, CW_EBADARG);
     if (len > CW_BANANA_SIZE_LIMIT)
         return enc_fail(e, CW_ETOOBIG);
     int rc = enc_form(e, 2, "unicode");
@@ -694,19 +691,28 @@ int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len)
     return rc;
 }
 
+int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len)
+{
+    if (e->err)
+        return e->err;
+    if (!cw_utf8_valid(p, len))
+        return enc_fail(e, CW_EBADARG);
+    return enc_unicode_valid(e, p, len);
+}
+
 int cw_jelly_unicode_lossy(cw_jelly_enc_t *e, const void *p, size_t len)
 {
     if (e->err)
         return e->err;
     if (cw_utf8_valid(p, len))
-        return cw_jelly_unicode(e, p, len);
+        return enc_unicode_valid(e, p, len);
     cw_buf_t fixed = CW_BUF_INIT;
     int rc = cw_utf8_repair(p, len, &fixed);
     if (rc < 0) {
         cw_buf_free(&fixed);
         return enc_fail(e, rc);
     }
-    rc = cw_jelly_unicode(e, fixed.data ? (const void *)fixed.data : "", fixed.len);
+    rc = enc_unicode_valid(e, fixed.data ? (const void *)fixed.data : "", fixed.len);
     cw_buf_free(&fixed);
     return rc;
 }

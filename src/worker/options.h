@@ -38,6 +38,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+typedef enum cw_protocol { CW_PROTO_PB, CW_PROTO_MSGPACK } cw_protocol_t;
+typedef enum cw_allow_shutdown {
+    CW_SHUTDOWN_NONE,
+    CW_SHUTDOWN_SIGNAL,
+    CW_SHUTDOWN_FILE
+} cw_allow_shutdown_t;
+
 /* The daemon's configuration.  Owned by main(); every string is a heap copy
  * owned by the struct and released by cw_config_free() (the password is
  * wiped first).  The worker only reads it. */
@@ -81,6 +88,9 @@ typedef struct cw_config {
     char *log_file;            /* log here instead of stderr (absolute after finish), or NULL */
     uint64_t log_size;         /* rotate log_file before it exceeds this; 0 = never */
     unsigned log_count;        /* rotated files kept (FILE.1 .. FILE.N); 0 = all */
+    cw_protocol_t protocol;
+    uint64_t keepalive; /* ms between the worker's keepalive() calls over PB; 0 = off */
+    cw_allow_shutdown_t allow_shutdown; /* CW_SHUTDOWN_NONE, CW_SHUTDOWN_SIGNAL, CW_SHUTDOWN_FILE */
 } cw_config_t;
 
 /* The options; options_table.c describes each (the same order: --help,
