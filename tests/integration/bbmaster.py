@@ -518,6 +518,7 @@ class Master(_Process):
         'workernames': [...], 'kwargs': "extra BuilderConfig kwargs source"}}.
     workers: [(name, password)]; every builder runs on all of them unless overridden.
     extra_cfg: Python source appended to master.cfg (may change anything in `c`).
+    head_cfg: Python source inserted before the builders (e.g. a custom step class they use).
     log_compression: c['logCompressionMethod']; 'raw' (default here, stock is 'gz') spares the
         master zlib -9 on every chunk of a 100 MiB log and makes readback a plain copy.
     quarantine_timeout: None keeps the stock 10 s worker quarantine after an EXCEPTION build;
@@ -532,12 +533,13 @@ class Master(_Process):
 
     def __init__(self, basedir, builders, workers=(('w1', 'pass1'),), extra_cfg='', *,
                  log_compression='raw', quarantine_timeout=None, protocol_debug=False,
-                 msgpack_port=None, www_port=None, pb_port=None):
+                 msgpack_port=None, www_port=None, pb_port=None, head_cfg=''):
         super().__init__()
         self.basedir = os.path.abspath(basedir)
         self.builders = dict(builders)
         self.worker_creds = [tuple(w) for w in workers]
         self.extra_cfg = extra_cfg
+        self.head_cfg = head_cfg
         self.log_compression = log_compression
         self.quarantine_timeout = quarantine_timeout
         self.protocol_debug = protocol_debug
@@ -582,6 +584,8 @@ class Master(_Process):
                                 msgpack_port=self.msgpack_port,
                                 log_compression=self.log_compression,
                                 workers=self.worker_creds, quarantine=self.quarantine_timeout)]
+        if self.head_cfg:
+            out.append('\n# --- head_cfg ---\n' + self.head_cfg + '\n')
         all_workers = [w[0] for w in self.worker_creds]
         for name, spec in self.builders.items():
             if isinstance(spec, str):
