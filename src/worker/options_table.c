@@ -535,10 +535,12 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .none = "none",
             .arg = "FILE",
             .def_doc = "stderr",
-            .help = "log to *FILE* instead of stderr; SIGHUP reopens it",
+            .help = "log to *FILE* instead of stderr; SIGHUP reopens it (SIGUSR1 with "
+                    "`allow-shutdown signal`)",
             .doc = "Append the log to *FILE* instead of standard error, rotated like the stock "
-                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it.  The stock "
-                   "worker's layout: `--log-file BASEDIR/twistd.log`.",
+                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it, or SIGUSR1 "
+                   "with `allow-shutdown signal`.  The stock worker's layout: `--log-file "
+                   "BASEDIR/twistd.log`.",
         },
     [CW_OPT_LOG_SIZE] =
         {
