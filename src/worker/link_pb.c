@@ -990,8 +990,11 @@ static void pl_close_now(plink_t *l)
     if (l->pb) {
         /* our waiting calls end: transfers hear CW_ECLOSED */
         int rc = cw_pb_close(l->pb);
-        if (rc == CW_EPROTO && l->err == 0 && !l->tl.failed)
+        if (rc == CW_EPROTO && (l->err == 0 || l->err == UV_EOF)) {
+            /* the master's bytes ended inside a message: say so */
             l->err = CW_EPROTO;
+            snprintf(l->why, sizeof l->why, "the master closed the connection inside a message");
+        }
     }
     if (l->err == 0)
         pl_flush(l);
@@ -1054,10 +1057,13 @@ static void tl_drain(cw_tunlink_t *t)
 static void tl_error(cw_tunlink_t *t, int err, const char *why)
 {
     plink_t *l = t->data;
-    if (err == UV_EOF && !l->got_bytes)
+    if (!l->got_bytes)
         pl_fail(l, err,
-                "the master closed the connection before its Perspective Broker greeting (is %s "
-                "its PB port%s?)",
+                "the master closed the connection before its Perspective Broker greeting (%s; "
+                "is %s its PB port%s? a msgpack_experimental_v7 port needs --protocol msgpack)",
+                err == UV_EOF ? "end of file"
+                : why         ? why
+                              : uv_strerror(err),
                 l->peer, l->tl.tls ? ", and does it speak TLS" : "");
     else if (err == UV_EOF)
         pl_fail(l, err, "the master closed the connection");
@@ -1103,11 +1109,13 @@ static void timer_cb(uv_timer_t *t)
         send_keepalive(l);
         return;
     }
-    if (!l->got_bytes && l->opt.greeting_timeout && now - l->started >= l->opt.greeting_timeout) {
+    if (!l->got_bytes &&
+        ((l->opt.greeting_timeout && now - l->started >= l->opt.greeting_timeout) ||
+         (l->opt.dead_timeout && now - l->started >= l->opt.dead_timeout))) {
         pl_fail(l, CW_ETIMEOUT,
-                "no Perspective Broker greeting from the master within %.0f s (is %s its PB "
+                "no Perspective Broker greeting from the master within %.1f s (is %s its PB "
                 "port? a msgpack_experimental_v7 port needs --protocol msgpack)",
-                (double)l->opt.greeting_timeout / 1000.0, l->peer);
+                (double)(now - l->started) / 1000.0, l->peer);
         return;
     }
     if (l->opt.dead_timeout && now - l->last_rx >= l->opt.dead_timeout) {

@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "cmd/fsutil.h"
 #include "cmd/proc.h"
 #include "link_msgpack.h"
 #include "link_pb.h"
@@ -633,7 +634,7 @@ static void stamp_timer_cb(uv_timer_t *t)
     struct stat st;
     if (stat(w->stamp_path, &st) < 0)
         return;
-    double mtime = (double)st.st_mtime;
+    double mtime = (double)CW_ST_MTIM(&st).tv_sec + (double)CW_ST_MTIM(&st).tv_nsec / 1e9;
     if (mtime < w->started_at || mtime <= w->stamp_seen)
         return;
     w->stamp_seen = mtime;

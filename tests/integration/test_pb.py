@@ -63,7 +63,7 @@ BUILDERS_BOTH = {
     'bigup': f"[steps.FileUpload(workersrc={SRC}, masterdest={DEST}, blocksize={MIB})]",
 }
 BUILDERS_CW = {
-    'many': '[ManyCommands(1100)]',
+    'many': "[ManyCommands(1100, name='many')]",
     'bigdown': f"[steps.FileDownload(mastersrc={SRC}, workerdest={DEST}, blocksize={MIB})]",
     'sleep': "[steps.ShellCommand(command=['sleep', util.Property('seconds', default=30)])]",
 }
@@ -110,7 +110,7 @@ def test_1100_commands_in_one_connection(pool):
     before = _connects(w)
     b = pool.run('cworker', 'many', timeout=300)
     assert b.result == 'SUCCESS', describe_build(b)
-    assert b.log('ManyCommands').stdout == '1100 commands\n'
+    assert b.log('many').stdout == '1100 commands\n'
     assert _connects(w) == before, 'the link was re-established during the build'
 
 
@@ -349,7 +349,7 @@ def test_stock_create_worker_tac_runs_unchanged(master, tmp_path, cworker_bin):
 def test_wrong_port_hints(master, tmp_path, cworker_bin):
     """PB to the msgpack port, and msgpack to the PB port: a log line saying which port is
     which, and retries (no crash, no hang)."""
-    cases = [('pb', master.msgpack_port, 'no Perspective Broker greeting'),
+    cases = [('pb', master.msgpack_port, 'Perspective Broker greeting'),
              ('msgpack', master.pb_port, 'Perspective Broker')]
     procs = []
     pwfile = tmp_path / 'password'

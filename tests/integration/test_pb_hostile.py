@@ -38,6 +38,8 @@ from hardening_util import SANITIZED, proc_status
 from pbfake import (BOT, FileReader, FileWriter, Remote, RemoteCommand, RemoteObject, Tree, b128,
                     enc)
 
+pytestmark = pytest.mark.only_protocol('pb')
+
 RECONNECT_S = 5          # a fatal case: the worker is logged in again within this
 RSS_LIMIT_KIB = 64 << 10
 SH = {'workdir': 'build', 'command': 'echo ok', 'logEnviron': False}
@@ -281,11 +283,6 @@ def test_eof_inside_a_message(session, link):
     _up(session, session.conn)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'worker bug (log): EOF inside a message is logged only as "the master closed the '
-    'connection": link_pb.c:1063 (tl_error) records that reason first, and pl_close_now '
-    '(link_pb.c:992) drops what cw_pb_close() found (CW_EPROTO, "the connection closed inside '
-    'a message")'))
 def test_eof_inside_a_message_is_named(session, link):
     c = link
     off = session.worker.log_size()
@@ -693,10 +690,6 @@ def test_big_numbers_accepted(session, link, key, value):
     _up(session, c)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'worker bug: src/worker/cmd/shell.c:642/646 convert timeout/maxTime seconds to ms with '
-    '(uint64_t)(t * 1000), undefined for t*1000 >= 2**64; on x86-64 it yields 0 and the timer '
-    'fires at once: "command timed out: 4.61169e+18 seconds without output" after 1 ms'))
 @pytest.mark.parametrize('key,value', [('timeout', 2 ** 62), ('timeout', 1e300),
                                        ('maxTime', 1e300)])
 def test_huge_timeout_does_not_kill_at_once(session, link, key, value):
@@ -778,10 +771,6 @@ def test_file_reader_answers(session, link, case):
     _up(session, c)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'worker bug (wording): over PB a read() answered None or with no data is reported as '
-    '"the master answered update_read_file with nil ... with the msgpack protocol" '
-    '(the msgpack message name and a msgpack master bug); the PB call is FileReader.read'))
 @pytest.mark.parametrize('answer', [None, 5])
 def test_file_reader_error_names_the_pb_call(session, link, answer):
     c = link

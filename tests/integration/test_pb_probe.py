@@ -16,6 +16,8 @@ import pytest
 
 import bbmaster
 
+pytestmark = [pytest.mark.only_protocol('pb')]  # pbprobe speaks PB
+
 BUILDERS = {
     'hello': "[steps.ShellCommand(command='echo hello world')]",
     'argv': "[steps.ShellCommand(command=['printf', '%s|%s\\\\n', 'two words', \"it's\"])]",
