@@ -36,7 +36,8 @@ static void same_config(const cw_config_t *a, const cw_config_t *b)
               a->drain_timeout == b->drain_timeout && a->verbose == b->verbose &&
               a->umask == b->umask && a->log_format == b->log_format &&
               a->delete_leftover_dirs == b->delete_leftover_dirs &&
-              a->max_retries == b->max_retries;
+              a->max_retries == b->max_retries && a->protocol == b->protocol &&
+              a->keepalive == b->keepalive && a->allow_shutdown == b->allow_shutdown;
     if (a->password_file)
         ok = ok && b->password_file && strcmp(a->password_file, b->password_file) == 0;
     else
@@ -86,6 +87,11 @@ static void roundtrip(cw_opts_t *o, const cw_config_t *cfg)
         fclose(f);
         free(text);
     }
+    /* the protocol rules: a URL is msgpack, pb never has a proxy */
+    if ((cfg->protocol == CW_PROTO_PB && (cfg->proxy || o->v[CW_OPT_MASTER].value == NULL ||
+                                          strstr(o->v[CW_OPT_MASTER].value, "ws://") ||
+                                          strstr(o->v[CW_OPT_MASTER].value, "wss://"))))
+        abort();
     /* the helpers the worker calls on what we produced must accept it */
     if (cfg->proxy) {
         cw_proxy_t p;

@@ -32,7 +32,7 @@ def embedded(binary, master_bin, tmp):
     common = ['--listen', listen, '--worker', 'demo-worker', '--password-file', pw, '--wait', '30']
     print(f'==> cworker-master (C) on {listen}, cworker attached to it')
     log = open(os.path.join(tmp, 'cworker-embedded.log'), 'wb')
-    worker = subprocess.Popen([binary, '--master', listen, '--name', 'demo-worker',
+    worker = subprocess.Popen([binary, '--master', listen, '--protocol', 'msgpack', '--name', 'demo-worker',
                                '--basedir', os.path.join(tmp, 'embedded-worker'),
                                '--password-file', pw, '--backoff-max', '1'],
                               stdout=log, stderr=subprocess.STDOUT)

@@ -413,6 +413,17 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void conn_process_plain(cw_conn_t *c, uint8_t *data, size_t len)
 {
     if (c->state == CW_CONN_HANDSHAKE) {
+        /* A Perspective Broker port speaks first: its dialect offer, the
+         * banana list ("pb" "none"), arrives before any HTTP answer. */
+        if (c->role == CW_CONN_CLIENT && c->head_seen == 0 && len >= 6 && data[0] == 0x02 &&
+            data[1] == 0x80 && data[2] == 0x02 && data[3] == 0x82 && data[4] == 'p' &&
+            data[5] == 'b') {
+            cw_conn_close(c, CW_EPROTO, 0,
+                          "this port speaks Perspective Broker, not msgpack_experimental_v7 "
+                          "(it is the master's PB port: use --protocol pb, or the msgpack port)");
+            return;
+        }
+        c->head_seen += len;
         size_t used = 0;
         int rc = cw_http_head_feed(c->head, data, len, &used);
         if (rc == CW_HTTP_AGAIN)

@@ -107,6 +107,7 @@ struct cw_conn {
 
     cw_ws_t ws;
     cw_http_head_t *head; /* only during the handshake */
+    size_t head_seen;     /* plaintext bytes received during the handshake */
     char key[25];
     msgpack_unpacked up;
     uint8_t *rbuf;

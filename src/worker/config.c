@@ -113,9 +113,16 @@ void cw_config_free(cw_config_t *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+/* Is the master value a ws:// or wss:// URL, which always means msgpack? */
+static bool master_is_url(const char *m)
+{
+    return m && (strncmp(m, "ws://", 5) == 0 || strncmp(m, "wss://", 6) == 0);
+}
+
 /* The container image's defaults (localhost, 9989, docker, /buildbot, pb)
  * for what no source set, when one of its variables was set and no other
- * source configures the master: then cworker runs as the image's worker. */
+ * source configures the master: then cworker runs as the image's worker.
+ * (Its master is always HOST:PORT, so its pb never meets a ws:// URL.) */
 static int apply_container(cw_opts_t *o, char *err, size_t errlen)
 {
     if (!o->container_env || o->v[CW_OPT_MASTER].src > CW_SRC_CONTAINER)
@@ -139,17 +146,41 @@ static int apply_container(cw_opts_t *o, char *err, size_t errlen)
     return 0;
 }
 
+/* The protocol a value names (its canonical name), or NULL for rubbish. */
+static const char *protocol_name(const char *v)
+{
+    if (v && strcmp(v, "pb") == 0)
+        return "pb";
+    if (v && (strcmp(v, "msgpack_experimental_v7") == 0 || strcmp(v, "msgpack") == 0))
+        return "msgpack_experimental_v7";
+    return NULL;
+}
+
 /* A protocol from a source of lower precedence than the master's address
- * (a tac's or the container's, with --master) was about another port. */
+ * (a tac's, a config file's or the container's, with --master) was about
+ * another port: drop it, so the master's address decides (msgpack for a
+ * ws:// URL, else the default pb).  A note only when that changes the
+ * protocol: a tac's pb dropped for a --master HOST:PORT is still pb. */
 static void drop_foreign_protocol(cw_opts_t *o)
 {
     const cw_optval_t *p = &o->v[CW_OPT_PROTOCOL], *m = &o->v[CW_OPT_MASTER];
     if (p->src == CW_SRC_DEFAULT || p->src >= m->src)
         return;
-    if (p->value && strcmp(p->value, "msgpack_experimental_v7") != 0)
-        cw_opts_note(o, cw_opt_asprintf("%s: protocol '%.40s' does not matter: the master "
-                                        "address comes from %s",
-                                        p->where, p->value, m->where));
+    bool url = master_is_url(m->value);
+    const char *was = protocol_name(p->value);
+    const char *now = url ? "msgpack_experimental_v7" : cw_optdefs[CW_OPT_PROTOCOL].def;
+    char shown[64];
+    cw_opt_show(shown, sizeof shown, p->value);
+    if (p->value && (was == NULL || strcmp(was, now) != 0))
+        cw_opts_note(o, url ? cw_opt_asprintf("%s: protocol '%s' ignored: the master's address "
+                                              "comes from %s, which outranks it, and is a ws:// "
+                                              "or wss:// URL: the protocol is %s",
+                                              p->where, shown, m->where, now)
+                            : cw_opt_asprintf("%s: protocol '%s' ignored: the master's address "
+                                              "comes from %s, which outranks it, so the default "
+                                              "%s applies; set the protocol next to the master "
+                                              "to keep '%s'",
+                                              p->where, shown, m->where, now, shown));
     cw_opts_unset(o, CW_OPT_PROTOCOL);
 }
 
@@ -197,6 +228,26 @@ static int convert(const cw_opts_t *o, cw_opt_id_t id, cw_config_t *cfg, char *e
     if (rc == -1)
         return bad_value(err, errlen, o, id, "%s", why ? why : "not a value it takes");
     return rc < 0 ? cw_opt_oom(err, errlen) : 0;
+}
+
+/* A ws:// or wss:// master is a msgpack port: it implies msgpack, and a pb
+ * that some source gave is an error naming both. */
+static int resolve_protocol(const cw_opts_t *o, cw_config_t *cfg, char *err, size_t errlen)
+{
+    const cw_optval_t *m = &o->v[CW_OPT_MASTER];
+    if (!master_is_url(m->value))
+        return 0;
+    if (o->v[CW_OPT_PROTOCOL].src != CW_SRC_DEFAULT && cfg->protocol == CW_PROTO_PB) {
+        char lab[320];
+        label(lab, sizeof lab, CW_OPT_MASTER, m);
+        return bad_value(err, errlen, o, CW_OPT_PROTOCOL,
+                         "conflicts with the master URL (%s): a ws:// or wss:// URL is a msgpack "
+                         "port; for PB give the master's pb port as HOST:PORT (with use-tls for "
+                         "TLS), or drop the protocol",
+                         lab);
+    }
+    cfg->protocol = CW_PROTO_MSGPACK;
+    return 0;
 }
 
 /* use-tls: also a wss:// master; never with an explicit ws://. */
@@ -258,6 +309,14 @@ static int resolve_dependents(cw_opts_t *o, cw_config_t *cfg, char *err, size_t 
                                             "BASEDIR/twistd.log)",
                                             v->where));
     }
+    /* keepalive is PB's; one given for msgpack (not a tac's stock 600) does nothing */
+    const cw_optval_t *ka = &o->v[CW_OPT_KEEPALIVE];
+    uint64_t ka_def = strtoull(cw_optdefs[CW_OPT_KEEPALIVE].def, NULL, 10) * 1000;
+    if (cfg->protocol == CW_PROTO_MSGPACK && ka->value &&
+        (ka->src > CW_SRC_TAC || cfg->keepalive != ka_def))
+        cw_opts_note(o, cw_opt_asprintf("%s: keepalive has no effect over msgpack (WebSocket "
+                                        "pings keep the link alive: ping-interval)",
+                                        ka->where));
     if ((cfg->client_cert == NULL) != (cfg->client_key == NULL))
         return bad_value(err, errlen, o, cfg->client_cert ? CW_OPT_CLIENT_CERT : CW_OPT_CLIENT_KEY,
                          "client-cert and client-key go together");
@@ -277,12 +336,29 @@ static const char *env_get(char *const *envp, const char *const *names, const ch
     return NULL;
 }
 
-/* Without a proxy option: the environment's proxy for the master, if any. */
+/* msgpack: a proxy option, else the environment's proxy for the master, if
+ * any.  PB: no proxy (the stock PB worker ignores the variables too); a
+ * proxy option other than none is an error. */
 static int resolve_proxy(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *err,
                          size_t errlen)
 {
     free(o->proxy_env);
     o->proxy_env = NULL;
+    if (cfg->protocol == CW_PROTO_PB && cfg->proxy) {
+        /* (not the value: it may hold the proxy's password) */
+        const cw_optval_t *p = &o->v[CW_OPT_PROTOCOL];
+        return cw_opt_fail(err, errlen,
+                           "%s: an HTTP proxy is supported over msgpack only, and the protocol "
+                           "is pb (%s); set proxy = none (--proxy none), or use the master's "
+                           "msgpack port with --protocol msgpack",
+                           o->v[CW_OPT_PROXY].where,
+                           p->src == CW_SRC_DEFAULT ? "the default" : p->where);
+    }
+    if (cfg->protocol == CW_PROTO_PB) {
+        o->proxy_from =
+            o->v[CW_OPT_PROXY].value ? NULL : "default: protocol pb, proxy variables not used";
+        return 0;
+    }
     if (o->v[CW_OPT_PROXY].value) {
         o->proxy_from = NULL; /* the option's own source */
         return 0;
@@ -340,6 +416,8 @@ int cw_config_resolve(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char *e
         rc = check_sources(o, err, errlen);
     if (rc == 0)
         rc = convert_all(o, cfg, err, errlen);
+    if (rc == 0)
+        rc = resolve_protocol(o, cfg, err, errlen);
     if (rc == 0)
         rc = resolve_tls(o, cfg, err, errlen);
     if (rc == 0)

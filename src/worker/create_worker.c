@@ -248,9 +248,12 @@ int cw_create_worker_parse(cw_create_t *cr, cw_opts_t *o, int argc, char **argv,
     if (rc == 0) { /* validate now, before anything is created */
         cw_config_t cfg;
         char *const noenv[] = {NULL};
+        size_t nnotes = o->nnotes;
         rc = cw_config_resolve(o, noenv, &cfg, err, errlen);
         if (rc == 0)
             cw_config_free(&cfg);
+        while (o->nnotes > nnotes) /* cw_create_worker_run resolves (and notes) again */
+            free(o->notes[--o->nnotes]);
     }
     if (rc < 0)
         cw_create_free(cr);

@@ -4,7 +4,8 @@
  * the master's requests through the dispatcher (dispatch.h) and carries the
  * commands' output and transfers as their session (cmd/session.h).
  *
- * Implementations: link_msgpack.c (msgpack over WebSocket).
+ * Implementations: link_msgpack.c (msgpack over WebSocket), link_pb.c
+ * (Perspective Broker over TCP).
  *
  * Lifecycle: created by its constructor (link_msgpack.h), the worker
  * connects ops->tcp(), then ops->start(); ev->opened when the protocol
@@ -56,6 +57,10 @@ typedef struct cw_link_ops {
     size_t (*unanswered)(cw_link_t *l);
     /* The master's address, for logs. */
     const char *(*peer)(cw_link_t *l);
+    /* Ask the master for a graceful shutdown (it lets the running build
+     * finish, then tells the worker to stop).  NULL when the protocol has
+     * no such request (msgpack).  0 or a negative code. */
+    int (*request_shutdown)(cw_link_t *l);
 } cw_link_ops_t;
 
 struct cw_link {

@@ -205,7 +205,8 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     case CW_ACTION_VERSION:
-        printf("cworker %s (protocol msgpack_experimental_v7, command version %s, resolver %s)\n",
+        printf("cworker %s (protocols pb and msgpack_experimental_v7, command version %s, "
+               "resolver %s)\n",
                CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend());
         rc = 0;
         goto out;

@@ -38,14 +38,26 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* The protocol spoken to the master: Perspective Broker (the stock
+ * default) or msgpack_experimental_v7 over WebSocket. */
+typedef enum cw_protocol { CW_PROTO_PB, CW_PROTO_MSGPACK } cw_protocol_t;
+
+/* How the worker may ask to be shut down (the stock allow_shutdown). */
+typedef enum cw_allow_shutdown {
+    CW_SHUTDOWN_NONE,
+    CW_SHUTDOWN_SIGNAL, /* SIGHUP */
+    CW_SHUTDOWN_FILE,   /* BASEDIR/shutdown.stamp touched */
+} cw_allow_shutdown_t;
+
 /* The daemon's configuration.  Owned by main(); every string is a heap copy
  * owned by the struct and released by cw_config_free() (the password is
  * wiped first).  The worker only reads it. */
 typedef struct cw_config {
-    char *master_host; /* host name or address (no brackets) */
+    cw_protocol_t protocol; /* a ws:// or wss:// master is always msgpack */
+    char *master_host;      /* host name or address (no brackets) */
     int master_port;
-    char *master_path; /* WebSocket path, starts with '/' */
-    bool use_tls;      /* wss://, or --use-tls with HOST:PORT */
+    char *master_path; /* WebSocket path, starts with '/' (msgpack only) */
+    bool use_tls;      /* wss://, or --use-tls with HOST:PORT (PB: TLS on the TCP link) */
     char *name;
     char *password;
     char *basedir;             /* absolute after cw_config_finish */
@@ -58,19 +70,22 @@ typedef struct cw_config {
     unsigned fs_max_depth;     /* deepest tree or glob pattern a file command walks */
     uint64_t kill_grace;       /* ms to wait for process groups at exit */
     uint64_t drain_timeout;    /* ms SIGTERM lets running commands finish */
+    uint64_t keepalive;        /* ms between the worker's keepalive() calls over PB; 0 = off */
+    cw_allow_shutdown_t allow_shutdown; /* CW_SHUTDOWN_NONE, CW_SHUTDOWN_SIGNAL, CW_SHUTDOWN_FILE */
     bool verbose;
     /* As configured: -1 = leave the inherited umask, else the mask to set.
      * main() applies it first thing at start-up and then stores the
      * process's effective umask here, so while the worker runs it is always
      * the real umask (>= 0). */
     long umask;
-    char *ca_file;     /* wss: CA bundle (PEM) instead of the system store; NULL = system */
-    char *client_cert; /* wss: client certificate chain (PEM), or NULL */
-    char *client_key;  /* wss: its private key (PEM), or NULL */
+    char *ca_file;     /* TLS: CA bundle (PEM) instead of the system store; NULL = system */
+    char *client_cert; /* TLS: client certificate chain (PEM), or NULL */
+    char *client_key;  /* TLS: its private key (PEM), or NULL */
     /* HTTP CONNECT proxy as "http://[USERINFO@]HOST:PORT" (split it with
-     * cw_proxy_parse), or NULL for a direct connection.  Explicit --proxy,
-     * else https_proxy/HTTPS_PROXY (wss) or http_proxy/HTTP_PROXY (ws)
-     * unless no_proxy/NO_PROXY matches the master. */
+     * cw_proxy_parse), or NULL for a direct connection.  msgpack only:
+     * explicit --proxy, else https_proxy/HTTPS_PROXY (wss) or
+     * http_proxy/HTTP_PROXY (ws) unless no_proxy/NO_PROXY matches the
+     * master.  Always NULL with PB (a proxy is a configuration error). */
     char *proxy;
     char *metrics_listen;      /* "IP:PORT" / "[IPv6]:PORT" (cw_hostport_parse), NULL = off */
     int log_format;            /* 0 text, 1 JSON (cw_log_format_t) */
@@ -101,12 +116,14 @@ typedef enum cw_opt_id {
     CW_OPT_MAX_RETRIES,
     CW_OPT_PING_INTERVAL,
     CW_OPT_DEAD_TIMEOUT,
+    CW_OPT_KEEPALIVE,
     CW_OPT_MAX_MESSAGE,
     CW_OPT_MAX_COMMANDS,
     CW_OPT_MAX_PENDING_OUTPUT,
     CW_OPT_FS_MAX_DEPTH,
     CW_OPT_DRAIN_TIMEOUT,
     CW_OPT_KILL_GRACE,
+    CW_OPT_ALLOW_SHUTDOWN,
     CW_OPT_UMASK,
     CW_OPT_DELETE_LEFTOVER_DIRS,
     CW_OPT_NUMCPUS,

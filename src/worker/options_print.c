@@ -102,6 +102,8 @@ static void format_check(FILE *f, const cw_config_t *cfg, const cw_opts_t *o, in
     }
     if (id == CW_OPT_USE_TLS && v->src == CW_SRC_DEFAULT && cfg->use_tls)
         src = "from the wss:// master URL";
+    if (id == CW_OPT_PROTOCOL && v->src == CW_SRC_DEFAULT && cfg->protocol == CW_PROTO_MSGPACK)
+        src = "from the ws:// or wss:// master URL";
     if (id == CW_OPT_PROXY && cfg->proxy) {
         mask_proxy(masked, sizeof masked, cfg->proxy);
         val = masked;
@@ -276,7 +278,8 @@ void cw_config_usage(FILE *f)
                "       cworker create-worker [--force] [stock options] BASEDIR MASTER NAME "
                "PASSWORD\n"
                "\n"
-               "A Buildbot worker speaking the msgpack_experimental_v7 protocol.\n"
+               "A Buildbot worker.  It speaks Perspective Broker (pb, the default) or\n"
+               "msgpack_experimental_v7 (--protocol msgpack, or a ws:// or wss:// master).\n"
                "\n"
                "Every option is also an environment variable CWORKER_<NAME> (upper case,\n"
                "'-' -> '_') and a config-file key NAME (\"name = value\" lines, '#' comments).\n"

@@ -27,33 +27,43 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .tac_kind = CW_TAC_MASTER,
             .image = {"BUILDMASTER", "BUILDMASTER_PORT"},
             .image_def = {"localhost", "9989"},
-            .help = "the master's msgpack port: `HOST:PORT`, `[V6ADDR]:PORT`, "
-                    "`ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`",
-            .doc = "The master's msgpack port: `HOST:PORT` (port 9989 if omitted), "
-                   "`[IPv6]:PORT`, `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` (TLS; the "
-                   "URL forms default to ports 80 and 443).",
+            .help = "the master's port: `HOST:PORT` or `[V6ADDR]:PORT` (its pb port; its msgpack "
+                    "port with `--protocol msgpack`), or `ws://HOST:PORT/PATH` or "
+                    "`wss://HOST:PORT/PATH` (msgpack)",
+            .doc = "The master's port: `HOST:PORT` (port 9989 if omitted) or `[IPv6]:PORT`, its "
+                   "PB port by default (`c['protocols']['pb']`, as for the stock worker) or its "
+                   "msgpack port with `--protocol msgpack`; or a `ws://HOST:PORT/PATH` or "
+                   "`wss://HOST:PORT/PATH` URL (TLS), always a msgpack port (the URL forms "
+                   "default to ports 80 and 443).",
         },
     [CW_OPT_PROTOCOL] =
         {
             .name = "protocol",
             .env = "CWORKER_PROTOCOL",
             .type = CW_T_PROTOCOL,
-            .need = "needs msgpack_experimental_v7 (or msgpack)",
+            .ctype = CW_C_INT,
+            .off = OFF(protocol),
+            .need = "needs pb or msgpack_experimental_v7 (or msgpack)",
             .arg = "NAME",
-            .def = "msgpack_experimental_v7",
+            .def = "pb",
             .tac = {"protocol"},
             .tac_kind = CW_TAC_PROTOCOL,
             .cw = "protocol",
             .cw_arg = CW_CWARG_STR,
             .image = {"BUILDMASTER_PROTOCOL"},
             .image_def = {"pb"},
-            .help = "the protocol of the master's port: `msgpack_experimental_v7` (or "
-                    "`msgpack`); `pb` is not supported yet",
-            .doc = "The protocol the master speaks on that port: `msgpack_experimental_v7` "
-                   "(also written `msgpack`), the only one cworker speaks so far; `pb` is "
-                   "refused with advice (its support is coming).  A protocol from a source of "
-                   "lower precedence than the master's address (a tac's `pb` when `--master` is "
-                   "given) was about another port and is ignored with a note.",
+            .help = "the protocol of the master's port: `pb` (Perspective Broker) or "
+                    "`msgpack_experimental_v7` (or `msgpack`); a `ws://` or `wss://` master "
+                    "means msgpack",
+            .doc = "The protocol of the master's port: `pb` (Perspective Broker, the stock "
+                   "worker's default; the master's `c['protocols']['pb']`) or "
+                   "`msgpack_experimental_v7`, also written `msgpack` (the master's "
+                   "`c['protocols']['msgpack_experimental_v7']`).  A `ws://` or `wss://` master "
+                   "URL means msgpack, and `pb` given with one is an error.  A protocol from a "
+                   "source of lower precedence than the master's address (a tac's or a config "
+                   "file's, when `--master` is a flag) was about another port and is dropped: "
+                   "then the master's address decides (msgpack for a URL, else `pb`), and a "
+                   "note says so when that changes the protocol.",
         },
     [CW_OPT_NAME] =
         {
@@ -141,8 +151,10 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .tac_kind = CW_TAC_BOOL,
             .cw = "use-tls",
             .cw_arg = CW_CWARG_FLAG,
-            .help = "TLS to a `HOST:PORT` master (the same as a `wss://` URL)",
-            .doc = "TLS to a `HOST:PORT` master, the same as a `wss://` URL.",
+            .help = "TLS to a `HOST:PORT` master (msgpack: the same as a `wss://` URL)",
+            .doc = "TLS to a `HOST:PORT` master.  Over PB the TCP connection is TLS (the master "
+                   "listens with an `ssl:` strport, as for the stock worker's `use_tls`); over "
+                   "msgpack it is the same as a `wss://` URL.",
         },
     [CW_OPT_CA_FILE] =
         {
@@ -155,7 +167,7 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .none = "none",
             .arg = "FILE",
             .def_doc = "system store",
-            .help = "wss: trust the CA certificates in *FILE* (PEM)",
+            .help = "TLS: trust the CA certificates in *FILE* (PEM)",
             .doc = "With TLS: trust the CA certificates in *FILE* (PEM) instead of the system "
                    "store.",
         },
@@ -170,7 +182,7 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .none = "none",
             .arg = "FILE",
             .def_doc = "none",
-            .help = "wss: client certificate chain (PEM)",
+            .help = "TLS: client certificate chain (PEM)",
             .doc = "With TLS: present this client certificate chain (PEM); goes with "
                    "`client-key`.",
         },
@@ -185,7 +197,7 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .none = "none",
             .arg = "FILE",
             .def_doc = "none",
-            .help = "wss: the client certificate's private key (PEM)",
+            .help = "TLS: the client certificate's private key (PEM)",
             .doc = "With TLS: the client certificate's private key (PEM).",
         },
     [CW_OPT_PROXY] =
@@ -203,14 +215,16 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .tac_kind = CW_TAC_PROXY,
             .cw = "proxy-connection-string",
             .cw_arg = CW_CWARG_PYLIT,
-            .help = "HTTP CONNECT proxy `http://HOST:PORT` (`none`: direct); default: "
+            .help = "msgpack: HTTP CONNECT proxy `http://HOST:PORT` (`none`: direct); default: "
                     "`https_proxy` (wss) or `http_proxy` (ws), minus `no_proxy`",
-            .doc = "Tunnel through an HTTP CONNECT proxy, `http://[USER:PASS@]HOST:PORT`, or "
-                   "`none` to connect directly.  By default `https_proxy`/`HTTPS_PROXY` (wss) "
-                   "or `http_proxy`/`HTTP_PROXY` (ws), unless `no_proxy`/`NO_PROXY` covers the "
-                   "master: host names and domain suffixes (with or without a leading dot), "
-                   "`*`, IP addresses and CIDR blocks, each optionally with `:PORT`, separated "
-                   "by commas.",
+            .doc = "msgpack only: tunnel through an HTTP CONNECT proxy, "
+                   "`http://[USER:PASS@]HOST:PORT`, or `none` to connect directly.  By default "
+                   "`https_proxy`/`HTTPS_PROXY` (wss) or `http_proxy`/`HTTP_PROXY` (ws), unless "
+                   "`no_proxy`/`NO_PROXY` covers the master: host names and domain suffixes "
+                   "(with or without a leading dot), `*`, IP addresses and CIDR blocks, each "
+                   "optionally with `:PORT`, separated by commas.  With `pb` a proxy is an "
+                   "error and these variables are not used (the stock PB worker ignores them "
+                   "too).",
         },
     [CW_OPT_BACKOFF_MAX] =
         {
@@ -272,6 +286,29 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .help = "drop the link after this long without data (0 = off)",
             .doc = "Drop and re-establish the link after this long without any data; 0 turns "
                    "it off.",
+        },
+    [CW_OPT_KEEPALIVE] =
+        {
+            .name = "keepalive",
+            .env = "CWORKER_KEEPALIVE",
+            .type = CW_T_SECONDS,
+            .ctype = CW_C_MS,
+            .off = OFF(keepalive),
+            .need = "needs a number of seconds (0 = off)",
+            .arg = "SECONDS",
+            .def = "600",
+            .tac = {"keepalive"},
+            .tac_kind = CW_TAC_INT,
+            .tac_none = "0",
+            .cw = "keepalive",
+            .cw_short = 'k',
+            .cw_arg = CW_CWARG_INT,
+            .help = "PB: call the master's keepalive() this often (0 = off); no effect over "
+                    "msgpack",
+            .doc = "Over PB, call the master's `keepalive()` every *SECONDS*, as the stock "
+                   "worker does (the master notes that the worker is alive); 0 turns it off.  "
+                   "No effect over msgpack, where WebSocket pings (`ping-interval`) do that "
+                   "job; `--check-config` notes a keepalive set for msgpack.",
         },
     [CW_OPT_MAX_MESSAGE] =
         {
@@ -369,6 +406,35 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .help = "after an interrupt at exit, how long commands get before SIGKILL",
             .doc = "After an interrupt at exit, how long commands get before their process "
                    "groups are killed with SIGKILL.",
+        },
+    [CW_OPT_ALLOW_SHUTDOWN] =
+        {
+            .name = "allow-shutdown",
+            .env = "CWORKER_ALLOW_SHUTDOWN",
+            .type = CW_T_WORD,
+            .ctype = CW_C_INT,
+            .off = OFF(allow_shutdown),
+            .none = "none",
+            .words = "none signal file", /* the order of cw_allow_shutdown_t */
+            .need = "needs signal, file or none",
+            .arg = "signal|file|none",
+            .def = "none",
+            .tac = {"allow_shutdown"},
+            .tac_kind = CW_TAC_STR,
+            .tac_none = "none",
+            .cw = "allow-shutdown",
+            .cw_short = 'a',
+            .cw_arg = CW_CWARG_STR,
+            .help = "let the worker ask for a graceful shutdown: `signal` (SIGHUP) or `file` "
+                    "(touching BASEDIR/shutdown.stamp)",
+            .doc = "Let the worker ask for a graceful shutdown, as the stock `allow_shutdown`.  "
+                   "`signal`: SIGHUP asks (with `log-file`, the log is then reopened on SIGUSR1 "
+                   "instead of SIGHUP).  `file`: creating or touching `BASEDIR/shutdown.stamp` "
+                   "asks (checked every few seconds; its modification time must be newer than "
+                   "the worker's start).  Over PB the worker calls the master's `shutdown()`: "
+                   "the master lets the running build finish, then tells the worker to stop.  "
+                   "msgpack has no such call: the worker drains as on SIGTERM (running commands "
+                   "finish, new ones are refused, then it exits).",
         },
     [CW_OPT_UMASK] =
         {
@@ -469,10 +535,12 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
             .none = "none",
             .arg = "FILE",
             .def_doc = "stderr",
-            .help = "log to *FILE* instead of stderr; SIGHUP reopens it",
+            .help = "log to *FILE* instead of stderr; SIGHUP reopens it (SIGUSR1 with "
+                    "`allow-shutdown signal`)",
             .doc = "Append the log to *FILE* instead of standard error, rotated like the stock "
-                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it.  The stock "
-                   "worker's layout: `--log-file BASEDIR/twistd.log`.",
+                   "`twistd.log` by `log-size` and `log-count`; SIGHUP reopens it, or SIGUSR1 "
+                   "with `allow-shutdown signal`.  The stock worker's layout: `--log-file "
+                   "BASEDIR/twistd.log`.",
         },
     [CW_OPT_LOG_SIZE] =
         {
@@ -561,12 +629,8 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
 };
 
 const cw_foreign_t cw_foreign[CW_NFOREIGN] = {
-    {"keepalive", 600, "keepalive", 'k', CW_CWARG_INT, NULL,
-     "cworker's liveness settings are ping-interval and dead-timeout"},
     {"maxdelay", 300, "maxdelay", 0, CW_CWARG_INT, NULL,
-     "the stock worker ignores it too; cworker's cap is backoff-max"},
-    {"allow_shutdown", -1, "allow-shutdown", 'a', CW_CWARG_STR, "signal file",
-     "worker-initiated shutdown does not exist over msgpack; stop the service instead"},
+     "cworker's cap on the delay between reconnect attempts is backoff-max"},
     {NULL, 0, "no-logrotate", 'n', CW_CWARG_FLAG, NULL,
      "cworker logs to stderr unless log-file is set, and rotates only that"},
 };

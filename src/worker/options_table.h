@@ -21,7 +21,7 @@
 /* How a value is read, checked and printed (optval.c). */
 typedef enum cw_opt_type {
     CW_T_MASTER,   /* HOST[:PORT], [V6][:PORT], ws[s]://HOST[:PORT]/PATH: master_*, use_tls */
-    CW_T_PROTOCOL, /* msgpack_experimental_v7 (or msgpack); pb has a message of its own */
+    CW_T_PROTOCOL, /* pb, msgpack_experimental_v7 (or msgpack): cw_protocol_t */
     CW_T_NAME,     /* the worker name: not empty, no ':' or control character */
     CW_T_PATH,     /* a file or directory; in a config file relative to the file */
     CW_T_SECRET,   /* the password: never shown, never a flag */
@@ -31,7 +31,7 @@ typedef enum cw_opt_type {
     CW_T_UMASK,    /* octal 0-777: 022, 0o22 */
     CW_T_PROXY,    /* http://[USER:PASS@]HOST[:PORT] */
     CW_T_LISTEN,   /* IP:PORT, [IPv6]:PORT */
-    CW_T_WORD,     /* one of .words, stored as its index */
+    CW_T_WORD,     /* one of .words, stored as its index (an int); .none is the first */
 } cw_opt_type_t;
 
 /* The cw_config_t field at .off that holds the value. */
@@ -53,7 +53,7 @@ typedef enum cw_ctype {
 typedef enum cw_tac_kind {
     CW_TAC_NONE,     /* not in a tac */
     CW_TAC_MASTER,   /* buildmaster_host + port, or connection_string (tcp:, tls:) */
-    CW_TAC_STR,      /* a string */
+    CW_TAC_STR,      /* a string; None: .tac_none (NULL: None is refused) */
     CW_TAC_BASEDIR,  /* a directory; '.' and os.path...(__file__) are the tac's */
     CW_TAC_UMASK,    /* an int 0-0o777 (the Python 2 form 022 read as octal); None: unset */
     CW_TAC_INT,      /* an int (the option checks its range); None: .tac_none */
@@ -97,7 +97,7 @@ typedef struct cw_optdef {
     const char *arg;     /* metavariable: --NAME ARG */
     const char *tac[3];  /* the buildbot.tac variables it is read from */
     cw_tac_kind_t tac_kind;
-    const char *tac_none; /* CW_TAC_INT: the value a tac's None gives; NULL leaves it unset */
+    const char *tac_none; /* the value a tac's None gives (CW_TAC_INT: NULL leaves it unset) */
     const char *cw;       /* the stock create-worker option that maps to it (no dashes) */
     char cw_short;
     cw_cwarg_t cw_arg;
@@ -122,7 +122,7 @@ typedef struct cw_foreign {
     const char *why;      /* why cworker ignores it */
 } cw_foreign_t;
 
-#define CW_NFOREIGN 4
+#define CW_NFOREIGN 2
 extern const cw_foreign_t cw_foreign[CW_NFOREIGN];
 
 /* The command line's actions (flags that are not options). */

@@ -211,21 +211,17 @@ static const char *bad_name(const char *name)
     return NULL;
 }
 
-/* The protocol: 0 for the one cworker speaks, else -1 with *why. */
-static int parse_protocol(const char *s, const char *need, const char **why)
+/* The protocol: pb, or msgpack_experimental_v7 and its short name msgpack
+ * (the names Buildbot's c['protocols'] and the stock worker use). */
+static int parse_protocol(const char *s, cw_protocol_t *out)
 {
-    if (strcmp(s, "msgpack_experimental_v7") == 0 || strcmp(s, "msgpack") == 0)
-        return 0;
     if (strcmp(s, "pb") == 0)
-        *why = "cworker does not speak PB yet (PB support is coming); it speaks "
-               "msgpack_experimental_v7, so the master must listen for it too: add "
-               "c['protocols'] = {'msgpack_experimental_v7': {'port': PORT}} to master.cfg (next "
-               "to 'pb', on a port of its own) and give cworker that port (--master HOST:PORT, "
-               "which overrides a tac; create-worker's MASTER; in a container BUILDMASTER_PORT "
-               "with BUILDMASTER_PROTOCOL=msgpack_experimental_v7)";
+        *out = CW_PROTO_PB;
+    else if (strcmp(s, "msgpack_experimental_v7") == 0 || strcmp(s, "msgpack") == 0)
+        *out = CW_PROTO_MSGPACK;
     else
-        *why = need;
-    return -1;
+        return -1;
+    return 0;
 }
 
 /* Does s match the option's word for "none" (its zero or unset value)? */
@@ -317,13 +313,18 @@ static int parse_scalar(const cw_optdef_t *d, const char *s, void *p)
             return -1;
         *(bool *)p = b;
         return 0;
-    default: /* CW_T_WORD */
-        if ((w = word_index(d->words, s)) < 0)
+    default: /* CW_T_WORD; the word for none (any spelling) is the first */
+        if (is_none_word(d, s))
+            w = 0;
+        else if ((w = word_index(d->words, s)) < 0)
             return -1;
         *(int *)p = w;
         return 0;
     }
 }
+
+/* CW_T_WORD fields are enums written as int (cw_config_t.allow_shutdown). */
+_Static_assert(sizeof(cw_allow_shutdown_t) == sizeof(int), "an enum field the size of an int");
 
 int cw_opt_parse(cw_opt_id_t id, const char *s, cw_config_t *cfg, const char **why)
 {
@@ -334,7 +335,7 @@ int cw_opt_parse(cw_opt_id_t id, const char *s, cw_config_t *cfg, const char **w
     case CW_T_MASTER:
         return parse_master(s, cfg);
     case CW_T_PROTOCOL:
-        return parse_protocol(s, d->need, why);
+        return parse_protocol(s, &cfg->protocol);
     case CW_T_NAME:
         if ((*why = bad_name(s)) != NULL)
             return -1;
@@ -452,14 +453,18 @@ const char *cw_opt_format(cw_opt_id_t id, const cw_config_t *cfg, char *buf, siz
     const cw_optdef_t *d = &cw_optdefs[id];
     const void *p = (const char *)cfg + d->off;
     switch (d->type) {
-    case CW_T_MASTER: {
+    case CW_T_MASTER: { /* PB: HOST:PORT (TLS is use-tls); msgpack: the URL */
         bool v6 = strchr(cfg->master_host, ':') != NULL;
-        snprintf(buf, cap, "%s://%s%s%s:%d%s", cfg->use_tls ? "wss" : "ws", v6 ? "[" : "",
-                 cfg->master_host, v6 ? "]" : "", cfg->master_port, cfg->master_path);
+        if (cfg->protocol == CW_PROTO_PB)
+            snprintf(buf, cap, "%s%s%s:%d", v6 ? "[" : "", cfg->master_host, v6 ? "]" : "",
+                     cfg->master_port);
+        else
+            snprintf(buf, cap, "%s://%s%s%s:%d%s", cfg->use_tls ? "wss" : "ws", v6 ? "[" : "",
+                     cfg->master_host, v6 ? "]" : "", cfg->master_port, cfg->master_path);
         return buf;
     }
     case CW_T_PROTOCOL:
-        return "msgpack_experimental_v7";
+        return cfg->protocol == CW_PROTO_PB ? "pb" : "msgpack_experimental_v7";
     case CW_T_NAME:
     case CW_T_PATH:
     case CW_T_SECRET:

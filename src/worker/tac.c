@@ -387,10 +387,13 @@ int cw_tac_import(cw_opts_t *o, cw_opt_id_t id, const cw_pyval_t *v, const char 
     switch (d->tac_kind) {
     case CW_TAC_STR:
     case CW_TAC_PROTOCOL:
-        *why = "needs a string";
-        if (v->kind != CW_PV_STR)
+        *why = d->tac_none ? "needs a string or None" : "needs a string";
+        if (v->kind == CW_PV_NONE && d->tac_none)
+            val = d->tac_none;
+        else if (v->kind != CW_PV_STR)
             return 1;
-        val = v->s;
+        else
+            val = v->s;
         break;
     case CW_TAC_BASEDIR:
         *why = "needs a directory name";

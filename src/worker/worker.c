@@ -8,14 +8,18 @@
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "cmd/fsutil.h"
 #include "cmd/proc.h"
 #include "link_msgpack.h"
+#include "link_pb.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -27,6 +31,10 @@
 #define ACKS_WAIT_MS 5000
 /* how long a drained worker stays attached after its last command */
 #define LINGER_MS 1500
+/* how long a PB master may take to greet a new connection */
+#define PB_GREETING_MS 10000
+/* how often allow-shutdown=file looks at BASEDIR/shutdown.stamp */
+#define STAMP_CHECK_MS 5000
 
 static void worker_connect(cw_worker_t *w);
 static void worker_try_next_addr(cw_worker_t *w);
@@ -278,12 +286,27 @@ static void on_tcp_connected(uv_connect_t *req, int status)
 static void worker_try_next_addr(cw_worker_t *w)
 {
     const cw_addr_t *ai = &w->addrs[w->next_addr++];
-    cw_conn_options_t opt;
-    cw_conn_options_default(&opt);
-    opt.max_message = w->cfg->max_message;
-    opt.ping_interval = w->cfg->ping_interval;
-    opt.dead_timeout = w->cfg->dead_timeout;
-    cw_link_t *l = cw_link_msgpack_new(w->loop, &opt, &w->dispatch, &worker_link_events, w);
+    cw_link_t *l;
+    if (w->cfg->protocol == CW_PROTO_PB) {
+        cw_link_pb_options_t opt = {
+            .basedir = w->cfg->basedir,
+            .home = w->home[0] ? w->home : NULL,
+            .ping_interval = w->cfg->ping_interval,
+            .dead_timeout = w->cfg->dead_timeout,
+            .keepalive = w->cfg->keepalive,
+            .greeting_timeout = PB_GREETING_MS,
+            .delete_leftover_dirs = w->cfg->delete_leftover_dirs,
+            .fs_max_depth = w->cfg->fs_max_depth,
+        };
+        l = cw_link_pb_new(w->loop, &opt, &w->dispatch, &worker_link_events, w);
+    } else {
+        cw_conn_options_t opt;
+        cw_conn_options_default(&opt);
+        opt.max_message = w->cfg->max_message;
+        opt.ping_interval = w->cfg->ping_interval;
+        opt.dead_timeout = w->cfg->dead_timeout;
+        l = cw_link_msgpack_new(w->loop, &opt, &w->dispatch, &worker_link_events, w);
+    }
     if (l == NULL) {
         worker_schedule_retry(w, "out of memory");
         return;
@@ -419,6 +442,8 @@ static void stop_release(cw_worker_t *w)
     close_if_open((uv_handle_t *)&w->sig_term);
     close_if_open((uv_handle_t *)&w->sig_int);
     close_if_open((uv_handle_t *)&w->sig_hup);
+    close_if_open((uv_handle_t *)&w->sig_usr1);
+    close_if_open((uv_handle_t *)&w->stamp_timer);
     cw_proc_shutdown();
 }
 
@@ -569,13 +594,51 @@ static void on_signal(uv_signal_t *h, int signum)
         cw_worker_stop(w, 0, why);
 }
 
-/* SIGHUP with --log-file: reopen it (logrotate moved it away). */
-static void on_sighup(uv_signal_t *h, int signum)
+/* SIGHUP with --log-file (SIGUSR1 with allow-shutdown=signal): reopen it
+ * (logrotate moved it away). */
+static void on_log_signal(uv_signal_t *h, int signum)
 {
     (void)h;
-    (void)signum;
     if (cw_log_reopen() == 0)
-        cw_info("SIGHUP: reopened the log file %s", cw_log_file());
+        cw_info("%s: reopened the log file %s", signum == SIGHUP ? "SIGHUP" : "SIGUSR1",
+                cw_log_file());
+}
+
+/* allow-shutdown: ask the master to stop us once the running build is
+ * done; msgpack has no such request, so the worker drains by itself. */
+static void worker_graceful_shutdown(cw_worker_t *w, const char *why)
+{
+    if (w->stop_phase != CW_STOP_RUN)
+        return;
+    if (w->link && w->link_state == CW_LINK_ATTACHED && w->link->ops->request_shutdown) {
+        cw_info("%s: asking the master for a graceful shutdown", why);
+        if (w->link->ops->request_shutdown(w->link) == 0)
+            return;
+    }
+    if (w->link_state == CW_LINK_ATTACHED && w->cfg->protocol == CW_PROTO_MSGPACK)
+        cw_info("%s: msgpack_experimental_v7 has no graceful shutdown request; draining here", why);
+    worker_drain(w, why);
+}
+
+/* allow-shutdown=signal: SIGHUP */
+static void on_shutdown_signal(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    worker_graceful_shutdown(h->data, "SIGHUP received");
+}
+
+/* allow-shutdown=file: BASEDIR/shutdown.stamp touched since the start */
+static void stamp_timer_cb(uv_timer_t *t)
+{
+    cw_worker_t *w = t->data;
+    struct stat st;
+    if (stat(w->stamp_path, &st) < 0)
+        return;
+    double mtime = (double)CW_ST_MTIM(&st).tv_sec + (double)CW_ST_MTIM(&st).tv_nsec / 1e9;
+    if (mtime < w->started_at || mtime <= w->stamp_seen)
+        return;
+    w->stamp_seen = mtime;
+    worker_graceful_shutdown(w, "shutdown.stamp touched");
 }
 
 /* What /metrics reports, now. */
@@ -635,10 +698,33 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_signal, SIGINT);
     /* SIGHUP keeps its default effect (exit) unless there is a log file to
-     * reopen */
+     * reopen, or allow-shutdown=signal makes it ask for a graceful shutdown
+     * (then SIGUSR1 reopens the log file) */
     uv_signal_init(loop, &w->sig_hup);
-    if (cw_log_file())
-        uv_signal_start(&w->sig_hup, on_sighup, SIGHUP);
+    uv_signal_init(loop, &w->sig_usr1);
+    w->sig_hup.data = w;
+    w->sig_usr1.data = w;
+    if (cfg->allow_shutdown == CW_SHUTDOWN_SIGNAL) {
+        uv_signal_start(&w->sig_hup, on_shutdown_signal, SIGHUP);
+        if (cw_log_file())
+            uv_signal_start(&w->sig_usr1, on_log_signal, SIGUSR1);
+    } else if (cw_log_file()) {
+        uv_signal_start(&w->sig_hup, on_log_signal, SIGHUP);
+    }
+    w->started_at = cw_now();
+    uv_timer_init(loop, &w->stamp_timer);
+    w->stamp_timer.data = w;
+    if (cfg->allow_shutdown == CW_SHUTDOWN_FILE) {
+        snprintf(w->stamp_path, sizeof w->stamp_path, "%s/shutdown.stamp", cfg->basedir);
+        uv_timer_start(&w->stamp_timer, stamp_timer_cb, STAMP_CHECK_MS, STAMP_CHECK_MS);
+    }
+    const char *home = getenv("HOME");
+    if (home == NULL || home[0] == '\0') {
+        struct passwd *pw = getpwuid(getuid());
+        home = pw ? pw->pw_dir : NULL;
+    }
+    if (home)
+        snprintf(w->home, sizeof w->home, "%s", home);
     int rc = cw_proc_init(loop);
     if (rc < 0)
         return rc;
@@ -675,8 +761,15 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
             w->proxy_auth = (char *)cw_buf_steal(&b, NULL);
         }
     }
-    cw_info("cworker %s starting: worker '%s', basedir %s, master %s://%s%s", CW_VERSION_STRING,
-            cfg->name, cfg->basedir, cfg->use_tls ? "wss" : "ws", w->host_header, cfg->master_path);
+    if (cfg->protocol == CW_PROTO_PB)
+        cw_info("cworker %s starting: worker '%s', basedir %s, master %s (Perspective Broker%s)",
+                CW_VERSION_STRING, cfg->name, cfg->basedir, w->host_header,
+                cfg->use_tls ? " over TLS" : "");
+    else
+        cw_info("cworker %s starting: worker '%s', basedir %s, master %s://%s%s "
+                "(msgpack_experimental_v7)",
+                CW_VERSION_STRING, cfg->name, cfg->basedir, cfg->use_tls ? "wss" : "ws",
+                w->host_header, cfg->master_path);
     if (cfg->proxy)
         cw_info("connecting through the HTTP proxy %s:%d", w->proxy.host, w->proxy.port);
     if (cfg->metrics_listen &&

@@ -103,7 +103,12 @@ struct cw_worker {
 
     uv_signal_t sig_term;
     uv_signal_t sig_int;
-    uv_signal_t sig_hup; /* reopens the log file; only started with --log-file */
+    uv_signal_t sig_hup;    /* reopens the log file (--log-file), or allow-shutdown=signal */
+    uv_signal_t sig_usr1;   /* reopens the log file with allow-shutdown=signal */
+    uv_timer_t stamp_timer; /* allow-shutdown=file: looks at stamp_path */
+    char stamp_path[4200];
+    double started_at, stamp_seen; /* Unix times */
+    char home[1024];               /* expands "~" in PB transfer paths ("" = none) */
     int exit_code;
     bool linger;  /* the stop began with a drain that ended: LINGER */
     bool abandon; /* commands did not end after SIGKILL: leave anyway */

@@ -52,6 +52,13 @@ BUILDBOT = os.environ.get('BB_BUILDBOT') or (shutil.which('buildbot', path='/usr
 BUILDBOT_WORKER = os.environ.get('BB_BUILDBOT_WORKER') or (
     shutil.which('buildbot-worker', path='/usr/bin') or 'buildbot-worker')
 
+# The protocol the workers speak in this run: 'msgpack' (msgpack_experimental_v7 over
+# WebSocket) or 'pb' (Perspective Broker).  scripts/check runs the integration suite once per
+# protocol; a test that is about one protocol passes `protocol=` to the worker itself.
+PROTOCOL = os.environ.get('CW_PROTOCOL', 'msgpack')
+if PROTOCOL not in ('msgpack', 'pb'):
+    raise RuntimeError(f'CW_PROTOCOL={PROTOCOL!r}: expected msgpack or pb')
+
 RESULT_NAMES = ['SUCCESS', 'WARNINGS', 'FAILURE', 'SKIPPED', 'EXCEPTION', 'RETRY', 'CANCELLED']
 
 FORCE_SCHEDULER = 'force'
@@ -511,10 +518,14 @@ class Master(_Process):
         'workernames': [...], 'kwargs': "extra BuilderConfig kwargs source"}}.
     workers: [(name, password)]; every builder runs on all of them unless overridden.
     extra_cfg: Python source appended to master.cfg (may change anything in `c`).
+    head_cfg: Python source inserted before the builders (e.g. a custom step class they use).
     log_compression: c['logCompressionMethod']; 'raw' (default here, stock is 'gz') spares the
         master zlib -9 on every chunk of a 100 MiB log and makes readback a plain copy.
     quarantine_timeout: None keeps the stock 10 s worker quarantine after an EXCEPTION build;
         a number replaces it (test harness only).
+    pb_port: a port number adds c['protocols']['pb'] on tcp:PORT:interface=127.0.0.1 next to
+        msgpack; None (default) picks a free one when this run's PROTOCOL is 'pb' and opens no
+        PB listener otherwise.
     """
 
     name = 'master'
@@ -522,12 +533,13 @@ class Master(_Process):
 
     def __init__(self, basedir, builders, workers=(('w1', 'pass1'),), extra_cfg='', *,
                  log_compression='raw', quarantine_timeout=None, protocol_debug=False,
-                 msgpack_port=None, www_port=None):
+                 msgpack_port=None, www_port=None, pb_port=None, head_cfg=''):
         super().__init__()
         self.basedir = os.path.abspath(basedir)
         self.builders = dict(builders)
         self.worker_creds = [tuple(w) for w in workers]
         self.extra_cfg = extra_cfg
+        self.head_cfg = head_cfg
         self.log_compression = log_compression
         self.quarantine_timeout = quarantine_timeout
         self.protocol_debug = protocol_debug
@@ -535,6 +547,11 @@ class Master(_Process):
         self.www_port = www_port or free_port()
         while self.www_port == self.msgpack_port:
             self.www_port = free_port()
+        self.pb_port = pb_port
+        if self.pb_port is None and PROTOCOL == 'pb':
+            self.pb_port = free_port()
+            while self.pb_port in (self.msgpack_port, self.www_port):
+                self.pb_port = free_port()
         self._builderids = {}
         self._rpc_id = 0
         # never go through an http_proxy from the environment for 127.0.0.1
@@ -567,12 +584,16 @@ class Master(_Process):
                                 msgpack_port=self.msgpack_port,
                                 log_compression=self.log_compression,
                                 workers=self.worker_creds, quarantine=self.quarantine_timeout)]
+        if self.head_cfg:
+            out.append('\n# --- head_cfg ---\n' + self.head_cfg + '\n')
         all_workers = [w[0] for w in self.worker_creds]
         for name, spec in self.builders.items():
             if isinstance(spec, str):
                 spec = {'steps': spec}
             out.append(_CFG_BUILDER.format(name=name, workernames=list(spec.get('workernames', all_workers)),
                                            steps=spec['steps'], kwargs=spec.get('kwargs', '')))
+        if self.pb_port:
+            out.append(f"c['protocols']['pb'] = {{'port': 'tcp:{int(self.pb_port)}:interface=127.0.0.1'}}\n")
         out.append(_CFG_TAIL.format(sched=FORCE_SCHEDULER, slots=FORCE_PROP_SLOTS))
         if self.extra_cfg:
             out.append('\n# --- extra_cfg ---\n' + self.extra_cfg + '\n')
@@ -624,7 +645,8 @@ class Master(_Process):
                 raise HarnessError(f'master exited with status {rc} during startup\n'
                                    f'--- twistd.log ---\n{self._log_since(log_offset)}\n'
                                    f'--- stdout ---\n{tail(os.path.join(self.basedir, "twistd.stdout"))}')
-            if self._rest_ok() and port_open(self.msgpack_port):
+            if self._rest_ok() and port_open(self.msgpack_port) and \
+                    (not self.pb_port or port_open(self.pb_port)):
                 break
             if time.monotonic() >= deadline:
                 self.stop(timeout=5)
@@ -633,6 +655,15 @@ class Master(_Process):
             time.sleep(0.05)
         self.last_start_seconds = time.monotonic() - t0
         return self
+
+    def worker_port(self, protocol=None):
+        """The port a worker of `protocol` (default: this run's) connects to."""
+        protocol = protocol or PROTOCOL
+        if protocol == 'pb':
+            if not self.pb_port:
+                raise HarnessError('this master has no PB port (pass pb_port=)')
+            return self.pb_port
+        return self.msgpack_port
 
     def _clear_stale_connections(self):
         # Test harness only. A 3.7 master that was SIGKILLed leaves its rows in
@@ -680,8 +711,11 @@ class Master(_Process):
 
     def listen_addresses(self):
         """{'msgpack': [...], 'www': [...]} local listening addresses, from `ss`."""
-        return {'msgpack': listening_addresses(self.msgpack_port),
-                'www': listening_addresses(self.www_port)}
+        addrs = {'msgpack': listening_addresses(self.msgpack_port),
+                 'www': listening_addresses(self.www_port)}
+        if self.pb_port:
+            addrs['pb'] = listening_addresses(self.pb_port)
+        return addrs
 
     # ---- REST --------------------------------------------------------------------------------
 
@@ -1090,12 +1124,13 @@ class _Worker(_Process):
 
 
 class StockWorker(_Worker):
-    """The stock Python buildbot-worker 3.7 on msgpack_experimental_v7."""
+    """The stock Python buildbot-worker 3.7 (protocol: 'msgpack' or 'pb'; default PROTOCOL)."""
 
     name = 'stock worker'
 
-    def __init__(self, basedir, master, name, password, protocol_debug=False):
+    def __init__(self, basedir, master, name, password, protocol_debug=False, protocol=None):
         super().__init__()
+        self.protocol = protocol or PROTOCOL
         self.basedir = os.path.abspath(basedir)
         self.master = master
         self.worker_name = name
@@ -1107,9 +1142,11 @@ class StockWorker(_Worker):
     def create(self):
         if os.path.exists(os.path.join(self.basedir, 'buildbot.tac')):
             os.remove(os.path.join(self.basedir, 'buildbot.tac'))
+        wire = 'msgpack_experimental_v7' if self.protocol == 'msgpack' else 'pb'
         r = subprocess.run([PYTHON, BUILDBOT_WORKER, 'create-worker', '-q',
-                            '--protocol=msgpack_experimental_v7', self.basedir,
-                            f'127.0.0.1:{self.master.msgpack_port}', self.worker_name, self.password],
+                            f'--protocol={wire}', self.basedir,
+                            f'127.0.0.1:{worker_port(self.master, self.protocol)}',
+                            self.worker_name, self.password],
                            env=_clean_env(), capture_output=True, text=True)
         if r.returncode != 0:
             raise HarnessError(f'buildbot-worker create-worker failed:\n{r.stdout}\n{r.stderr}')
@@ -1132,17 +1169,31 @@ class StockWorker(_Worker):
         return self
 
 
+def worker_port(master, protocol):
+    """The port of `master` (a Master or a stand-in with .msgpack_port) for `protocol`."""
+    wp = getattr(type(master), 'worker_port', None)
+    if wp is not None:
+        return master.worker_port(protocol)
+    if protocol != 'msgpack':
+        raise HarnessError(f'{type(master).__name__} stands in for a msgpack master only; '
+                           f'give the worker protocol="msgpack"')
+    return master.msgpack_port
+
+
 def default_cworker_bin():
     return os.environ.get('CWORKER_BIN') or os.path.join(REPO_ROOT, 'build', 'src', 'worker', 'cworker')
 
 
 class CWorker(_Worker):
-    """The C worker: `<bin> --master 127.0.0.1:PORT --name N --basedir D --password-file F`."""
+    """The C worker: `<bin> --master 127.0.0.1:PORT --protocol P --name N --basedir D
+    --password-file F` (protocol: 'msgpack' or 'pb'; default PROTOCOL)."""
 
     name = 'cworker'
 
-    def __init__(self, basedir, master, name, password, binary=None, extra_args=(), env=None):
+    def __init__(self, basedir, master, name, password, binary=None, extra_args=(), env=None,
+                 protocol=None):
         super().__init__()
+        self.protocol = protocol or PROTOCOL
         self.basedir = os.path.abspath(basedir)
         self.master = master
         self.worker_name = name
@@ -1154,8 +1205,8 @@ class CWorker(_Worker):
         self.password_file = os.path.join(self.basedir, 'password')
 
     def argv(self):
-        return [self.binary, '--master', f'127.0.0.1:{self.master.msgpack_port}',
-                '--name', self.worker_name, '--basedir', self.basedir,
+        return [self.binary, '--master', f'127.0.0.1:{worker_port(self.master, self.protocol)}',
+                '--protocol', self.protocol, '--name', self.worker_name, '--basedir', self.basedir,
                 '--password-file', self.password_file] + self.extra_args
 
     def start(self, wait=True, timeout=30):

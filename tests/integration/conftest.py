@@ -33,6 +33,9 @@ def pytest_configure(config):
         'markers', 'static: needs scripts/build-static; scripts/check runs them in a stage '
         'of their own')
     config.addinivalue_line(
+        'markers', 'only_protocol(name): the test is about one protocol ("msgpack" or "pb"): '
+        'it runs in that protocol\'s pass of the suite only (CW_PROTOCOL, see bbmaster.PROTOCOL)')
+    config.addinivalue_line(
         'markers', 'heavy: volume and repetition (100 MiB, 1 GiB, 100 restarts): run in the '
         'plain pass only; the sanitizer pass covers the same code with smaller tests')
 
@@ -65,11 +68,17 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under the sanitizers (CW_SANITIZED=1, set by scripts/check for its ASan+UBSan pass)
+    """Tests marked only_protocol(P) run in P's pass only: the other pass deselects them
+    (pytest prints the count).  Then, under the sanitizers (CW_SANITIZED=1, set by scripts/check for its ASan+UBSan pass)
     left out: the tests with the stock Python worker (they exercise little or none of our C
     code: the plain pass runs them) and the `heavy` ones (volume and repetition, several
     times slower under ASan; smaller tests take the same code paths).  This keeps
     scripts/check well inside CI's 30 minutes."""
+    other = [i for i in items if (m := i.get_closest_marker('only_protocol')) is not None
+             and bbmaster.PROTOCOL not in m.args]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [i for i in items if i not in other]
     if not os.environ.get('CW_SANITIZED'):
         return
     keep, drop = [], []

@@ -53,8 +53,9 @@ class WorkerPool:
     """Lazily started workers of a module, one per kind, named as in WORKER_NAMES."""
 
     def __init__(self, master, basedir_factory, cworker_bin, cworker_env=None,
-                 cworker_args=()):
+                 cworker_args=(), protocol=None):
         self.master = master
+        self.protocol = protocol  # None: this run's (bbmaster.PROTOCOL)
         self.basedir_factory = basedir_factory
         self.cworker_bin = cworker_bin
         self.cworker_env = cworker_env
@@ -70,9 +71,10 @@ class WorkerPool:
             basedir = str(self.basedir_factory(f'{kind}-pool'))
             if kind == 'cworker':
                 w = bbmaster.CWorker(basedir, self.master, name, pw, binary=self.cworker_bin,
-                                     env=self.cworker_env, extra_args=self.cworker_args)
+                                     env=self.cworker_env, extra_args=self.cworker_args,
+                                     protocol=self.protocol)
             else:
-                w = bbmaster.StockWorker(basedir, self.master, name, pw)
+                w = bbmaster.StockWorker(basedir, self.master, name, pw, protocol=self.protocol)
             self.workers[kind] = w
             _POOL_WORKERS.append(w)
         if not w.running():

@@ -3,9 +3,13 @@
 * config file / environment / flags: precedence, `--check-config` output and exit codes,
   messages naming the bad key and its source, the password rules;
 * `--from-tac` on real buildbot.tac files written by Debian's `buildbot-worker create-worker`
-  with various options, `--write-config`, `cworker create-worker` next to the stock one;
-* end to end on the real master: a worker created by the stock create-worker (msgpack) is
-  switched to cworker with `--from-tac` and runs builds; JSON logs; what build steps see;
+  with various options (pb, the stock default, and msgpack; keepalive, allow_shutdown),
+  `--write-config`, `cworker create-worker` next to the stock one;
+* the protocol rules on the command line: pb by default, a ws:// master means msgpack, pb
+  with one or with an HTTP proxy is refused, the proxy variables are not used for pb;
+* end to end on the real master, over msgpack only (every run says so: the PB link is tested
+  elsewhere): a worker created by the stock create-worker (msgpack) is switched to cworker
+  with `--from-tac` and runs builds; JSON logs; what build steps see;
 * sd_notify against a datagram socket we bind; umask at start-up;
 * packaging: `meson install --destdir`, `systemd-analyze verify` of the unit, the man pages
   rendered without warnings, the example config.
@@ -27,6 +31,7 @@ import bbmaster
 
 TIMEOUT = 20
 PROTO = '--protocol=msgpack_experimental_v7'
+MSGPACK = ('--protocol', 'msgpack')   # for cworker runs against the master's msgpack port
 
 
 def clean_env(extra=None):
@@ -89,7 +94,10 @@ def test_check_config_prints_effective_configuration(cworker_bin, tmp_path, pwfi
             '--log-format', 'json')
     assert r.returncode == 0, r
     rep = report(r.stdout)
-    assert rep['master'] == ('ws://127.0.0.1:9989/', '--master')
+    assert rep['master'] == ('127.0.0.1:9989', '--master')
+    assert rep['protocol'] == ('pb', 'default')
+    assert rep['keepalive'] == ('600', 'default')
+    assert rep['allow-shutdown'] == ('none', 'default')
     assert rep['dead-timeout'] == ('12.5', '--dead-timeout')
     assert rep['ping-interval'] == ('10', 'default')
     assert rep['log-format'][0] == 'json'
@@ -113,7 +121,7 @@ def test_precedence_flags_env_file(cworker_bin, tmp_path, pwfile):
     assert rep['ping-interval'] == ('8', 'CWORKER_PING_INTERVAL')
     assert rep['name'] == ('env-name', 'CWORKER_NAME')
     assert rep['kill-grace'] == ('3', f'{conf}:8')
-    assert rep['master'] == ('ws://file-host:1/', f'{conf}:2')
+    assert rep['master'] == ('file-host:1', f'{conf}:2')
     # relative paths in the file are relative to the file
     assert rep['basedir'][0] == str(tmp_path / 'wdir')
     assert rep['password-file'][0] == pwfile
@@ -126,7 +134,8 @@ def test_precedence_flags_env_file(cworker_bin, tmp_path, pwfile):
 @pytest.mark.parametrize('where', ['file', 'env', 'flag'])
 @pytest.mark.parametrize('key,bad', [('dead-timeout', 'soon'), ('umask', '0999'),
                                      ('log-format', 'xml'), ('master', 'http://x:1'),
-                                     ('max-retries', '-3'), ('proxy', 'socks5://p:1080')])
+                                     ('max-retries', '-3'), ('proxy', 'socks5://p:1080'),
+                                     ('keepalive', 'soon'), ('allow-shutdown', 'reboot')])
 def test_bad_value_names_key_and_source(cworker_bin, tmp_path, pwfile, where, key, bad):
     args = basic(tmp_path, pwfile) if key != 'master' else basic(tmp_path, pwfile)[2:]
     env = {}
@@ -196,22 +205,73 @@ def test_password_rules(cworker_bin, tmp_path, pwfile):
 def test_proxy_from_environment(cworker_bin, tmp_path, pwfile):
     env = {'http_proxy': 'http://proxy.example:3128', 'https_proxy': 'http://sproxy:8443',
            'no_proxy': '.internal,10.0.0.0/8'}
-    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), env=env)
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), *MSGPACK, env=env)
     assert report(r.stdout)['proxy'] == ('http://proxy.example:3128',
                                          'http_proxy (environment)'), r
-    args = basic(tmp_path, pwfile)
+    args = basic(tmp_path, pwfile) + list(MSGPACK)
     args[1] = 'bm.internal:9989'
     r = run(cworker_bin, '--check-config', *args, env=env)
     assert values(r.stdout)['proxy'] == 'none', r
     args[1] = '10.1.2.3:9989'
     r = run(cworker_bin, '--check-config', *args, env=env)
     assert values(r.stdout)['proxy'] == 'none', r
-    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--proxy', 'none', env=env)
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), *MSGPACK, '--proxy', 'none',
+            env=env)
     assert values(r.stdout)['proxy'] == 'none', r
     # the proxy password is not printed
-    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--proxy',
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), *MSGPACK, '--proxy',
             'http://user:pa55@p:1')
     assert values(r.stdout)['proxy'] == 'http://user:***@p:1', r
+    # pb (the default) ignores the variables, as the stock PB worker does ...
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), env=env)
+    assert r.returncode == 0, r
+    assert report(r.stdout)['proxy'] == ('none', 'default: protocol pb, proxy variables not used')
+    # ... and refuses an explicit proxy, without showing its password
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--proxy',
+            'http://user:pa55@p:1')
+    assert r.returncode == 2, r
+    assert '--proxy: an HTTP proxy is supported over msgpack only' in r.stderr, r
+    assert 'pa55' not in r.stderr
+
+
+def test_protocol_rules(cworker_bin, tmp_path, pwfile):
+    rest = basic(tmp_path, pwfile)[2:]
+    # a ws:// or wss:// master means msgpack
+    r = run(cworker_bin, '--check-config', '--master', 'ws://bm:9990/ws', *rest)
+    assert r.returncode == 0, r
+    assert report(r.stdout)['protocol'] == ('msgpack_experimental_v7',
+                                            'from the ws:// or wss:// master URL')
+    # the aliases, and an explicit pb next to a HOST:PORT master
+    for value, want in (('msgpack', 'msgpack_experimental_v7'),
+                        ('msgpack_experimental_v7', 'msgpack_experimental_v7'), ('pb', 'pb')):
+        r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--protocol', value)
+        assert r.returncode == 0, r
+        assert report(r.stdout)['protocol'] == (want, '--protocol')
+        assert report(r.stdout)['master'][0] == ('127.0.0.1:9989' if want == 'pb'
+                                                 else 'ws://127.0.0.1:9989/')
+    # pb with a URL: an error naming both sources
+    r = run(cworker_bin, '--check-config', *rest, '--protocol', 'pb',
+            env={'CWORKER_MASTER': 'wss://bm/'})
+    assert r.returncode == 2, r
+    assert "--protocol 'pb'" in r.stderr and "CWORKER_MASTER='wss://bm/'" in r.stderr, r
+    r = run(cworker_bin, '--check-config', *basic(tmp_path, pwfile), '--protocol', 'spdy')
+    assert r.returncode == 2 and 'needs pb or msgpack_experimental_v7' in r.stderr, r
+    # a protocol below the master's source is dropped; noted when that changes it
+    conf = tmp_path / 'w.conf'
+    conf.write_text('protocol = msgpack\nkeepalive = 45\nallow-shutdown = signal\n')
+    r = run(cworker_bin, '--check-config', '--config', str(conf), *rest,
+            env={'CWORKER_MASTER': 'h:1'})
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['protocol'] == ('pb', 'default')
+    assert rep['keepalive'] == ('45', f'{conf}:2')
+    assert rep['allow-shutdown'] == ('signal', f'{conf}:3')
+    assert f"# note: {conf}:1: protocol 'msgpack' ignored" in r.stdout
+    # keepalive set for msgpack: a note, not an error
+    r = run(cworker_bin, '--check-config', '--master', 'ws://h/', *rest,
+            env={'CWORKER_KEEPALIVE': '30'})
+    assert r.returncode == 0, r
+    assert '# note: CWORKER_KEEPALIVE: keepalive has no effect over msgpack' in r.stdout
 
 
 def test_help_and_docs_list_every_option(cworker_bin, repo_root):
@@ -247,7 +307,18 @@ TAC_CASES = {
                     'bm.example.org:9990', 'w2', 'pa ss',
                     {'master': 'ws://bm.example.org:9990/', 'name': 'w2', 'umask': '022',
                      'max-retries': '5', 'delete-leftover-dirs': 'true',
-                     'proxy': 'http://proxy.example:3128'}),
+                     'proxy': 'http://proxy.example:3128', 'keepalive': '60',
+                     'allow-shutdown': 'signal', 'protocol': 'msgpack_experimental_v7'}),
+    'pb': ([], 'bm.example.org:9989', 'w4', 'Secret-Pb',
+           {'master': 'bm.example.org:9989', 'protocol': 'pb', 'keepalive': '600',
+            'allow-shutdown': 'none', 'proxy': 'none', 'use-tls': 'false'}),
+    'msgpack-k20-file': (['--protocol=msgpack_experimental_v7', '-k', '20', '-a', 'file'],
+                         'localhost:9989', 'w6', 'Secret-6',
+                         {'master': 'ws://localhost:9989/', 'protocol': 'msgpack_experimental_v7',
+                          'keepalive': '20', 'allow-shutdown': 'file'}),
+    'pb-tls': (['--use-tls', '-k', '30', '-a', 'file'], 'bm.example.org:9443', 'w5', 'Secret-5',
+               {'master': 'bm.example.org:9443', 'protocol': 'pb', 'use-tls': 'true',
+                'keepalive': '30', 'allow-shutdown': 'file'}),
     'relocatable-ipv6': (['-r', PROTO, '--umask=18'], '[::1]:1234', "w\u00f6'rk\"er",
                          'p"a\\ss\'', {'master': 'ws://[::1]:1234/', 'umask': '022',
                                        'name': "w\u00f6'rk\"er"}),
@@ -262,7 +333,7 @@ def test_from_tac_real_files(cworker_bin, tmp_path, case):
     base = tmp_path / 'worker'
     tac = stock_create(base, master, name, password, *opts)
     r = run(cworker_bin, '--from-tac', tac, '--check-config')
-    if case == 'tls' and 'not supported by this build' in r.stderr:
+    if case in ('tls', 'pb-tls') and 'not supported by this build' in r.stderr:
         pytest.skip('built without TLS')
     assert r.returncode == 0, r
     got = report(r.stdout)
@@ -272,9 +343,17 @@ def test_from_tac_real_files(cworker_bin, tmp_path, case):
         assert 'buildbot.tac:' in got[k][1], got[k]
     assert got['basedir'][0] == str(base)
     assert password not in r.stdout
+    for k in ('protocol', 'keepalive', 'allow-shutdown'):
+        assert f'buildbot.tac:' in got[k][1] and got[k][1].endswith(f'({k.replace("-", "_")})'), \
+            (k, got[k])
+    if case == 'msgpack-k20-file':
+        assert '(keepalive): keepalive has no effect over msgpack' in r.stdout
+    elif case in ('pb', 'pb-tls', 'msgpack'):
+        assert 'keepalive has no effect' not in r.stdout   # pb uses it; 600 is the default
     if case == 'all-options':
-        # the settings the msgpack protocol ignores get a note; numcpus is used
-        assert '(keepalive): ignored' in r.stdout and '(allow_shutdown): ignored' in r.stdout
+        # keepalive does nothing over msgpack: a note; maxdelay and -n are ignored settings
+        assert '(keepalive): keepalive has no effect over msgpack' in r.stdout
+        assert '(maxdelay): ignored' in r.stdout
         assert got['numcpus'][0] == '4' and '(numcpus)' in got['numcpus'][1], got['numcpus']
     else:
         assert got['numcpus'] == ('auto', 'default'), got['numcpus']
@@ -303,21 +382,30 @@ def test_from_tac_real_files(cworker_bin, tmp_path, case):
     assert w.returncode == 0, w
 
 
-def test_from_tac_flags_win_and_pb_refused(cworker_bin, tmp_path):
+def test_from_tac_pb_and_flags_win(cworker_bin, tmp_path):
     tac = stock_create(tmp_path / 'pbw', 'bm.example.org:9989', 'w1', 'pw')   # stock default: pb
     r = run(cworker_bin, '--from-tac', tac, '--check-config')
-    assert r.returncode == 2, r
-    assert "protocol 'pb'" in r.stderr and 'msgpack_experimental_v7' in r.stderr
-    assert f'{tac}:' in r.stderr
-    # the master given another way: the tac's pb port does not matter; other values still come
-    # from the tac, flags win over it
+    assert r.returncode == 0, r
+    got = report(r.stdout)
+    assert got['protocol'] == ('pb', f'{tac}:40 (protocol)')
+    assert got['master'] == ('bm.example.org:9989', f'{tac}:27 (buildmaster_host)')
+    # the master given another way: the tac's protocol was about the tac's port and is
+    # dropped (pb anyway: no note); other values still come from the tac, flags win over it
     r = run(cworker_bin, '--from-tac', tac, '--check-config', '--master', 'bm.example.org:9990',
             '--name', 'renamed')
     assert r.returncode == 0, r
     got = report(r.stdout)
-    assert got['master'] == ('ws://bm.example.org:9990/', '--master')
+    assert got['master'] == ('bm.example.org:9990', '--master')
+    assert got['protocol'] == ('pb', 'default')
+    assert 'protocol' not in ''.join(ln for ln in r.stdout.splitlines() if '# note:' in ln)
     assert got['name'] == ('renamed', '--name')
     assert got['basedir'][0] == str(tmp_path / 'pbw')
+    # a ws:// master from a flag makes it msgpack, and the dropped pb is noted
+    r = run(cworker_bin, '--from-tac', tac, '--check-config', '--master', 'ws://bm:9990/')
+    assert r.returncode == 0, r
+    assert report(r.stdout)['protocol'] == ('msgpack_experimental_v7',
+                                            'from the ws:// or wss:// master URL')
+    assert f"{tac}:40 (protocol): protocol 'pb' ignored" in r.stdout
     # a tac others can read holds a readable password: refused
     os.chmod(tac, 0o644)
     r = run(cworker_bin, '--from-tac', tac, '--check-config', '--master', 'h:1')
@@ -342,22 +430,24 @@ def test_create_worker_like_the_stock_one(cworker_bin, tmp_path):
     stock_create(stock, 'bm.example.org:9989', 'w1', 'pw', PROTO, '--umask=0o22')
     mine = tmp_path / 'mine'
     r = run(cworker_bin, 'create-worker', '--umask=0o22', '--maxretries', '3',
-            '--delete-leftover-dirs', '--keepalive', '600', str(mine), 'bm.example.org:9989', 'w1',
-            'p w#d')
+            '--delete-leftover-dirs', '--keepalive', '300', '-a', 'file', '--maxdelay', '60',
+            str(mine), 'bm.example.org:9989', 'w1', 'p w#d')
     assert r.returncode == 0, r
     assert 'worker configured in' in r.stdout and 'cworker --config' in r.stdout
-    assert 'keepalive' in r.stdout      # the note about an ignored option
+    assert '--maxdelay: ignored' in r.stdout   # the note about an ignored option
+    assert 'keepalive' not in r.stdout         # pb (the default) uses it
     for f in ('info/admin', 'info/host'):
         assert (mine / f).read_text() == (stock / f).read_text()
     conf = mine / 'cworker.conf'
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     text = conf.read_text()
-    for line in ('master = ws://bm.example.org:9989/', 'name = w1', 'password = p w#d',
+    for line in ('master = bm.example.org:9989', 'name = w1', 'password = p w#d',
                  f'basedir = {mine}', 'umask = 022', 'max-retries = 3',
-                 'delete-leftover-dirs = true'):
+                 'delete-leftover-dirs = true', 'keepalive = 300', 'allow-shutdown = file'):
         assert line + '\n' in text, (line, text)
     r = run(cworker_bin, '--config', str(conf), '--check-config')
     assert r.returncode == 0, r
+    assert values(r.stdout)['protocol'] == 'pb'
     # again: refused without --force; with it, info/ files are kept
     (mine / 'info' / 'admin').write_text('Me <me@example.org>\n')
     r = run(cworker_bin, 'create-worker', str(mine), 'bm:1', 'w1', 'pw')
@@ -365,11 +455,22 @@ def test_create_worker_like_the_stock_one(cworker_bin, tmp_path):
     r = run(cworker_bin, 'create-worker', '-f', str(mine), 'bm:1', 'w1', 'pw')
     assert r.returncode == 0, r
     assert (mine / 'info' / 'admin').read_text() == 'Me <me@example.org>\n'
-    assert 'master = ws://bm:1/' in conf.read_text()
-    # pb is refused with advice
-    r = run(cworker_bin, 'create-worker', '--protocol', 'pb', str(tmp_path / 'pb'), 'bm', 'w', 'p')
-    assert r.returncode == 2 and 'msgpack_experimental_v7' in r.stderr, r
-    assert not (tmp_path / 'pb').exists()
+    assert 'master = bm:1\n' in conf.read_text()
+    # msgpack, as the stock script writes it; keepalive then does nothing (a note)
+    r = run(cworker_bin, 'create-worker', '--protocol=msgpack_experimental_v7', '-k', '20',
+            str(tmp_path / 'mp'), 'bm', 'w', 'p')
+    assert r.returncode == 0, r
+    assert '-k: keepalive has no effect over msgpack' in r.stdout, r
+    text = (tmp_path / 'mp' / 'cworker.conf').read_text()
+    assert 'master = ws://bm:9989/\n' in text and 'protocol = msgpack_experimental_v7\n' in text
+    # pb with a ws:// MASTER, or a bad -a: refused before anything is created
+    for args in (['--protocol', 'pb', str(tmp_path / 'bad'), 'ws://bm/', 'w', 'p'],
+                 ['-a', 'reboot', str(tmp_path / 'bad'), 'bm', 'w', 'p']):
+        r = run(cworker_bin, 'create-worker', *args)
+        assert r.returncode == 2, r
+        assert ('conflicts with the master URL' in r.stderr
+                or "-a 'reboot': needs signal, file or none" in r.stderr), r
+        assert not (tmp_path / 'bad').exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -413,21 +514,24 @@ def test_container_variables(cworker_bin, tmp_path, pwfile):
     got = values(r.stdout)
     assert got['master'] == 'ws://localhost:9989/' and got['name'] == 'docker'
     # with the master configured another way, the image's defaults are off and its
-    # protocol was about another port
+    # protocol was about another port: dropped, with a note when that changes it
     r = run(cworker_bin, '--check-config', '--master', 'h:1', '--name', 'n',
             env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'pb'})
     assert r.returncode == 2 and 'no base directory' in r.stderr, r
     r = run(cworker_bin, '--check-config', '--master', 'h:1', '--name', 'n', '--basedir',
-            str(tmp_path / 'b'), env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'pb'})
+            str(tmp_path / 'b'), env={'WORKERPASS': 'x', 'BUILDMASTER_PROTOCOL': 'msgpack'})
     assert r.returncode == 0, r
-    assert "BUILDMASTER_PROTOCOL: protocol 'pb' does not matter" in r.stdout
-    # pb, the image's default protocol, is refused with advice
-    for extra in ({}, {'BUILDMASTER_PROTOCOL': 'pb'}):
-        r = run(cworker_bin, '--check-config',
+    assert report(r.stdout)['protocol'] == ('pb', 'default')
+    assert "BUILDMASTER_PROTOCOL: protocol 'msgpack' ignored" in r.stdout
+    # pb, the image's default protocol, is cworker's: unset or set, it simply works
+    for extra, src in (({}, "the container image's default (no BUILDMASTER_PROTOCOL)"),
+                       ({'BUILDMASTER_PROTOCOL': 'pb'}, 'BUILDMASTER_PROTOCOL')):
+        r = run(cworker_bin, '--check-config', '--basedir', str(tmp_path / 'b'),
                 env=dict({'BUILDMASTER': 'bm', 'WORKERPASS': 'x'}, **extra))
-        assert r.returncode == 2, r
-        assert "protocol 'pb'" in r.stderr and 'PB support is coming' in r.stderr, r
-        assert 'BUILDMASTER_PROTOCOL' in r.stderr, r
+        assert r.returncode == 0, r
+        rep = report(r.stdout)
+        assert rep['protocol'] == ('pb', src), rep['protocol']
+        assert rep['master'] == ('bm:9989', 'BUILDMASTER')
 
 
 # ------------------------------------------------------------------------------------------
@@ -453,7 +557,7 @@ def test_umask_json_logs_and_sd_notify(cworker_bin, tmp_path, pwfile):
     port = bbmaster.free_port()   # nothing listens: the worker keeps retrying
     p = _start(cworker_bin, ['--master', f'127.0.0.1:{port}', '--name', 'w1', '--basedir',
                              str(base), '--password-file', pwfile, '--umask', '027',
-                             '--log-format', 'json', '--backoff-max', '1'],
+                             '--log-format', 'json', '--backoff-max', '1', *MSGPACK],
                env={'NOTIFY_SOCKET': sock_path, 'WATCHDOG_USEC': '1000000'})
     try:
         got = []
@@ -562,7 +666,7 @@ def _ncpu(master):
 
 def test_numcpus_reaches_the_master(master, tmp_path, cworker_bin):
     def flags(base, *extra):
-        return ['--master', f'127.0.0.1:{master.msgpack_port}', '--name', 'w1',
+        return ['--master', f'127.0.0.1:{master.msgpack_port}', *MSGPACK, '--name', 'w1',
                 '--basedir', str(tmp_path / base), *extra]
 
     # default: the CPUs cworker may run on; then a flag
@@ -589,7 +693,7 @@ def test_numcpus_reaches_the_master(master, tmp_path, cworker_bin):
         master.wait_worker_disconnected('w1', timeout=30)
     # cworker create-worker --numcpus writes it
     base = tmp_path / 'createw'
-    r = run(cworker_bin, 'create-worker', '-q', '--numcpus', '5', str(base),
+    r = run(cworker_bin, 'create-worker', '-q', '--numcpus', '5', *MSGPACK, str(base),
             f'127.0.0.1:{master.msgpack_port}', 'w1', 'pass1')
     assert r.returncode == 0, r
     assert 'numcpus = 5\n' in (base / 'cworker.conf').read_text()
@@ -597,8 +701,8 @@ def test_numcpus_reaches_the_master(master, tmp_path, cworker_bin):
 
 def test_created_worker_runs_from_its_config(master, tmp_path, cworker_bin):
     base = tmp_path / 'created'
-    r = run(cworker_bin, 'create-worker', '-q', str(base), f'127.0.0.1:{master.msgpack_port}',
-            'w2', 'pass2')
+    r = run(cworker_bin, 'create-worker', '-q', *MSGPACK, str(base),
+            f'127.0.0.1:{master.msgpack_port}', 'w2', 'pass2')
     assert r.returncode == 0, r
     w = ArgvCWorker(str(base), master, 'w2', 'pass2',
                     ['--config', str(base / 'cworker.conf')], binary=cworker_bin,
@@ -615,7 +719,7 @@ def test_created_worker_runs_from_its_config(master, tmp_path, cworker_bin):
 def test_password_from_environment_not_in_builds(master, tmp_path, cworker_bin):
     base = tmp_path / 'envpw'
     w = ArgvCWorker(str(base), master, 'w2', 'pass2',
-                    ['--master', f'127.0.0.1:{master.msgpack_port}', '--name', 'w2',
+                    ['--master', f'127.0.0.1:{master.msgpack_port}', *MSGPACK, '--name', 'w2',
                      '--basedir', str(base)], binary=cworker_bin,
                     env={'CWORKER_PASSWORD': 'pass2'})
     w.start(timeout=30)
@@ -739,7 +843,8 @@ def test_example_config(cworker_bin, repo_root, tmp_path):
     conf.chmod(0o600)
     r = run(cworker_bin, '--config', str(conf), '--check-config')
     assert r.returncode == 0, r
-    assert values(r.stdout)['master'] == 'ws://buildmaster.example.org:9989/'
+    assert values(r.stdout)['master'] == 'buildmaster.example.org:9989'
+    assert values(r.stdout)['protocol'] == 'pb'
     conf.chmod(0o644)   # as installed: the password line makes it refuse
     r = run(cworker_bin, '--config', str(conf), '--check-config')
     assert r.returncode == 2 and 'chmod 600' in r.stderr, r

@@ -4,7 +4,11 @@
 import os
 import subprocess
 
+import pytest
+
 import mastercli
+
+pytestmark = [pytest.mark.only_protocol('msgpack')]  # scripts/demo runs the msgpack ends
 
 
 def test_demo_runs_both_parts(cworker_bin, repo_root):

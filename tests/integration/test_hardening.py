@@ -25,6 +25,8 @@ from hardening_util import (SANITIZED, RssSampler, fd_count, fd_kinds, fd_target
                             generator_sha256, proc_status, wait_fds_back)
 from mastercli import EXIT_LINK_LOST, Endpoint, MasterProc, sha256_file
 
+pytestmark = [pytest.mark.only_protocol('msgpack')]  # the peer is cworker-master, which speaks msgpack
+
 MIB = 1 << 20
 # item 3: what cworker's memory may grow by (over its idle RSS after attach) while a slow master
 # takes 1 GiB of output.  The bound is on growth, not the absolute figure: shared-library pages

@@ -325,6 +325,9 @@ class _ViaProxy:
         self._master = master
         self.msgpack_port = proxy.port
 
+    def worker_port(self, protocol=None):
+        return self.msgpack_port
+
     def __getattr__(self, name):
         return getattr(self._master, name)
 
@@ -335,7 +338,7 @@ DEAD_TIMEOUT = 4
 def test_blackholed_link_detected_and_recovered(master, worker_factory):
     # (master SIGSTOPped longer than --dead-timeout: test_lifecycle.py
     #  ::test_master_frozen_dead_link_timeout)
-    proxy = BlackholeProxy(master.msgpack_port)
+    proxy = BlackholeProxy(master.worker_port())
     try:
         w = worker_factory(_ViaProxy(master, proxy), name='cw',
                            extra_args=FAST_ARGS + ('--dead-timeout', str(DEAD_TIMEOUT),

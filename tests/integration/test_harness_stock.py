@@ -185,6 +185,7 @@ p.add_argument('--master', required=True)
 p.add_argument('--name', required=True)
 p.add_argument('--basedir', required=True)
 p.add_argument('--password-file', required=True)
+p.add_argument('--protocol', required=True, choices=['pb', 'msgpack'])
 p.add_argument('--extra-flag', action='store_true')
 a = p.parse_args()
 assert a.master.startswith('127.0.0.1:'), a.master
@@ -192,8 +193,9 @@ assert stat.S_IMODE(os.stat(a.password_file).st_mode) == 0o600
 password = open(a.password_file).read()
 print('fake cworker', a.master, a.name, a.extra_flag, file=sys.stderr, flush=True)
 wd = os.path.join(a.basedir, 'stock')
+wire = 'msgpack_experimental_v7' if a.protocol == 'msgpack' else 'pb'
 subprocess.run(['/usr/bin/buildbot-worker', 'create-worker', '-q',
-                '--protocol=msgpack_experimental_v7', wd, a.master, a.name, password], check=True)
+                '--protocol=' + wire, wd, a.master, a.name, password], check=True)
 os.execv('/usr/bin/python3', ['/usr/bin/python3', '/usr/bin/buildbot-worker', 'start',
                               '--nodaemon', wd])
 """
@@ -207,7 +209,7 @@ def test_cworker_class_with_stand_in_binary(master, tmp_path):
                          extra_args=['--extra-flag'])
     with w:
         assert master.worker_connected('w2')
-        assert 'fake cworker 127.0.0.1:%d w2 True' % master.msgpack_port in w.log_text()
+        assert 'fake cworker 127.0.0.1:%d w2 True' % master.worker_port() in w.log_text()
         b = master.run_build('hello_w2')
         assert b.result == 'SUCCESS', b.describe()
         pid = w.pid

@@ -19,7 +19,10 @@ import pytest
 import bbmaster
 import mastercli
 from mastercli import (EXIT_LINK_LOST, EXIT_NO_WORKER, EXIT_TIMEOUT, Endpoint, MasterProc,
+
                        sha256_file)
+
+pytestmark = [pytest.mark.only_protocol('msgpack')]  # the peer is cworker-master, which speaks msgpack
 
 KINDS = ('cworker', 'stock')
 MIB = 1 << 20

@@ -16,6 +16,8 @@ import bbmaster
 import mastercli
 from mastercli import EXIT_LINK_LOST, NIL, Endpoint, mp_int, mp_map, mp_str
 
+pytestmark = [pytest.mark.only_protocol('msgpack')]  # the peer is cworker-master, which speaks msgpack
+
 MAX_MESSAGE = 1 << 20
 DEAD_TIMEOUT = 3
 CWORKER_ARGS = ['--backoff-max', '1', '--dead-timeout', str(DEAD_TIMEOUT), '--ping-interval', '1',

@@ -16,7 +16,7 @@ import cwhelpers
 import mastercli
 from mastercli import Endpoint, sha256_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.only_protocol('msgpack')]  # the peer is cworker-master, which speaks msgpack
 
 KINDS = ('cworker', 'stock')
 MIB = 1 << 20

@@ -504,7 +504,8 @@ def test_deep_cpdir_and_upload(pool, master, deep_tmp):
     assert _tree_depth(str(dest)) == (600, True)
 
 
-# ---- 10, 11, messages: downloads (through cworker-master: the 3.7 master sends no data) -----
+# ---- 10, 11, messages: downloads (through cworker-master: the 3.7 master sends no data over
+# msgpack; the same transfer code runs for PB, whose downloads test_pb.py checks) -----
 
 @pytest.fixture(scope='module', params=BOTH)
 def dl(request, tmp_path_factory):
@@ -526,6 +527,7 @@ def _put(dl, data, remote, tmp_path, *args):
     return dl.run_master('put', '--no-preserve-mode', *args, str(src), remote, timeout=120)
 
 
+@pytest.mark.only_protocol('msgpack')  # cworker-master is the peer
 def test_download_keeps_mode_owner_links(dl, tmp_path):
     """Downloads replaced the destination (temporary file + rename): a 0755 script became
     0644, a symlink was replaced instead of written through, hard links broke, the owner
@@ -576,6 +578,7 @@ def test_download_keeps_mode_owner_links(dl, tmp_path):
                                      'run.sh', 'second.txt', 'target.txt']
 
 
+@pytest.mark.only_protocol('msgpack')  # cworker-master is the peer
 def test_download_to_devices(dl, tmp_path):
     """A character device is written in place, never replaced by a regular file (a rename
     over /dev/null, as root, would have replaced it); a FIFO is refused at once instead of
@@ -598,6 +601,7 @@ def test_download_to_devices(dl, tmp_path):
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.only_protocol('msgpack')  # cworker-master is the peer
 def test_download_no_partial_file(dl, tmp_path):
     """A download cut off (the master gone mid-file) leaves the old file as it was with
     cworker, for a plain file and for one with hard links; the stock worker leaves a partial
@@ -634,6 +638,7 @@ def test_download_no_partial_file(dl, tmp_path):
         assert open(os.path.join(d, 'other-name.bin'), 'rb').read() == b'old content\n'
 
 
+@pytest.mark.only_protocol('msgpack')  # cworker-master is the peer
 def test_download_long_name(dl, tmp_path):
     """A destination name of 241-255 bytes failed ('File name too long': the temporary
     name added 15 bytes).  Any name the file system takes works."""
@@ -645,6 +650,7 @@ def test_download_long_name(dl, tmp_path):
             assert f.read() == b'long name\n'
 
 
+@pytest.mark.only_protocol('msgpack')  # cworker-master is the peer
 def test_download_full_disk(dl, tmp_path):
     """A full disk said 'short write'; now the kernel's reason, no temporary file is left
     behind, and the old file is intact (the stock worker truncated it: asserted)."""

@@ -18,7 +18,7 @@ import bbmaster
 import mastercli
 from cwhelpers import describe_build, sha256_file, write_random_file
 
-pytestmark = pytest.mark.static
+pytestmark = [pytest.mark.static, pytest.mark.only_protocol('msgpack')]  # the peer is cworker-master, which speaks msgpack
 
 ROOT = bbmaster.REPO_ROOT
 FULL = os.environ.get('CWORKER_STATIC_FULL') or os.path.join(
@@ -104,7 +104,7 @@ def test_resolves_host_names_without_nss(tmp_path):
     port = bbmaster.free_port()
     log = open(tmp_path / 'cworker.log', 'wb')
     w = subprocess.Popen(['chroot', str(root), '/bin/cworker', '--master',
-                          f'buildmaster.chroot.test:{port}', '--name', 'cw', '--basedir', '/w',
+                          f'buildmaster.chroot.test:{port}', '--protocol', 'msgpack', '--name', 'cw', '--basedir', '/w',
                           '--password-file', '/pw', '--backoff-max', '1'],
                          stdout=log, stderr=subprocess.STDOUT)
     try:

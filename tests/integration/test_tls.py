@@ -16,6 +16,8 @@ import mastercli
 from cwhelpers import describe_build, sha256_file, write_random_file
 from tlsutil import CA, Nginx, free_port
 
+pytestmark = [pytest.mark.only_protocol('msgpack')]  # wss:// (TLS over PB: test_pb.py)
+
 UP_DEST = "util.Interpolate('%(prop:dest)s')"
 BUILDERS = {
     'hello': {'steps': "[steps.ShellCommand(command='echo hello world')]",

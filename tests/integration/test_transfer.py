@@ -239,6 +239,7 @@ def test_upload_missing_file_existing_destination(pool, tmp_path):
     assert leftovers(dest, '*') == []
 
 
+@pytest.mark.only_protocol('msgpack')  # over PB utime works: test_pb.py
 def test_upload_keepstamp_master_bug(pool, tmp_path):
     # 3.7 master bug (reference §8.2): update_upload_file_utime always raises, the step ends
     # EXCEPTION. The file itself was closed (renamed into place) before the utime request.
@@ -378,6 +379,7 @@ def _download_bug_message(stderr):
     assert 'update_read_file' in s and 'bug' in s and 'master' in s, stderr
 
 
+@pytest.mark.only_protocol('msgpack')  # the master's nil answers are msgpack's (§8.1)
 @pytest.mark.parametrize('builder,step', [('download', 'download'),
                                           ('strdownload', 'string_download')])
 def test_download_fails_clearly_and_writes_nothing(pool, tmp_path, builder, step):
@@ -393,6 +395,24 @@ def test_download_fails_clearly_and_writes_nothing(pool, tmp_path, builder, step
     _assert_alive(pool)
 
 
+@pytest.mark.only_protocol('pb')  # the 3.7 master sends the data over PB only
+@pytest.mark.parametrize('builder,step', [('download', 'download'),
+                                          ('strdownload', 'string_download')])
+def test_download_writes_the_masters_bytes(pool, tmp_path, builder, step):
+    msrc = tmp_path / 'master-src.txt'
+    msrc.write_text('content on the master\n' * 100)
+    want = msrc.read_bytes() if builder == 'download' else b'string download content\n'
+    wdir = tmp_path / 'wdest'
+    wdir.mkdir()
+    (wdir / 'f.txt').write_text('old\n')
+    b = pool.run('cworker', builder, props={'src': str(msrc), 'dest': str(wdir / 'f.txt')})
+    assert b.result == 'SUCCESS', b.describe()
+    assert (wdir / 'f.txt').read_bytes() == want
+    assert os.listdir(wdir) == ['f.txt'], 'no *.cworker-* temp left'
+    _assert_alive(pool)
+
+
+@pytest.mark.only_protocol('msgpack')  # fails because of the master's nil answer (§8.1)
 def test_failed_download_keeps_existing_destination(pool, tmp_path):
     wdir = tmp_path / 'wdest'
     wdir.mkdir()
@@ -406,8 +426,15 @@ def test_failed_download_keeps_existing_destination(pool, tmp_path):
 
 
 def test_download_into_missing_directory(pool, tmp_path):
+    # the directories are made first, as the stock worker does; over msgpack the master's
+    # nil answer then fails the step and no file is left
     wdir = tmp_path / 'new' / 'sub'
     b = pool.run('cworker', 'strdownload', props={'dest': str(wdir / 'f.txt')})
+    if bbmaster.PROTOCOL == 'pb':
+        assert b.result == 'SUCCESS', b.describe()
+        assert (wdir / 'f.txt').read_text() == 'string download content\n'
+        assert leftovers(wdir, '*.cworker-*') == []
+        return
     assert b.result == 'FAILURE', b.describe()
     assert not (wdir / 'f.txt').exists()
     assert leftovers(wdir, '*') == []

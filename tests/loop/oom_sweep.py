@@ -94,7 +94,7 @@ def session(n, work, count_file=None):
     if count_file:
         extra['CW_ALLOC_COUNT'] = count_file
     log = open(os.path.join(base, 'log'), 'wb')
-    w = subprocess.Popen([WORKER, '--master', f'127.0.0.1:{port}', '--name', 'w1', '--basedir',
+    w = subprocess.Popen([WORKER, '--master', f'127.0.0.1:{port}', '--protocol', 'msgpack', '--name', 'w1', '--basedir',
                           base, '--password-file', pwfile, '--backoff-max', '1',
                           '--dead-timeout', '5'],
                          env=clean_env(extra), stdout=log, stderr=subprocess.STDOUT)

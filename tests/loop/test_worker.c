@@ -110,9 +110,11 @@ static int setup_with(void **state, const char *const *extra)
     chmod(pwfile, 0600);
     snprintf(master, sizeof master, "127.0.0.1:%d", w->port);
     snprintf(basedir, sizeof basedir, "%s/basedir", w->dir);
-    char *argv[32] = {"cworker", "--master",        master, "--name",        "w1", "--basedir",
-                      basedir,   "--password-file", pwfile, "--backoff-max", "1"};
-    int argc = 11;
+    char *argv[32] = {"cworker", "--master",        master, "--protocol",
+                      "msgpack", "--name",          "w1",   "--basedir",
+                      basedir,   "--password-file", pwfile, "--backoff-max",
+                      "1"};
+    int argc = 13;
     for (size_t i = 0; extra && extra[i]; i++)
         argv[argc++] = (char *)extra[i];
     char err[512];

@@ -486,8 +486,10 @@ static void test_proxy_resolution(void **state)
     cw_config_t cfg;
     const char *env[] = {"http_proxy=http://plain:3128", "HTTPS_PROXY=secure:8443",
                          "no_proxy=.internal", NULL};
+    /* (proxies are msgpack's: test_options checks that pb ignores them) */
+#define BASIC_MP BASIC, "--protocol", "msgpack"
     /* ws:// uses http_proxy, wss:// https_proxy */
-    load_ok(&(setup_t){.argv = ARGV(BASIC), .env = env}, &o, &cfg);
+    load_ok(&(setup_t){.argv = ARGV(BASIC_MP), .env = env}, &o, &cfg);
     assert_string_equal(cfg.proxy, "http://plain:3128");
     assert_string_equal(o.proxy_env, "http_proxy");
     done(&o, &cfg);
@@ -499,26 +501,27 @@ static void test_proxy_resolution(void **state)
     done(&o, &cfg);
     /* no_proxy covers the master */
     load_ok(&(setup_t){.argv = ARGV("--master", "bm.internal:9989", "--name", "w", "--basedir",
-                                    "/b", "--password-file", "/p"),
+                                    "/b", "--password-file", "/p", "--protocol", "msgpack"),
                        .env = env},
             &o, &cfg);
     assert_null(cfg.proxy);
     done(&o, &cfg);
     /* explicit wins, none disables, and bad ones are refused with their source */
-    load_ok(&(setup_t){.argv = ARGV(BASIC, "--proxy", "http://u:p@explicit:1"), .env = env}, &o,
+    load_ok(&(setup_t){.argv = ARGV(BASIC_MP, "--proxy", "http://u:p@explicit:1"), .env = env}, &o,
             &cfg);
     assert_string_equal(cfg.proxy, "http://u:p@explicit:1");
     done(&o, &cfg);
-    load_ok(&(setup_t){.argv = ARGV(BASIC, "--proxy", "none"), .env = env}, &o, &cfg);
+    load_ok(&(setup_t){.argv = ARGV(BASIC_MP, "--proxy", "none"), .env = env}, &o, &cfg);
     assert_null(cfg.proxy);
     done(&o, &cfg);
-    load_ok(&(setup_t){.argv = ARGV(BASIC), .env = env, .conf = "proxy =\n"}, &o, &cfg);
+    load_ok(&(setup_t){.argv = ARGV(BASIC_MP), .env = env, .conf = "proxy =\n"}, &o, &cfg);
     assert_null(cfg.proxy);
     done(&o, &cfg);
     load_fails(&(setup_t){.argv = ARGV(BASIC, "--proxy", "https://p:1")}, "--proxy", "TLS", NULL);
     const char *socks[] = {"http_proxy=socks5://s:1080", NULL};
-    load_fails(&(setup_t){.argv = ARGV(BASIC), .env = socks}, "http_proxy='socks5://s:1080'",
+    load_fails(&(setup_t){.argv = ARGV(BASIC_MP), .env = socks}, "http_proxy='socks5://s:1080'",
                "none", NULL);
+#undef BASIC_MP
 }
 
 /* ------------------------------------------------------------------------ */
@@ -676,23 +679,29 @@ static void test_tac_protocol_and_modes(void **state)
 {
     char *tac =
         make_tac("'/b'", "'h'", "9989", "'w'", "'p'", "None", "None", "0", "0", "None", "'pb'");
-    /* a pb worker: the master's port is a pb port, so refuse with advice */
-    load_fails(&(setup_t){.tac = tac}, "buildbot.tac:", "protocol 'pb'", "msgpack_experimental_v7",
-               "--master", NULL);
-    /* with the master given elsewhere, the tac's protocol does not matter */
+    /* a pb worker: cworker speaks pb to the same port */
     cw_opts_t o;
     cw_config_t cfg;
+    load_ok(&(setup_t){.tac = tac}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_int_equal(cfg.master_port, 9989);
+    done(&o, &cfg);
+    /* with the master given elsewhere, the tac's protocol is dropped (pb anyway) */
     load_ok(&(setup_t){.tac = tac, .argv = ARGV("--master", "h:9990")}, &o, &cfg);
     assert_int_equal(cfg.master_port, 9990);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
     assert_string_equal(cfg.password, "p");
     done(&o, &cfg);
     /* a tac passwd readable by others is refused */
     load_fails(&(setup_t){.tac = tac, .tac_mode = 0644}, "passwd", "0644", "chmod 600", NULL);
     free(tac);
     /* no protocol line at all: the stock default is pb */
-    load_fails(&(setup_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
-                                 "passwd = 'p'\nbasedir = '/b'\n"},
-               "no protocol line", NULL);
+    load_ok(&(setup_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
+                              "passwd = 'p'\nbasedir = '/b'\n"},
+            &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_non_null(strstr(o.v[CW_OPT_PROTOCOL].where, "no protocol line"));
+    done(&o, &cfg);
     /* connection_string and a TLS endpoint */
     load_ok(&(setup_t){.tac = "buildmaster_host = None\nport = None\n"
                               "connection_string = 'tls:host=bm.example:port=9443'\n"
@@ -709,13 +718,15 @@ static void test_tac_protocol_and_modes(void **state)
                                  "proxy_connection_string = 'unix:/run/p.sock'\n"
                                  "protocol = 'msgpack_experimental_v7'\n"},
                "proxy_connection_string", NULL);
-    /* ignored settings with non-default values give notes */
+    /* settings that do nothing here give notes: keepalive over msgpack (maxdelay
+     * at the stock 300 says nothing; allow_shutdown is an option) */
     load_ok(&(setup_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
                               "passwd = 'p'\nbasedir = '/b'\nkeepalive = 60\nnumcpus = 4\n"
                               "allow_shutdown = 'file'\nmaxdelay = 300\n"
                               "protocol = 'msgpack_experimental_v7'\n"},
             &o, &cfg);
-    assert_int_equal(o.nnotes, 2); /* keepalive, allow_shutdown */
+    assert_int_equal(o.nnotes, 1); /* keepalive */
+    assert_int_equal(cfg.allow_shutdown, CW_SHUTDOWN_FILE);
     assert_int_equal(cfg.numcpus, 4);
     done(&o, &cfg);
     /* numcpus 0 is auto (the stock worker's `not numcpus`), maxRotatedFiles None
@@ -1009,7 +1020,7 @@ static void test_create_worker(void **state)
         const char *frag;
     } bad[] = {
         {3, {"b", "m", "n"}, "BASEDIR MASTER NAME PASSWORD"},
-        {6, {"--protocol", "pb", "b", "m", "n", "p"}, "msgpack_experimental_v7"},
+        {6, {"--protocol", "pb", "b", "ws://m/", "n", "p"}, "conflicts with the master URL"},
         {5, {"--umask=abc", "b", "m", "n", "p"}, "--umask"},
         {5, {"--allow-shutdown=never", "b", "m", "n", "p"}, "allow-shutdown"},
         {5, {"--bogus", "b", "m", "n", "p"}, "--bogus"},
@@ -1141,7 +1152,7 @@ static void test_container(void **state)
 
     /* a master configured another way: the image's defaults do not apply
      * (no /buildbot), its other variables still count below everything else,
-     * and its protocol was about another port */
+     * and its protocol was about another port (dropped: pb anyway, no note) */
     const char *other[] = {"BUILDMASTER=bm", "BUILDMASTER_PROTOCOL=pb", "WORKERPASS=p", NULL};
     load_fails(&(setup_t){.argv = ARGV("--master", "h:1", "--name", "n"), .env = other},
                "no base directory", "BUILDBOT_BASEDIR", NULL);
@@ -1151,16 +1162,20 @@ static void test_container(void **state)
     assert_string_equal(cfg.master_host, "h");
     assert_string_equal(cfg.password, "p");
     assert_int_equal(o.v[CW_OPT_PROTOCOL].src, CW_SRC_DEFAULT);
-    assert_int_equal(o.nnotes, 1);
-    assert_non_null(strstr(o.notes[0], "BUILDMASTER_PROTOCOL: protocol 'pb' does not matter"));
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_int_equal(o.nnotes, 0);
     done(&o, &cfg);
 
-    /* pb, the image's default protocol, is refused with advice: unset, or set */
+    /* pb, the image's default protocol, works: unset, or set */
     const char *nopro[] = {"BUILDMASTER=bm", "WORKERPASS=p", NULL};
-    load_fails(&(setup_t){.env = nopro}, "no BUILDMASTER_PROTOCOL", "protocol 'pb'",
-               "PB support is coming", "msgpack_experimental_v7", NULL);
+    load_ok(&(setup_t){.env = nopro}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_non_null(strstr(o.v[CW_OPT_PROTOCOL].where, "no BUILDMASTER_PROTOCOL"));
+    done(&o, &cfg);
     const char *pb[] = {"BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=pb", NULL};
-    load_fails(&(setup_t){.env = pb}, "BUILDMASTER_PROTOCOL: protocol 'pb'", NULL);
+    load_ok(&(setup_t){.env = pb}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    done(&o, &cfg);
     const char *odd[] = {"BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=http", NULL};
     load_fails(&(setup_t){.env = odd}, "protocol 'http'", "msgpack_experimental_v7", NULL);
     /* a bad port names both variables; an empty variable is unset */

@@ -6,6 +6,13 @@
  * (scripts/update-option-docs writes them), the example config has every
  * key, and the man page names every flag of create-worker and every action.
  *
+ * Then the protocol rules and the options that belong to them (protocol,
+ * keepalive, allow-shutdown) through every source: the pb default, a
+ * ws:// or wss:// master meaning msgpack, pb with such a URL refused, a
+ * protocol of lower precedence than the master dropped (with a note only
+ * when that changes it), proxies refused and proxy variables ignored over
+ * pb, the stock create-worker's tac, --check-config and --write-config.
+ *
  * CW_SOURCE_ROOT (set by meson) is the source tree with the docs. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +29,9 @@
 
 #include "options.h"
 #include "options_table.h"
+
+#define ARGV(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ENVP(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -288,15 +298,10 @@ static void test_defaults_parse(void **state)
             if (back == NULL || strcmp(back, vals[k]) != 0)
                 fail_msg("%s: '%s' prints as '%s'", d->name, vals[k], back ? back : "(nothing)");
         }
-        /* the container image's defaults too, except pb: refused until cworker
-         * speaks PB */
-        if (d->image_def[0] && id != CW_OPT_MASTER) {
-            int rc = cw_opt_parse(id, d->image_def[0], &cfg, &why);
-            if (id == CW_OPT_PROTOCOL)
-                assert_true(rc == -1 && strstr(why, "PB support is coming"));
-            else if (rc != 0)
-                fail_msg("%s: the image's '%s' does not parse: %s", d->name, d->image_def[0], why);
-        }
+        /* the container image's defaults too (its pb is cworker's default) */
+        if (d->image_def[0] && id != CW_OPT_MASTER &&
+            cw_opt_parse(id, d->image_def[0], &cfg, &why) != 0)
+            fail_msg("%s: the image's '%s' does not parse: %s", d->name, d->image_def[0], why);
         cw_config_free(&cfg);
     }
     /* a resolved configuration with nothing set but the required options
@@ -398,12 +403,702 @@ static void test_docs_mention_everything(void **state)
     free(readme);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Protocol, keepalive, allow-shutdown                                      */
+/* ------------------------------------------------------------------------ */
+
+/* The sources of one run: flags, environment, config file, buildbot.tac. */
+typedef struct srcs {
+    const char *const *argv; /* words after argv[0], NULL-terminated (or NULL) */
+    const char *const *env;  /* "K=V", NULL-terminated (or NULL) */
+    const char *conf;        /* config-file text (/etc/cworker/w.conf), or NULL */
+    const char *tac;         /* buildbot.tac text (/srv/w/buildbot.tac), or NULL */
+} srcs_t;
+
+/* Every pure stage, as main() runs them; 0 or the failing stage's code. */
+static int run(const srcs_t *s, cw_opts_t *o, cw_config_t *cfg, char *err, size_t errlen)
+{
+    char *argv[40] = {"cworker"};
+    int argc = 1;
+    for (const char *const *a = s->argv; a && *a; a++)
+        argv[argc++] = (char *)*a;
+    char *const noenv[] = {NULL};
+    char *const *envp = s->env ? (char *const *)s->env : noenv;
+    cw_opts_init(o);
+    memset(cfg, 0, sizeof *cfg);
+    err[0] = '\0';
+    int rc = cw_opts_parse_argv(o, argc, argv, err, errlen);
+    if (rc == 0)
+        rc = cw_opts_parse_env(o, envp, err, errlen);
+    if (rc == 0 && s->conf)
+        rc = cw_opts_parse_conf(o, s->conf, strlen(s->conf), "/etc/cworker/w.conf", 0600, err,
+                                errlen);
+    if (rc == 0 && s->tac)
+        rc = cw_opts_parse_tac(o, s->tac, strlen(s->tac), "/srv/w/buildbot.tac", 0600, err, errlen);
+    if (rc == 0)
+        rc = cw_config_resolve(o, envp, cfg, err, errlen);
+    return rc;
+}
+
+static void run_ok(const srcs_t *s, cw_opts_t *o, cw_config_t *cfg)
+{
+    char err[1024];
+    if (run(s, o, cfg, err, sizeof err) != 0)
+        fail_msg("unexpected error: %s", err);
+}
+
+/* run() must fail with a message holding every fragment (NULL-terminated)
+ * and none of the forbidden one (or NULL). */
+static void run_fails(const srcs_t *s, const char *forbidden, ...)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    char err[1024];
+    if (run(s, &o, &cfg, err, sizeof err) == 0)
+        fail_msg("expected an error, got none");
+    va_list ap;
+    va_start(ap, forbidden);
+    for (const char *frag; (frag = va_arg(ap, const char *)) != NULL;)
+        if (strstr(err, frag) == NULL)
+            fail_msg("error '%s' lacks '%s'", err, frag);
+    va_end(ap);
+    if (forbidden && strstr(err, forbidden))
+        fail_msg("error '%s' shows '%s'", err, forbidden);
+    cw_config_free(&cfg);
+    cw_opts_free(&o);
+}
+
+static void done(cw_opts_t *o, cw_config_t *cfg)
+{
+    cw_config_free(cfg);
+    cw_opts_free(o);
+}
+
+/* cw_config_format's text (check: --check-config, else --write-config).
+ * (noinline: GCC 12 then takes the memstream buffer for the local pointer.) */
+__attribute__((noinline)) static char *formatted(const cw_opts_t *o, const cw_config_t *cfg,
+                                                 bool check)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    cw_config_format(f, cfg, o, check);
+    fclose(f);
+    return text;
+}
+
+/* The --check-config line of key, without the padding before '#'. */
+static void check_line(const cw_opts_t *o, const cw_config_t *cfg, const char *key, char *out,
+                       size_t cap)
+{
+    char *text = formatted(o, cfg, true), want[64];
+    snprintf(want, sizeof want, "\n%s = ", key);
+    const char *l = strstr(text, want);
+    if (l == NULL)
+        fail_msg("--check-config has no %s line:\n%s", key, text);
+    l++;
+    size_t n = 0;
+    for (bool blank = false; *l && *l != '\n' && n + 1 < cap; l++) {
+        if (*l == ' ' && blank)
+            continue;
+        blank = *l == ' ';
+        out[n++] = *l;
+    }
+    out[n] = '\0';
+    free(text);
+}
+
+/* Does any note contain frag? */
+static bool has_note(const cw_opts_t *o, const char *frag)
+{
+    for (size_t i = 0; i < o->nnotes; i++)
+        if (strstr(o->notes[i], frag))
+            return true;
+    return false;
+}
+
+#define REST      "--name", "w", "--basedir", "/b", "--password-file", "/pw"
+#define REST_CONF "name = w\nbasedir = /b\npassword-file = /pw\n"
+
+/* What `buildbot-worker create-worker` (Debian's 3.7) writes, from the
+ * assignments on (the lines cworker reads): %s are keepalive,
+ * allow_shutdown, proxy_connection_string and protocol as the script
+ * pastes them. */
+static const char stock_tac[] =
+    "\nimport os\n\nfrom buildbot_worker.bot import Worker\n"
+    "from twisted.application import service\n\n"
+    "basedir = '/tmp/w'\nrotateLength = 10000000\nmaxRotatedFiles = 10\n\n"
+    "# if this is a relocatable tac file, get the directory containing the TAC\n"
+    "if basedir == '.':\n    import os.path\n"
+    "    basedir = os.path.abspath(os.path.dirname(__file__))\n\n"
+    "# note: this line is matched against to check that this is a worker\n"
+    "# directory; do not edit it.\n"
+    "application = service.Application('buildbot-worker')\n\n"
+    "from twisted.python.logfile import LogFile\n"
+    "from twisted.python.log import ILogObserver, FileLogObserver\n"
+    "logfile = LogFile.fromFullPath(\n"
+    "    os.path.join(basedir, \"twistd.log\"), rotateLength=rotateLength,\n"
+    "    maxRotatedFiles=maxRotatedFiles)\n"
+    "application.setComponent(ILogObserver, FileLogObserver(logfile).emit)\n\n"
+    "buildmaster_host = 'localhost'\nport = 9989\nworkername = 'w1'\npasswd = 'pass'\n"
+    "keepalive = %s\numask = None\nmaxdelay = 300\nnumcpus = None\nallow_shutdown = %s\n"
+    "maxretries = None\nuse_tls = 0\ndelete_leftover_dirs = 0\n"
+    "proxy_connection_string = %s\nprotocol = %s\n\n"
+    "s = Worker(buildmaster_host, port, workername, passwd, basedir,\n"
+    "           keepalive, umask=umask, maxdelay=maxdelay,\n"
+    "           numcpus=numcpus, allow_shutdown=allow_shutdown,\n"
+    "           maxRetries=maxretries, protocol=protocol, useTls=use_tls,\n"
+    "           delete_leftover_dirs=delete_leftover_dirs,\n"
+    "           proxy_connection_string=proxy_connection_string)\n"
+    "s.setServiceParent(application)\n";
+
+__attribute__((noinline)) static char *make_stock_tac(const char *keepalive, const char *allow,
+                                                      const char *proxy, const char *protocol)
+{
+    char *t = NULL;
+    assert_true(asprintf(&t, stock_tac, keepalive, allow, proxy, protocol) > 0);
+    return t;
+}
+
+/* Nothing said: pb, keepalive 600 s, no shutdown; the master prints as
+ * HOST:PORT (a ws:// form would read back as msgpack). */
+static void test_protocol_defaults(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    char line[256];
+    run_ok(&(srcs_t){.argv = ARGV("--master", "bm.example", REST)}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_int_equal(cfg.keepalive, 600000);
+    assert_int_equal(cfg.allow_shutdown, CW_SHUTDOWN_NONE);
+    assert_string_equal(cfg.master_host, "bm.example");
+    assert_int_equal(cfg.master_port, 9989);
+    check_line(&o, &cfg, "protocol", line, sizeof line);
+    assert_string_equal(line, "protocol = pb # default");
+    check_line(&o, &cfg, "master", line, sizeof line);
+    assert_string_equal(line, "master = bm.example:9989 # --master");
+    check_line(&o, &cfg, "keepalive", line, sizeof line);
+    assert_string_equal(line, "keepalive = 600 # default");
+    check_line(&o, &cfg, "allow-shutdown", line, sizeof line);
+    assert_string_equal(line, "allow-shutdown = none # default");
+    assert_int_equal(o.nnotes, 0);
+    done(&o, &cfg);
+    /* IPv6 keeps its brackets */
+    run_ok(&(srcs_t){.argv = ARGV("--master", "[2001:db8::1]:19989", REST)}, &o, &cfg);
+    check_line(&o, &cfg, "master", line, sizeof line);
+    assert_string_equal(line, "master = [2001:db8::1]:19989 # --master");
+    done(&o, &cfg);
+}
+
+/* protocol, keepalive and allow-shutdown from each source, with the source
+ * named; tac None and 0; the words and aliases each option takes. */
+static void test_protocol_sources(void **state)
+{
+    const struct {
+        srcs_t s;
+        cw_protocol_t proto;
+        uint64_t keepalive;
+        cw_allow_shutdown_t allow;
+        const char *where; /* of the protocol */
+    } cases[] = {
+        {{.argv = ARGV("--master", "h:1", REST, "--protocol", "msgpack", "--keepalive", "20",
+                       "--allow-shutdown", "file")},
+         CW_PROTO_MSGPACK,
+         20000,
+         CW_SHUTDOWN_FILE,
+         "--protocol"},
+        {{.argv = ARGV("--master", "h:1", REST, "--protocol=pb", "--keepalive=0.5",
+                       "--allow-shutdown=signal")},
+         CW_PROTO_PB,
+         500,
+         CW_SHUTDOWN_SIGNAL,
+         "--protocol"},
+        {{.argv = ARGV(REST),
+          .env = ENVP("CWORKER_MASTER=h:1", "CWORKER_PROTOCOL=msgpack_experimental_v7",
+                      "CWORKER_KEEPALIVE=0", "CWORKER_ALLOW_SHUTDOWN=signal")},
+         CW_PROTO_MSGPACK,
+         0,
+         CW_SHUTDOWN_SIGNAL,
+         "CWORKER_PROTOCOL"},
+        {{.conf = "master = h:1\n" REST_CONF "protocol = msgpack\nkeepalive = 45\n"
+                  "allow_shutdown = file\n"},
+         CW_PROTO_MSGPACK,
+         45000,
+         CW_SHUTDOWN_FILE,
+         "/etc/cworker/w.conf:5"},
+        {{.conf = "master = h:1\n" REST_CONF "protocol = pb\nallow-shutdown = none\n"},
+         CW_PROTO_PB,
+         600000,
+         CW_SHUTDOWN_NONE,
+         "/etc/cworker/w.conf:5"},
+        {{.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\npasswd = 'p'\n"
+                 "basedir = '/b'\nkeepalive = 30\nallow_shutdown = 'signal'\n"
+                 "protocol = \"msgpack_experimental_v7\"\n"},
+         CW_PROTO_MSGPACK,
+         30000,
+         CW_SHUTDOWN_SIGNAL,
+         "/srv/w/buildbot.tac:8 (protocol)"},
+        {{.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\npasswd = 'p'\n"
+                 "basedir = '/b'\nkeepalive = None\nallow_shutdown = None\n"},
+         CW_PROTO_PB,
+         0,
+         CW_SHUTDOWN_NONE,
+         "no protocol line"},
+        {{.env = ENVP("BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=msgpack")},
+         CW_PROTO_MSGPACK,
+         600000,
+         CW_SHUTDOWN_NONE,
+         "BUILDMASTER_PROTOCOL"},
+        {{.env = ENVP("BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=pb")},
+         CW_PROTO_PB,
+         600000,
+         CW_SHUTDOWN_NONE,
+         "BUILDMASTER_PROTOCOL"},
+        {{.env = ENVP("BUILDMASTER=bm", "WORKERPASS=p")},
+         CW_PROTO_PB,
+         600000,
+         CW_SHUTDOWN_NONE,
+         "default (no BUILDMASTER_PROTOCOL)"},
+        /* a flag beats every other source */
+        {{.argv = ARGV("--protocol", "pb", "--keepalive", "7", "--allow-shutdown", "none"),
+          .env = ENVP("CWORKER_PROTOCOL=msgpack", "CWORKER_KEEPALIVE=8"),
+          .conf = "master = h:1\n" REST_CONF "allow-shutdown = file\n",
+          .tac = "protocol = 'msgpack'\nkeepalive = 9\nallow_shutdown = 'signal'\n"},
+         CW_PROTO_PB,
+         7000,
+         CW_SHUTDOWN_NONE,
+         "--protocol"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cw_opts_t o;
+        cw_config_t cfg;
+        char err[1024];
+        if (run(&cases[i].s, &o, &cfg, err, sizeof err) != 0)
+            fail_msg("case %zu: %s", i, err);
+        if (cfg.protocol != cases[i].proto || cfg.keepalive != cases[i].keepalive ||
+            cfg.allow_shutdown != cases[i].allow)
+            fail_msg("case %zu: protocol %d keepalive %llu allow-shutdown %d", i, cfg.protocol,
+                     (unsigned long long)cfg.keepalive, cfg.allow_shutdown);
+        const char *where = o.v[CW_OPT_PROTOCOL].where;
+        if (where == NULL || strstr(where, cases[i].where) == NULL)
+            fail_msg("case %zu: protocol from '%s', not '%s'", i, where ? where : "default",
+                     cases[i].where);
+        done(&o, &cfg);
+    }
+    /* bad values name their source and what they need */
+    run_fails(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--protocol", "http")}, NULL,
+              "--protocol 'http'", "needs pb or msgpack_experimental_v7", NULL);
+    run_fails(&(srcs_t){.argv = ARGV("--master", "h:1", REST), .env = ENVP("CWORKER_KEEPALIVE=-1")},
+              NULL, "CWORKER_KEEPALIVE='-1'", "seconds", NULL);
+    run_fails(&(srcs_t){.conf = "master = h:1\n" REST_CONF "allow-shutdown = reboot\n"}, NULL,
+              "w.conf:5: allow-shutdown 'reboot'", "needs signal, file or none", NULL);
+    run_fails(&(srcs_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
+                               "passwd = 'p'\nbasedir = '/b'\nallow_shutdown = 1\n"},
+              NULL, "buildbot.tac:6 (allow_shutdown)", "needs a string or None", NULL);
+    run_fails(&(srcs_t){.tac = "buildmaster_host = 'h'\nport = 1\nworkername = 'w'\n"
+                               "passwd = 'p'\nbasedir = '/b'\nkeepalive = 'often'\n"},
+              NULL, "buildbot.tac:6 (keepalive)", NULL);
+    run_fails(
+        &(srcs_t){.env = ENVP("BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=websocket")},
+        NULL, "BUILDMASTER_PROTOCOL: protocol 'websocket'", NULL);
+}
+
+/* A ws:// or wss:// master is a msgpack port; pb with one is an error that
+ * names both sources. */
+static void test_ws_master_means_msgpack(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    char line[256];
+    run_ok(&(srcs_t){.argv = ARGV("--master", "ws://bm/ws", REST)}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    assert_string_equal(cfg.master_path, "/ws");
+    check_line(&o, &cfg, "protocol", line, sizeof line);
+    assert_string_equal(line,
+                        "protocol = msgpack_experimental_v7 # from the ws:// or wss:// master URL");
+    check_line(&o, &cfg, "master", line, sizeof line);
+    assert_string_equal(line, "master = ws://bm:80/ws # --master");
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.env = ENVP("CWORKER_MASTER=wss://bm:9443/", "CWORKER_PROTOCOL=msgpack"),
+                     .argv = ARGV(REST)},
+           &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    assert_true(cfg.use_tls);
+    done(&o, &cfg);
+    /* the container's pb (its default, or BUILDMASTER_PROTOCOL) is below any
+     * source that can give a URL: dropped */
+    run_ok(&(srcs_t){.env = ENVP("BUILDMASTER=bm", "BUILDMASTER_PROTOCOL=pb", "WORKERPASS=p",
+                                 "CWORKER_MASTER=ws://h/"),
+                     .argv = ARGV(REST)},
+           &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    assert_true(has_note(&o, "BUILDMASTER_PROTOCOL: protocol 'pb' ignored"));
+    done(&o, &cfg);
+
+    /* pb and a URL from sources of the same or higher precedence: refused */
+    run_fails(&(srcs_t){.argv = ARGV("--master", "ws://bm:9990/", "--protocol", "pb", REST)}, NULL,
+              "--protocol 'pb'", "--master 'ws://bm:9990/'", "msgpack port", NULL);
+    run_fails(
+        &(srcs_t){.argv = ARGV(REST, "--protocol", "pb"), .env = ENVP("CWORKER_MASTER=wss://bm/")},
+        NULL, "--protocol 'pb'", "CWORKER_MASTER='wss://bm/' (environment)", NULL);
+    run_fails(&(srcs_t){.conf = "master = ws://bm/\nprotocol = pb\n" REST_CONF}, NULL,
+              "w.conf:2: protocol 'pb'", "w.conf:1: master 'ws://bm/'", NULL);
+    /* a pb of lower precedence than the URL was about another port: dropped, noted */
+    run_ok(
+        &(srcs_t){.argv = ARGV("--master", "ws://bm/", REST), .env = ENVP("CWORKER_PROTOCOL=pb")},
+        &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    assert_true(has_note(&o, "CWORKER_PROTOCOL: protocol 'pb' ignored"));
+    assert_true(has_note(&o, "ws:// or wss:// URL"));
+    done(&o, &cfg);
+}
+
+/* A protocol below the master's source is dropped; a note only when that
+ * changes the protocol. */
+static void test_dropped_protocol(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    char *pb = make_stock_tac("600", "None", "None", "'pb'");
+    char *mp = make_stock_tac("600", "None", "None", "'msgpack_experimental_v7'");
+    /* a tac's pb with --master HOST:PORT: the default is pb anyway */
+    run_ok(&(srcs_t){.tac = pb, .argv = ARGV("--master", "h:9990")}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_int_equal(o.v[CW_OPT_PROTOCOL].src, CW_SRC_DEFAULT);
+    assert_int_equal(o.nnotes, 1); /* only the log rotation's */
+    assert_false(has_note(&o, "protocol"));
+    done(&o, &cfg);
+    /* a tac's msgpack with --master HOST:PORT: now pb, say so */
+    run_ok(&(srcs_t){.tac = mp, .argv = ARGV("--master", "h:9990")}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_true(has_note(&o, "buildbot.tac:40 (protocol): protocol 'msgpack_experimental_v7' "
+                             "ignored: the master's address comes from --master"));
+    done(&o, &cfg);
+    /* a tac's msgpack with a ws:// --master: msgpack anyway */
+    run_ok(&(srcs_t){.tac = mp, .argv = ARGV("--master", "ws://h:9990/")}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    assert_false(has_note(&o, "protocol"));
+    done(&o, &cfg);
+    /* a config file's msgpack dropped for CWORKER_MASTER: noted */
+    run_ok(&(srcs_t){.conf = "protocol = msgpack\n" REST_CONF, .env = ENVP("CWORKER_MASTER=h:1")},
+           &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_true(has_note(&o, "/etc/cworker/w.conf:1: protocol 'msgpack' ignored"));
+    assert_true(has_note(&o, "CWORKER_MASTER"));
+    done(&o, &cfg);
+    /* ...but kept when it is given next to the master or above it */
+    run_ok(&(srcs_t){.conf = "master = h:1\nprotocol = msgpack\n" REST_CONF}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.tac = pb, .env = ENVP("CWORKER_PROTOCOL=msgpack")}, &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_MSGPACK);
+    done(&o, &cfg);
+    /* a dropped value need not even be valid: it was about another port */
+    run_ok(
+        &(srcs_t){.conf = "protocol = carrier-pigeon\n" REST_CONF, .argv = ARGV("--master", "h:1")},
+        &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_true(has_note(&o, "protocol 'carrier-pigeon' ignored"));
+    done(&o, &cfg);
+    free(pb);
+    free(mp);
+}
+
+/* Over pb: no HTTP proxy (an explicit one is refused, the variables are not
+ * used); TLS is allowed. */
+static void test_pb_proxy_and_tls(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    char line[256];
+    const char *const *proxies =
+        ENVP("http_proxy=http://px:3128", "HTTPS_PROXY=http://px:8443", "ALL_PROXY=http://px:1");
+    /* the variables are ignored for pb, used for msgpack */
+    run_ok(&(srcs_t){.argv = ARGV("--master", "h:1", REST), .env = proxies}, &o, &cfg);
+    assert_null(cfg.proxy);
+    check_line(&o, &cfg, "proxy", line, sizeof line);
+    assert_string_equal(line, "proxy = none # default: protocol pb, proxy variables not used");
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.argv = ARGV("--master", "h:1", "--use-tls", REST), .env = proxies}, &o, &cfg);
+    assert_null(cfg.proxy);
+    assert_true(cfg.use_tls);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    done(&o, &cfg);
+    run_ok(
+        &(srcs_t){.argv = ARGV("--master", "h:1", "--protocol", "msgpack", REST), .env = proxies},
+        &o, &cfg);
+    assert_string_equal(cfg.proxy, "http://px:3128");
+    done(&o, &cfg);
+    /* an explicit proxy with pb: refused, naming it, never showing its password */
+    run_fails(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--proxy", "http://u:s3cret@px:1")},
+              "s3cret", "--proxy: an HTTP proxy is supported over msgpack only", "(the default)",
+              "--proxy none", NULL);
+    run_fails(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--protocol", "pb"),
+                        .env = ENVP("CWORKER_PROXY=http://px:1")},
+              NULL, "CWORKER_PROXY: an HTTP proxy is supported over msgpack only",
+              "pb (--protocol)", NULL);
+    char *tac = make_stock_tac("600", "None", "'tcp:host=px:port=3128'", "'pb'");
+    run_fails(&(srcs_t){.tac = tac}, NULL, "buildbot.tac:39 (proxy_connection_string)",
+              "msgpack only", "buildbot.tac:40 (protocol)", NULL);
+    free(tac);
+    /* proxy none is no proxy: fine */
+    run_ok(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--proxy", "none"), .env = proxies}, &o,
+           &cfg);
+    assert_null(cfg.proxy);
+    done(&o, &cfg);
+    /* use-tls with pb: TLS over the TCP link; the master still prints as HOST:PORT */
+    run_ok(&(srcs_t){.tac = "connection_string = 'tls:host=bm:port=9443'\nworkername = 'w'\n"
+                            "passwd = 'p'\nbasedir = '/b'\n"},
+           &o, &cfg);
+    assert_int_equal(cfg.protocol, CW_PROTO_PB);
+    assert_true(cfg.use_tls);
+    check_line(&o, &cfg, "master", line, sizeof line);
+    assert_string_equal(line, "master = bm:9443 # /srv/w/buildbot.tac:1 (connection_string)");
+    done(&o, &cfg);
+}
+
+/* The tacs of the stock create-worker: default, --protocol=msgpack -k 20
+ * -a file, -a signal, -k 0. */
+static void test_stock_tac(void **state)
+{
+    static const struct {
+        const char *keepalive, *allow, *protocol;
+        cw_protocol_t want_proto;
+        uint64_t want_ka;
+        cw_allow_shutdown_t want_allow;
+        bool ka_note;
+    } cases[] = {
+        {"600", "None", "'pb'", CW_PROTO_PB, 600000, CW_SHUTDOWN_NONE, false},
+        {"20", "'file'", "'msgpack_experimental_v7'", CW_PROTO_MSGPACK, 20000, CW_SHUTDOWN_FILE,
+         true},
+        {"600", "'signal'", "'pb'", CW_PROTO_PB, 600000, CW_SHUTDOWN_SIGNAL, false},
+        {"0", "None", "'pb'", CW_PROTO_PB, 0, CW_SHUTDOWN_NONE, false},
+        /* the stock 600 with msgpack: the default, nothing to note */
+        {"600", "None", "'msgpack_experimental_v7'", CW_PROTO_MSGPACK, 600000, CW_SHUTDOWN_NONE,
+         false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *tac = make_stock_tac(cases[i].keepalive, cases[i].allow, "None", cases[i].protocol);
+        cw_opts_t o;
+        cw_config_t cfg;
+        run_ok(&(srcs_t){.tac = tac}, &o, &cfg);
+        if (cfg.protocol != cases[i].want_proto || cfg.keepalive != cases[i].want_ka ||
+            cfg.allow_shutdown != cases[i].want_allow)
+            fail_msg("case %zu: protocol %d keepalive %llu allow-shutdown %d", i, cfg.protocol,
+                     (unsigned long long)cfg.keepalive, cfg.allow_shutdown);
+        if (has_note(&o, "keepalive has no effect over msgpack") != cases[i].ka_note)
+            fail_msg("case %zu: keepalive note %s", i, cases[i].ka_note ? "missing" : "unwanted");
+        /* neither is an ignored setting any more */
+        assert_false(has_note(&o, "ignored"));
+        assert_string_equal(cfg.master_host, "localhost");
+        assert_int_equal(cfg.master_port, 9989);
+        char *text = formatted(&o, &cfg, true);
+        assert_non_null(strstr(text, "/srv/w/buildbot.tac:31 (keepalive)"));
+        assert_non_null(strstr(text, "/srv/w/buildbot.tac:35 (allow_shutdown)"));
+        assert_non_null(strstr(text, "/srv/w/buildbot.tac:40 (protocol)"));
+        free(text);
+        done(&o, &cfg);
+        free(tac);
+    }
+    /* maxdelay stays an ignored setting: noted when not the stock value */
+    char *tac = make_stock_tac("600", "None", "None", "'pb'"), *p = strstr(tac, "maxdelay = 300");
+    memcpy(p, "maxdelay = 900", 14);
+    cw_opts_t o;
+    cw_config_t cfg;
+    run_ok(&(srcs_t){.tac = tac}, &o, &cfg);
+    assert_true(has_note(&o, "(maxdelay): ignored"));
+    done(&o, &cfg);
+    free(tac);
+}
+
+/* --check-config notes a keepalive given for msgpack (not an error); pb
+ * and defaults say nothing. */
+static void test_keepalive_msgpack_note(void **state)
+{
+    cw_opts_t o;
+    cw_config_t cfg;
+    run_ok(&(srcs_t){.argv = ARGV("--master", "ws://h/", REST, "--keepalive", "30")}, &o, &cfg);
+    char *text = formatted(&o, &cfg, true);
+    assert_non_null(strstr(text, "# note: --keepalive: keepalive has no effect over msgpack"));
+    assert_non_null(strstr(text, "ping-interval"));
+    free(text);
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--protocol", "msgpack"),
+                     .env = ENVP("CWORKER_KEEPALIVE=600")},
+           &o, &cfg);
+    assert_true(has_note(&o, "CWORKER_KEEPALIVE: keepalive has no effect over msgpack"));
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.argv = ARGV("--master", "h:1", REST, "--keepalive", "30")}, &o, &cfg);
+    assert_int_equal(o.nnotes, 0);
+    done(&o, &cfg);
+    run_ok(&(srcs_t){.argv = ARGV("--master", "ws://h/", REST)}, &o, &cfg);
+    assert_int_equal(o.nnotes, 0);
+    done(&o, &cfg);
+}
+
+/* --write-config writes what reads back to the same protocol, master,
+ * keepalive and allow-shutdown. */
+static void test_write_config_roundtrip(void **state)
+{
+    const srcs_t cases[] = {
+        {.argv = ARGV("--master", "h", REST)},
+        {.argv = ARGV("--master", "[::1]:1", REST, "--protocol", "pb", "--use-tls", "--keepalive",
+                      "12.5", "--allow-shutdown", "signal")},
+        {.argv =
+             ARGV("--master", "h:1", REST, "--protocol", "msgpack", "--allow-shutdown", "file")},
+        {.argv = ARGV("--master", "wss://h/p", REST, "--keepalive", "0")},
+        {.argv = ARGV("--master", "h:1", REST),
+         .tac = "protocol = 'msgpack_experimental_v7'\nkeepalive = 5\n"}, /* dropped protocol */
+        {.env = ENVP("BUILDMASTER=bm", "WORKERPASS=p", "BUILDMASTER_PROTOCOL=msgpack")},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cw_opts_t o, o2;
+        cw_config_t cfg, c2;
+        char err[1024];
+        run_ok(&cases[i], &o, &cfg);
+        char *text = formatted(&o, &cfg, false);
+        cw_opts_init(&o2);
+        if (cw_opts_parse_conf(&o2, text, strlen(text), "/tmp/w.conf", 0600, err, sizeof err) < 0 ||
+            cw_config_resolve(&o2, (char *[]){NULL}, &c2, err, sizeof err) < 0)
+            fail_msg("case %zu: written config does not read back: %s\n%s", i, err, text);
+        if (c2.protocol != cfg.protocol || c2.keepalive != cfg.keepalive ||
+            c2.allow_shutdown != cfg.allow_shutdown || c2.use_tls != cfg.use_tls ||
+            c2.master_port != cfg.master_port || strcmp(c2.master_host, cfg.master_host) != 0 ||
+            (cfg.protocol == CW_PROTO_MSGPACK && strcmp(c2.master_path, cfg.master_path) != 0))
+            fail_msg("case %zu: reads back differently:\n%s", i, text);
+        /* defaults are not written; what a source set is */
+        if ((o.v[CW_OPT_PROTOCOL].src == CW_SRC_DEFAULT) != (strstr(text, "protocol =") == NULL))
+            fail_msg("case %zu: protocol written iff given:\n%s", i, text);
+        free(text);
+        cw_config_free(&c2);
+        cw_opts_free(&o2);
+        done(&o, &cfg);
+    }
+}
+
+/* create-worker's -k/--keepalive, -a/--allow-shutdown and --protocol, read as
+ * the stock script pastes them into the tac. */
+static void test_create_worker_options(void **state)
+{
+    static const struct {
+        int argc;
+        char *argv[10];
+        cw_protocol_t proto;
+        uint64_t keepalive;
+        cw_allow_shutdown_t allow;
+    } ok[] = {
+        {4, {"b", "m", "n", "p"}, CW_PROTO_PB, 600000, CW_SHUTDOWN_NONE},
+        {9,
+         {"--protocol=msgpack_experimental_v7", "-k", "20", "-a", "file", "b", "m", "n", "p"},
+         CW_PROTO_MSGPACK,
+         20000,
+         CW_SHUTDOWN_FILE},
+        {7,
+         {"--keepalive=0", "--allow-shutdown", "signal", "b", "m", "n", "p"},
+         CW_PROTO_PB,
+         0,
+         CW_SHUTDOWN_SIGNAL},
+        {6, {"-k30", "-asignal", "b", "m:1", "n", "p"}, CW_PROTO_PB, 30000, CW_SHUTDOWN_SIGNAL},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        cw_opts_t o;
+        cw_create_t cr;
+        cw_config_t cfg;
+        char err[1024];
+        cw_opts_init(&o);
+        if (cw_create_worker_parse(&cr, &o, ok[i].argc, (char **)ok[i].argv, err, sizeof err) != 0)
+            fail_msg("case %zu: %s", i, err);
+        assert_int_equal(cw_config_resolve(&o, (char *[]){NULL}, &cfg, err, sizeof err), 0);
+        if (cfg.protocol != ok[i].proto || cfg.keepalive != ok[i].keepalive ||
+            cfg.allow_shutdown != ok[i].allow)
+            fail_msg("case %zu: protocol %d keepalive %llu allow-shutdown %d", i, cfg.protocol,
+                     (unsigned long long)cfg.keepalive, cfg.allow_shutdown);
+        assert_false(has_note(&o, "ignored"));
+        cw_config_free(&cfg);
+        cw_create_free(&cr);
+        cw_opts_free(&o);
+    }
+    static const struct {
+        int argc;
+        char *argv[6];
+        const char *frag;
+    } bad[] = {
+        {6, {"-a", "reboot", "b", "m", "n", "p"}, "-a 'reboot': needs signal, file or none"},
+        {6, {"-k", "soon", "b", "m", "n", "p"}, "-k 'soon': needs a number"},
+        {6, {"--protocol", "pb", "b", "wss://m/", "n", "p"}, "conflicts with the master URL"},
+        {6, {"--protocol", "spdy", "b", "m", "n", "p"}, "needs pb or msgpack_experimental_v7"},
+        {6, {"--proxy-connection-string", "'tcp:px:1'", "b", "m", "n", "p"}, "msgpack only"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cw_opts_t o;
+        cw_create_t cr;
+        char err[1024];
+        cw_opts_init(&o);
+        if (cw_create_worker_parse(&cr, &o, bad[i].argc, (char **)bad[i].argv, err, sizeof err) ==
+            0)
+            fail_msg("bad case %zu accepted", i);
+        if (strstr(err, bad[i].frag) == NULL)
+            fail_msg("bad case %zu: '%s' lacks '%s'", i, err, bad[i].frag);
+        cw_opts_free(&o);
+    }
+    /* the settings cworker still ignores are accepted with a note */
+    cw_opts_t o;
+    cw_create_t cr;
+    char err[1024];
+    cw_opts_init(&o);
+    char *ign[] = {"--maxdelay", "5", "-n", "b", "m", "n", "p"};
+    assert_int_equal(cw_create_worker_parse(&cr, &o, 7, ign, err, sizeof err), 0);
+    assert_true(has_note(&o, "--maxdelay: ignored"));
+    assert_true(has_note(&o, "-n: ignored"));
+    cw_create_free(&cr);
+    cw_opts_free(&o);
+}
+
+/* --help and create-worker --help: no word of pb being unsupported. */
+static void test_help_texts(void **state)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cw_config_usage(f);
+    cw_create_worker_usage(f);
+    cw_opts_doc(f, "man");
+    cw_opts_doc(f, "markdown");
+    fclose(f);
+    assert_non_null(strstr(text, "--keepalive SECONDS"));
+    assert_non_null(strstr(text, "--allow-shutdown signal|file|none"));
+    assert_non_null(strstr(text, "-k, --keepalive N"));
+    assert_non_null(strstr(text, "-a, --allow-shutdown VALUE"));
+    assert_non_null(strstr(text, "Perspective Broker"));
+    static const char *stale[] = {"not supported yet",   "PB support is coming",
+                                  "refused with advice", "the master's msgpack port",
+                                  "speaks only msgpack", "the only one cworker speaks"};
+    for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++)
+        if (strstr(text, stale[i]))
+            fail_msg("help or docs still say '%s'", stale[i]);
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rows_complete),  cmocka_unit_test(test_unique),
-        cmocka_unit_test(test_defaults_parse), cmocka_unit_test(test_bad_values_rejected),
-        cmocka_unit_test(test_docs_generated), cmocka_unit_test(test_docs_mention_everything),
+        cmocka_unit_test(test_rows_complete),
+        cmocka_unit_test(test_unique),
+        cmocka_unit_test(test_defaults_parse),
+        cmocka_unit_test(test_bad_values_rejected),
+        cmocka_unit_test(test_docs_generated),
+        cmocka_unit_test(test_docs_mention_everything),
+        cmocka_unit_test(test_protocol_defaults),
+        cmocka_unit_test(test_protocol_sources),
+        cmocka_unit_test(test_ws_master_means_msgpack),
+        cmocka_unit_test(test_dropped_protocol),
+        cmocka_unit_test(test_pb_proxy_and_tls),
+        cmocka_unit_test(test_stock_tac),
+        cmocka_unit_test(test_keepalive_msgpack_note),
+        cmocka_unit_test(test_write_config_roundtrip),
+        cmocka_unit_test(test_create_worker_options),
+        cmocka_unit_test(test_help_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -272,6 +272,11 @@ double cw_cmd_elapsed(const cw_cmd_t *cmd)
     return (double)(uv_hrtime() - cmd->start_hr) / 1e9;
 }
 
+const char *cw_cmd_protocol(const cw_cmd_t *cmd)
+{
+    return cmd->session && cmd->session->protocol ? cmd->session->protocol : "";
+}
+
 size_t cw_cmd_max_block(const cw_cmd_t *cmd)
 {
     return cmd->session ? cmd->session->max_block : 0;

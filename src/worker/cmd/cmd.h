@@ -193,6 +193,9 @@ void cw_cmd_destroyed(cw_cmd_t *cmd);
 /* A transfer request through the command's session (session.h); CW_ECLOSED
  * when the link is gone (cb is then never called). */
 int cw_cmd_xfer(cw_cmd_t *cmd, const cw_xfer_req_t *req, cw_xfer_cb cb);
+/* The protocol of the command's link ("msgpack", "pb"), "" without one:
+ * for messages that name the master's side of a transfer. */
+const char *cw_cmd_protocol(const cw_cmd_t *cmd);
 /* Largest transfer block the command's link carries (0: no link). */
 size_t cw_cmd_max_block(const cw_cmd_t *cmd);
 /* Count transfer payload for the statistics. */

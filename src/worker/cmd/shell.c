@@ -82,6 +82,16 @@ struct shell {
     int closing; /* handles still closing in destroy */
 };
 
+/* A timer's milliseconds for a number of seconds: a value whose milliseconds
+ * do not fit uint64_t (a timeout of 1e300 s) means "never" rather than the
+ * undefined conversion (0 on x86-64: the timer would fire at once). */
+static uint64_t seconds_ms(double s)
+{
+    if (!(s > 0))
+        return 0;
+    return s >= 1.8e16 ? UINT64_MAX : (uint64_t)(s * 1000);
+}
+
 static uint8_t shell_rbuf[READ_CHUNK]; /* shared: data is consumed synchronously */
 
 static void shell_check_done(shell_t *sh);
@@ -370,8 +380,7 @@ static void shell_kill(shell_t *sh, const char *reason)
         return;
     if (sh->cmd->args.sigterm_time >= 0) {
         cw_proc_signal(sh->proc, SIGTERM);
-        uv_timer_start(&sh->t_sigterm, on_sigterm_time,
-                       (uint64_t)(sh->cmd->args.sigterm_time * 1000), 0);
+        uv_timer_start(&sh->t_sigterm, on_sigterm_time, seconds_ms(sh->cmd->args.sigterm_time), 0);
     } else {
         shell_final_signal(sh);
     }
@@ -639,11 +648,11 @@ static int shell_start(cw_cmd_t *cmd)
         uv_poll_start(&sh->in_poll, UV_WRITABLE, stdin_poll_cb);
     }
     if (a->timeout > 0) {
-        uint64_t ms = (uint64_t)(a->timeout * 1000);
+        uint64_t ms = seconds_ms(a->timeout);
         uv_timer_start(&sh->t_timeout, on_timeout, ms, ms);
     }
     if (a->max_time > 0)
-        uv_timer_start(&sh->t_maxtime, on_maxtime, (uint64_t)(a->max_time * 1000), 0);
+        uv_timer_start(&sh->t_maxtime, on_maxtime, seconds_ms(a->max_time), 0);
     if (sh->nlogfiles)
         uv_timer_start(&sh->t_logpoll, on_logpoll, LOGFILE_POLL_MS, LOGFILE_POLL_MS);
     return 0;

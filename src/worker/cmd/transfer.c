@@ -1000,21 +1000,27 @@ static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
     }
     const uint8_t *data = ans->data;
     size_t len = ans->len;
+    bool pb = strcmp(cw_cmd_protocol(x->cmd), "pb") == 0;
     if (ans->nil) {
         if (x->done_bytes == 0 && !x->probing) {
             download_finish(
                 x, 1,
-                "download failed: the master answered update_read_file with nil instead of the "
-                "file's data. This is a bug of Buildbot masters (3.7 up to at least 4.3) with the "
-                "msgpack protocol: the stock worker would silently write an empty file. Nothing "
-                "was written; use a master with the fix, or transfer the file another way.");
+                pb ? "download failed: the master's FileReader answered read() with None instead "
+                     "of the file's data. Nothing was written."
+                   : "download failed: the master answered update_read_file with nil instead of "
+                     "the file's data. This is a bug of Buildbot masters (3.7 up to at least 4.3) "
+                     "with the msgpack protocol: the stock worker would silently write an empty "
+                     "file. Nothing was written; use a master with the fix, the pb protocol, or "
+                     "transfer the file another way.");
             return;
         }
         len = 0; /* after data, treat nil as end of file */
     } else if (ans->not_data) {
         download_finish(x, 1,
-                        "download failed: the master answered update_read_file with "
-                        "something that is not data");
+                        pb ? "download failed: the master's FileReader answered read() with "
+                             "something that is not data"
+                           : "download failed: the master answered update_read_file with "
+                             "something that is not data");
         return;
     }
     if (len == 0) {
