@@ -801,12 +801,39 @@ def report_targets(bench, a, fmtargs):
     if mc and pc:
         ok = pc[0] <= mc[0]
         diff = (pc[0] - mc[0]) * 1024
-        mp, pp = _med(bench, 'cworker-msgpack', 'idle_pss'), _med(bench, 'cworker-pb', 'idle_pss')
-        pss = (f'; PSS {fmt_agg(pp)} MiB over PB, {fmt_agg(mp)} MiB over msgpack'
-               if mp and pp else '')
         L.append(head + f'{fmt_agg(pc)} MiB over PB, {fmt_agg(mc)} MiB over msgpack (VmRSS '
                  f'{a.idle_wait:g} s after attach, medians [min–max]; PB − msgpack = '
-                 f'{diff:+.0f} KiB{pss}) — ' + ('**holds** ✓' if ok else '**does not hold** ✗') + '.')
+                 f'{diff:+.0f} KiB) — ' + ('**holds** ✓' if ok else '**does not hold** ✗') + '.')
+        # where a difference comes from: the worker's own memory, or pages of the binary and
+        # shared libraries that happen to be mapped in
+        parts = []
+        for key, what in (('idle_rss_anon', 'anonymous (heap, stacks)'),
+                          ('idle_rss_file', 'file-backed (binary, libraries)'), ('idle_pss', 'PSS')):
+            gm, gp = _med(bench, 'cworker-msgpack', key), _med(bench, 'cworker-pb', key)
+            if gm and gp:
+                parts.append(f'{what} {gp[0] * 1024:.0f} KiB over PB, {gm[0] * 1024:.0f} KiB over '
+                             f'msgpack ({(gp[0] - gm[0]) * 1024:+.0f})')
+        if parts:
+            L.append('  Split (medians): ' + '; '.join(parts) + '.')
+        maps = {}
+        for k in ('cworker-msgpack', 'cworker-pb'):
+            runs = [r['idle_rss_by_mapping_kib'] for r in bench.results.get(k, [])
+                    if r.get('idle_rss_by_mapping_kib')]
+            names = {n for m in runs for n in m}
+            maps[k] = {n: statistics.median(m.get(n, 0) for m in runs) for n in names}
+            maps[k + ' spread'] = {n: (min(m.get(n, 0) for m in runs), max(m.get(n, 0) for m in runs))
+                                   for n in names}
+        names = sorted(set(maps['cworker-msgpack']) & set(maps['cworker-pb']))
+        moved = [(n, maps['cworker-pb'][n], maps['cworker-msgpack'][n]) for n in names
+                 if maps['cworker-pb'][n] != maps['cworker-msgpack'][n]]
+        if moved:
+            def spread(k, n):
+                lo, hi = maps[k + ' spread'][n]
+                return f'{lo}–{hi}' if lo != hi else f'{lo}'
+            L.append('  Mappings whose median RSS differs (KiB, PB against msgpack, [each side\'s '
+                     'min–max over its runs]; the 12 largest mappings of each run are recorded): '
+                     + ', '.join(f'{n} {p:.0f} against {m:.0f} [{spread("cworker-pb", n)}; '
+                                 f'{spread("cworker-msgpack", n)}]' for n, p, m in moved) + '.')
     else:
         L.append(head + 'not measured (a run failed or a kind was not run).')
     L.append('')
