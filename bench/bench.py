@@ -1,22 +1,29 @@
 """cworker vs the stock Python buildbot-worker 3.7, side by side (driven by bench/run).
 
-Every run starts a FRESH stock Debian Buildbot 3.7 master (tests/integration/bbmaster.py),
-attaches one worker to it and measures, in this order:
+Both workers are measured over both Buildbot worker protocols: msgpack_experimental_v7
+(WebSocket) and Perspective Broker (PB, TCP).  A "kind" is a worker and a protocol:
+stock-msgpack, cworker-msgpack, stock-pb, cworker-pb.
+
+Every run starts a FRESH stock Debian Buildbot 3.7 master (tests/integration/bbmaster.py;
+with a PB listener for the PB kinds), attaches one worker to it and measures, in this order:
 
   spawn -> attached, idle RSS 3 s after attach, a warm-up build (not measured),
   50 x `true` in one build, 50 x SetProperty in one build (master-only baseline),
   a 100 MiB stdout step, a 200 MiB FileUpload, a 200 MiB DirectoryUpload (200 x 1 MiB),
   peak RSS (VmHWM) over all of that;
 
-then the same worker kind is attached to `cworker-master` (the 3.7 master cannot send file
-data over this protocol) for a 200 MiB FileDownload (`cworker-master put`).
+then a 200 MiB FileDownload: over PB from the same stock master (FileDownload step); over
+msgpack the 3.7 master cannot send file data, so the worker is attached to `cworker-master`
+(`cworker-master put`).
 
-Runs alternate stock, cworker, stock, cworker, ...  Afterwards the C-against-C limits
-(cworker + cworker-master, no Python in the data path) are measured against the raw loopback
-limit (socat), and the installed footprint is computed (bench/footprint.py).
+Runs alternate stock-msgpack, cworker-msgpack, stock-pb, cworker-pb, stock-msgpack, ...
+Afterwards the C-against-C limits (cworker + cworker-master over msgpack, no Python in the
+data path) are measured against the raw loopback limit (socat), and the installed footprint
+is computed (bench/footprint.py).
 
 Only processes started here are ever signalled, always by PID.  Everything listens on
-127.0.0.1.  Exit status: 0 if every measurement succeeded, 1 otherwise.
+127.0.0.1.  Exit status: 0 if every measurement succeeded and its data checked out, 1
+otherwise; no speed is asserted.
 """
 
 import argparse
@@ -48,8 +55,18 @@ from hardening_util import proc_status  # noqa: E402
 
 MIB = 1 << 20
 CLK_TCK = os.sysconf('SC_CLK_TCK')
-KINDS = ('stock', 'cworker')
+WORKERS = ('stock', 'cworker')
+PROTOCOLS = ('msgpack', 'pb')
+PROTOCOL_NAMES = {'msgpack': 'msgpack', 'pb': 'PB'}
+# the order of one round of runs: the two workers alternate within each protocol
+KINDS = tuple(f'{w}-{p}' for p in PROTOCOLS for w in WORKERS)
 POLL = 0.005  # seconds between database polls (attach and build completion)
+
+
+def split_kind(kind):
+    """'cworker-pb' -> ('cworker', 'pb')."""
+    worker, _, protocol = kind.partition('-')
+    return worker, protocol
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,6 +185,7 @@ masteronly  [steps.SetProperty(name='p%02d' % i, property='p', value='v') for i 
 log         [steps.ShellCommand(name='cat', command=['cat', {logfile!r}])]
 upfile      [steps.FileUpload(workersrc={upfile!r}, masterdest={upfile_dest!r})]
 updir       [steps.DirectoryUpload(workersrc={updir!r}, masterdest={updir_dest!r})]
+downfile    [steps.FileDownload(mastersrc={downfile!r}, workerdest={downfile_dest!r})]
 '''
 
 
@@ -225,7 +243,9 @@ class Bench:
     def builders(self, rundir):
         text = BUILDERS.format(nsteps=self.a.steps, logfile=self.logfile, upfile=self.upfile,
                                upfile_dest=os.path.join(rundir, 'dest-file.bin'),
-                               updir=self.updir, updir_dest=os.path.join(rundir, 'dest-tree'))
+                               updir=self.updir, updir_dest=os.path.join(rundir, 'dest-tree'),
+                               downfile=self.downfile,
+                               downfile_dest=os.path.join(rundir, 'dest-down.bin'))
         out = {}
         for line in text.splitlines():
             name, src = line.split(None, 1)
@@ -276,22 +296,43 @@ class Bench:
         return {'wall': t1 - t0, 'wcpu': wc1 - wc0, 'mcpu': mc1 - mc0, 'build': b}
 
     @staticmethod
-    def command_lifetime_ms(kind, w, n):
+    def command_lifetime_ms(worker, w, n):
         """Median lifetime of the last n commands as the worker logs it: cworker's
-        'command N finished in S s' (start_command received -> finished), the stock worker's
+        'command ID finished in S s' (start_command received -> finished), the stock worker's
         'elapsedTime: S' (process spawned -> exited)."""
-        pat = (r'command \d+ finished in ([0-9.]+) s' if kind == 'cworker'
+        pat = (r'command \S+ finished in ([0-9.]+) s' if worker == 'cworker'
                else r'elapsedTime: ([0-9.]+)')
         vals = [float(x) * 1000 for x in re.findall(pat, w.log_text())]
         return statistics.median(vals[-n:]) if len(vals) >= n else None
 
     # ---- one run: a fresh master, one worker ----
 
+    @staticmethod
+    def _ports(n):
+        """n distinct free loopback ports."""
+        ports = []
+        while len(ports) < n:
+            p = bbmaster.free_port()
+            if p not in ports:
+                ports.append(p)
+        return ports
+
+    def make_worker(self, kind, basedir, master):
+        worker, protocol = split_kind(kind)
+        return bbmaster.make_worker(worker, basedir, master, 'w1', 'pass1', protocol=protocol,
+                                    **({'binary': self.a.cworker} if worker == 'cworker' else {}))
+
     def run_master_phase(self, kind, i, r):
         a = self.a
+        worker, protocol = split_kind(kind)
         rundir = os.path.join(self.work, f'run{i}-{kind}')
         os.makedirs(rundir)
-        m = bbmaster.Master(os.path.join(rundir, 'master'), self.builders(rundir))
+        # the PB kinds get a PB listener next to msgpack; the msgpack kinds none (the master's
+        # configuration is otherwise the same)
+        ports = self._ports(3)
+        m = bbmaster.Master(os.path.join(rundir, 'master'), self.builders(rundir),
+                            msgpack_port=ports[0], www_port=ports[1],
+                            pb_port=ports[2] if protocol == 'pb' else None)
         w = None
         db = None
         try:
@@ -301,9 +342,8 @@ class Bench:
             bbmaster.wait_for(lambda: db.execute("SELECT 1 FROM workers WHERE name='w1'").fetchone(),
                               30, 'the master to configure its worker')
             time.sleep(a.settle)
-            w = bbmaster.make_worker(kind, os.path.join(rundir, 'worker'), m, 'w1', 'pass1',
-                                     **({'binary': a.cworker} if kind == 'cworker' else {}))
-            if kind == 'stock':
+            w = self.make_worker(kind, os.path.join(rundir, 'worker'), m)
+            if worker == 'stock':
                 w.create()  # create-worker is set-up, not start-up: not timed
             t0 = time.monotonic()
             w.start(wait=False)
@@ -330,7 +370,7 @@ class Bench:
             r['step_over_ms'] = r['step_ms'] - r['masteronly_step_ms']
             r['step_wcpu_ms'] = r['steps_wcpu'] / a.steps * 1000
             r['step_offmaster_ms'] = (r['steps_wall'] - r['steps_mcpu']) / a.steps * 1000
-            r['step_cmd_ms'] = self.command_lifetime_ms(kind, w, a.steps)
+            r['step_cmd_ms'] = self.command_lifetime_ms(worker, w, a.steps)
             self.log(f'  {kind}: {a.steps} steps {r["steps_wall"]:.2f} s '
                      f'({r["step_ms"]:.1f} ms/step, master-only {r["masteronly_step_ms"]:.1f})')
 
@@ -361,6 +401,19 @@ class Bench:
             self.log(f'  {kind}: DirectoryUpload {r["updir_wall"]:.2f} s, worker CPU {r["updir_wcpu"]:.3f} s')
 
             r['peak_rss'] = proc_status(w.pid)['VmHWM'] / 1024
+
+            if protocol == 'pb':
+                # over PB the 3.7 master sends file data (over msgpack it answers nil: see
+                # run_download_phase); last, so that peak_rss covers the same work for both
+                x = self.measure_build(m, db, w, 'downfile')
+                r['dlfile_wall'], r['dlfile_wcpu'], r['dlfile_mcpu'] = x['wall'], x['wcpu'], x['mcpu']
+                dest = os.path.join(rundir, 'dest-down.bin')
+                if sha256_file(dest) != self.downfile_sha:
+                    raise bbmaster.HarnessError('FileDownload: downloaded file differs')
+                os.unlink(dest)
+                r['dlfile_peak_rss'] = proc_status(w.pid)['VmHWM'] / 1024
+                self.log(f'  {kind}: FileDownload {r["dlfile_wall"]:.2f} s, worker CPU '
+                         f'{r["dlfile_wcpu"]:.3f} s, master CPU {r["dlfile_mcpu"]:.2f} s')
         finally:
             if db is not None:
                 db.close()
@@ -412,16 +465,11 @@ class Bench:
                 'cpu': ru.ru_utime + ru.ru_stime, 'out': p.out_path,
                 'own_secs': float(own.group(2)) if own else None}
 
-    def start_attached(self, kind, ep, basedir):
-        w = bbmaster.make_worker(kind, basedir, ep, 'w1', 'pass1',
-                                 **({'binary': self.a.cworker} if kind == 'cworker' else {}))
-        return w
-
     def run_download_phase(self, kind, i, r):
         rundir = os.path.join(self.work, f'dl{i}-{kind}')
         os.makedirs(rundir)
         ep = mastercli.Endpoint()
-        w = self.start_attached(kind, ep, os.path.join(rundir, 'worker'))
+        w = self.make_worker(kind, os.path.join(rundir, 'worker'), ep)
         try:
             # attach once (start-up CPU is not part of the figure), then once more to see what
             # a reconnect + trivial command costs, then the download
@@ -485,7 +533,7 @@ class Bench:
         os.makedirs(rundir)
         size = self.cvcfile_size
         ep = mastercli.Endpoint()
-        w = self.start_attached('cworker', ep, os.path.join(rundir, 'worker'))
+        w = self.make_worker('cworker-msgpack', os.path.join(rundir, 'worker'), ep)
         try:
             r['raw_wall'] = self.raw_socket(self.cvcfile, os.path.join(rundir, 'raw.out'))
             r['raw_mbs'] = size / 1e6 / r['raw_wall']
@@ -546,16 +594,16 @@ class Bench:
                      'other work on this machine will add variance')
         self.prepare_data()
         for i in range(a.runs):
-            for kind in KINDS:
-                if kind not in a.kinds:
-                    continue
+            for kind in a.kinds:
                 self.log(f'run {i + 1}/{a.runs}: {kind}')
-                r = {}
+                r = {'loadavg': os.getloadavg()[0]}
                 self.results[kind].append(r)
                 try:
                     self.run_master_phase(kind, i, r)
                 except Exception as e:  # noqa: BLE001 - report and go on
                     self.fail(f'run {i + 1} {kind}: stock-master phase', e)
+                if split_kind(kind)[1] != 'msgpack':
+                    continue
                 try:
                     self.run_download_phase(kind, i, r)
                 except Exception as e:  # noqa: BLE001
@@ -582,38 +630,73 @@ class Bench:
 # --------------------------------------------------------------------------------------------
 # report
 
-# key, label, unit, target (text), target check (cworker median, stock median) -> bool or None
+BOTH = PROTOCOLS
+T_IDLE = ('≤ 1.5 MiB', lambda c, s: c <= 1.5)
+T_ATTACH = ('≤ 30 ms', lambda c, s: c <= 30)
+T_STEP = ('≤ 2 ms', lambda c, s: c <= 2)
+# key, label, unit, the protocols it is measured over,
+# {protocol: (target text, check(cworker median, stock median) -> bool)}
 FIGURES = [
-    ('idle_rss', 'idle RSS 3 s after attach', 'MiB', '≤ 1.5 MiB', lambda c, s: c <= 1.5),
-    ('idle_rss_anon', '  of which anonymous (heap, stacks)', 'MiB', '', None),
-    ('idle_rss_file', '  of which file-backed (binary, shared libraries)', 'MiB', '', None),
-    ('idle_pss', '  idle PSS (shared pages divided among their users)', 'MiB', '', None),
-    ('peak_rss', 'peak RSS (VmHWM), whole run on the Buildbot master', 'MiB', '', None),
-    ('attach_ms', 'spawn → master lists the worker connected', 'ms', '≤ 30 ms', lambda c, s: c <= 30),
-    ('log_wall', '{log_mib} MiB stdout step: build wall time', 's', '', None),
-    ('log_wcpu', '{log_mib} MiB stdout step: worker CPU', 's', '≤ 1/40 of stock',
-     lambda c, s: c <= s / 40),
-    ('log_mcpu', '{log_mib} MiB stdout step: master CPU', 's', '', None),
-    ('upfile_wall', '{upload_mib} MiB FileUpload: build wall time', 's', '', None),
-    ('upfile_wcpu', '{upload_mib} MiB FileUpload: worker CPU', 's', '≤ 1/30 of stock',
-     lambda c, s: c <= s / 30),
-    ('upfile_mcpu', '{upload_mib} MiB FileUpload: master CPU', 's', '', None),
-    ('updir_wall', '{dir_mib} MiB DirectoryUpload ({dir_files} files): build wall time', 's', '', None),
-    ('updir_wcpu', '{dir_mib} MiB DirectoryUpload: worker CPU', 's', '', None),
-    ('updir_mcpu', '{dir_mib} MiB DirectoryUpload: master CPU', 's', '', None),
-    ('down_wall', '{download_mib} MiB FileDownload (cworker-master put): wall time', 's', '', None),
-    ('down_wcpu', '{download_mib} MiB FileDownload: worker CPU (incl. the reconnect)', 's', '', None),
-    ('reconnect_wcpu_ms', 'reconnect + one trivial command: worker CPU', 'ms', '', None),
-    ('steps_wall', '{steps} × `true` in one build: build wall time', 's', '', None),
-    ('steps_wcpu', '{steps} × `true`: worker CPU', 's', '', None),
-    ('steps_mcpu', '{steps} × `true`: master CPU', 's', '', None),
-    ('step_ms', 'per step (build time / {steps})', 'ms', '', None),
-    ('masteronly_step_ms', 'master-only baseline per step ({steps} × SetProperty)', 'ms', '', None),
-    ('step_over_ms', '  per step above the master-only baseline', 'ms', '', None),
-    ('steps_mcpu_ms', 'master CPU per step', 'ms', '', None),
+    ('idle_rss', 'idle RSS 3 s after attach', 'MiB', BOTH, {'msgpack': T_IDLE, 'pb': T_IDLE}),
+    ('idle_rss_anon', '  of which anonymous (heap, stacks)', 'MiB', BOTH, {}),
+    ('idle_rss_file', '  of which file-backed (binary, shared libraries)', 'MiB', BOTH, {}),
+    ('idle_pss', '  idle PSS (shared pages divided among their users)', 'MiB', BOTH, {}),
+    ('peak_rss', 'peak RSS (VmHWM), whole run on the Buildbot master', 'MiB', BOTH, {}),
+    ('attach_ms', 'spawn → master lists the worker connected', 'ms', BOTH,
+     {'msgpack': T_ATTACH, 'pb': T_ATTACH}),
+    ('log_wall', '{log_mib} MiB stdout step: build wall time', 's', BOTH, {}),
+    ('log_wcpu', '{log_mib} MiB stdout step: worker CPU', 's', BOTH,
+     {'msgpack': ('≤ 1/40 of stock', lambda c, s: c <= s / 40),
+      'pb': ('≤ 1/20 of stock (issue 13)', lambda c, s: c <= s / 20)}),
+    ('log_mcpu', '{log_mib} MiB stdout step: master CPU', 's', BOTH, {}),
+    ('upfile_wall', '{upload_mib} MiB FileUpload: build wall time', 's', BOTH, {}),
+    ('upfile_wcpu', '{upload_mib} MiB FileUpload: worker CPU', 's', BOTH,
+     {'msgpack': ('≤ 1/30 of stock', lambda c, s: c <= s / 30)}),
+    ('upfile_mcpu', '{upload_mib} MiB FileUpload: master CPU', 's', BOTH, {}),
+    ('updir_wall', '{dir_mib} MiB DirectoryUpload ({dir_files} files): build wall time', 's', BOTH, {}),
+    ('updir_wcpu', '{dir_mib} MiB DirectoryUpload: worker CPU', 's', BOTH, {}),
+    ('updir_mcpu', '{dir_mib} MiB DirectoryUpload: master CPU', 's', BOTH, {}),
+    ('down_wall', '{download_mib} MiB FileDownload (cworker-master put): wall time', 's',
+     ('msgpack',), {}),
+    ('down_wcpu', '{download_mib} MiB FileDownload: worker CPU (incl. the reconnect)', 's',
+     ('msgpack',), {}),
+    ('reconnect_wcpu_ms', 'reconnect + one trivial command: worker CPU', 'ms', ('msgpack',), {}),
+    ('dlfile_wall', '{download_mib} MiB FileDownload (stock master, 16 KiB blocks): build wall time',
+     's', ('pb',), {}),
+    ('dlfile_wcpu', '{download_mib} MiB FileDownload: worker CPU', 's', ('pb',), {}),
+    ('dlfile_mcpu', '{download_mib} MiB FileDownload: master CPU', 's', ('pb',), {}),
+    ('dlfile_peak_rss', 'peak RSS (VmHWM) with the FileDownload too', 'MiB', ('pb',), {}),
+    ('steps_wall', '{steps} × `true` in one build: build wall time', 's', BOTH, {}),
+    ('steps_wcpu', '{steps} × `true`: worker CPU', 's', BOTH, {}),
+    ('steps_mcpu', '{steps} × `true`: master CPU', 's', BOTH, {}),
+    ('step_ms', 'per step (build time / {steps})', 'ms', BOTH, {}),
+    ('masteronly_step_ms', 'master-only baseline per step ({steps} × SetProperty)', 'ms', BOTH, {}),
+    ('step_over_ms', '  per step above the master-only baseline', 'ms', BOTH, {}),
+    ('steps_mcpu_ms', 'master CPU per step', 'ms', BOTH, {}),
     ('step_offmaster_ms', 'per step, time the master is not on the CPU ((wall − master CPU) / {steps})',
-     'ms', '≤ 2 ms', lambda c, s: c <= 2),
-    ('step_cmd_ms', '  command lifetime as the worker logs it (median)', 'ms', '', None),
+     'ms', BOTH, {'msgpack': T_STEP, 'pb': T_STEP}),
+    ('step_cmd_ms', '  command lifetime as the worker logs it (median)', 'ms', BOTH, {}),
+]
+NOT_CHARTED = ('step_over_ms', 'masteronly_step_ms', 'steps_mcpu_ms', 'step_offmaster_ms',
+               'dlfile_peak_rss')
+
+# the same worker over PB against over msgpack: key, label, unit
+CROSS = [
+    ('idle_rss', 'idle RSS 3 s after attach', 'MiB'),
+    ('idle_rss_anon', '  of which anonymous (heap, stacks)', 'MiB'),
+    ('idle_rss_file', '  of which file-backed (binary, shared libraries)', 'MiB'),
+    ('idle_pss', '  idle PSS', 'MiB'),
+    ('peak_rss', 'peak RSS (VmHWM), whole run on the Buildbot master', 'MiB'),
+    ('attach_ms', 'spawn → master lists the worker connected', 'ms'),
+    ('log_wcpu', '{log_mib} MiB stdout step: worker CPU', 's'),
+    ('log_wall', '{log_mib} MiB stdout step: build wall time', 's'),
+    ('log_mcpu', '{log_mib} MiB stdout step: master CPU', 's'),
+    ('upfile_wcpu', '{upload_mib} MiB FileUpload: worker CPU', 's'),
+    ('upfile_wall', '{upload_mib} MiB FileUpload: build wall time', 's'),
+    ('updir_wcpu', '{dir_mib} MiB DirectoryUpload: worker CPU', 's'),
+    ('updir_wall', '{dir_mib} MiB DirectoryUpload: build wall time', 's'),
+    ('steps_wcpu', '{steps} × `true`: worker CPU', 's'),
+    ('step_ms', 'per step (build time / {steps})', 'ms'),
 ]
 
 
@@ -694,11 +777,120 @@ def machine_info():
     return info
 
 
+def _med(bench, kind, key):
+    return agg([r.get(key) for r in bench.results.get(kind, [])])
+
+
+def report_targets(bench, a, fmtargs):
+    """Issue 13's two targets for PB, stated with the measured numbers ([] lines)."""
+    L = ['## Issue 13\'s targets (PB)', '']
+    s, c = _med(bench, 'stock-pb', 'log_wcpu'), _med(bench, 'cworker-pb', 'log_wcpu')
+    size = '' if a.log_mib == 100 else (f' (this run: a {a.log_mib} MiB log, not the 100 MiB the '
+                                        'target is stated for)')
+    head = '* **≥ 20× less worker CPU than the stock PB worker for the 100 MiB log**' + size + ': '
+    if s and c and c[0] > 0:
+        ratio = s[0] / c[0]
+        ok = ratio >= 20
+        L.append(head + f'stock over PB {fmt_agg(s)} s, cworker over PB {fmt_agg(c)} s (user+sys, '
+                 f'medians [min–max]): {fmt_ratio(ratio)} less — '
+                 + ('**holds** ✓' if ok else '**does not hold** ✗') + '.')
+    else:
+        L.append(head + 'not measured (a run failed or a kind was not run).')
+    mc, pc = _med(bench, 'cworker-msgpack', 'idle_rss'), _med(bench, 'cworker-pb', 'idle_rss')
+    head = '* **cworker\'s idle RSS over PB no higher than over msgpack**: '
+    if mc and pc:
+        ok = pc[0] <= mc[0]
+        diff = (pc[0] - mc[0]) * 1024
+        L.append(head + f'{fmt_agg(pc)} MiB over PB, {fmt_agg(mc)} MiB over msgpack (VmRSS '
+                 f'{a.idle_wait:g} s after attach, medians [min–max]; PB − msgpack = '
+                 f'{diff:+.0f} KiB) — ' + ('**holds** ✓' if ok else '**does not hold** ✗') + '.')
+        # where a difference comes from: the worker's own memory, or pages of the binary and
+        # shared libraries that happen to be mapped in
+        parts = []
+        for key, what in (('idle_rss_anon', 'anonymous (heap, stacks)'),
+                          ('idle_rss_file', 'file-backed (binary, libraries)'), ('idle_pss', 'PSS')):
+            gm, gp = _med(bench, 'cworker-msgpack', key), _med(bench, 'cworker-pb', key)
+            if gm and gp:
+                parts.append(f'{what} {gp[0] * 1024:.0f} KiB over PB, {gm[0] * 1024:.0f} KiB over '
+                             f'msgpack ({(gp[0] - gm[0]) * 1024:+.0f})')
+        if parts:
+            L.append('  Split (medians): ' + '; '.join(parts) + '.')
+        maps = {}
+        for k in ('cworker-msgpack', 'cworker-pb'):
+            runs = [r['idle_rss_by_mapping_kib'] for r in bench.results.get(k, [])
+                    if r.get('idle_rss_by_mapping_kib')]
+            names = {n for m in runs for n in m}
+            maps[k] = {n: statistics.median(m.get(n, 0) for m in runs) for n in names}
+            maps[k + ' spread'] = {n: (min(m.get(n, 0) for m in runs), max(m.get(n, 0) for m in runs))
+                                   for n in names}
+        names = sorted(set(maps['cworker-msgpack']) & set(maps['cworker-pb']))
+        moved = [(n, maps['cworker-pb'][n], maps['cworker-msgpack'][n]) for n in names
+                 if maps['cworker-pb'][n] != maps['cworker-msgpack'][n]]
+        if moved:
+            def spread(k, n):
+                lo, hi = maps[k + ' spread'][n]
+                return f'{lo}–{hi}' if lo != hi else f'{lo}'
+            L.append('  Mappings whose median RSS differs (KiB, PB against msgpack, [each side\'s '
+                     'min–max over its runs]; the 12 largest mappings of each run are recorded): '
+                     + ', '.join(f'{n} {p:.0f} against {m:.0f} [{spread("cworker-pb", n)}; '
+                                 f'{spread("cworker-msgpack", n)}]' for n, p, m in moved) + '.')
+    else:
+        L.append(head + 'not measured (a run failed or a kind was not run).')
+    L.append('')
+    return L
+
+
+def report_protocol_table(bench, a, protocol, fmtargs, chart):
+    """The stock-vs-cworker table of one protocol; appends (label, ratio, protocol) to chart."""
+    sk, ck = f'stock-{protocol}', f'cworker-{protocol}'
+    L = ['| figure | unit | stock buildbot-worker | cworker | ratio | target (cworker) |',
+         '|---|---|---|---|---|---|']
+    for key, label, unit, protos, targets in FIGURES:
+        if protocol not in protos:
+            continue
+        gs, gc = _med(bench, sk, key), _med(bench, ck, key)
+        ratio = gs[0] / gc[0] if gs and gc and gc[0] > 0 else None
+        tgt = ''
+        if protocol in targets:
+            tgt, check = targets[protocol]
+            if gs and gc:
+                tgt = f'{tgt} {"✓" if check(gc[0], gs[0]) else "✗ missed"}'
+        label = label.format(**fmtargs)
+        L.append(f'| {label} | {unit} | {fmt_agg(gs, sk in a.kinds)} | '
+                 f'{fmt_agg(gc, ck in a.kinds)} | {fmt_ratio(ratio)} | {tgt} |')
+        if ratio and not label.startswith('  ') and key not in NOT_CHARTED:
+            chart.append((label, ratio, protocol))
+    L.append('')
+    return L
+
+
+def report_cross(bench, a, fmtargs):
+    """Each worker over PB against itself over msgpack."""
+    L = ['## PB against msgpack, the same worker', '',
+         'Ratio = PB median / msgpack median (below 1: cheaper or faster over PB).  The '
+         'FileDownload figures are left out: over msgpack they come from cworker-master, over PB '
+         'from the stock master.', '',
+         '| figure | unit | cworker over msgpack | cworker over PB | PB / msgpack | '
+         'stock over msgpack | stock over PB | PB / msgpack |',
+         '|---|---|---|---|---|---|---|---|']
+    for key, label, unit in CROSS:
+        cells = []
+        for worker in ('cworker', 'stock'):
+            gm, gp = _med(bench, f'{worker}-msgpack', key), _med(bench, f'{worker}-pb', key)
+            ratio = gp[0] / gm[0] if gm and gp and gm[0] > 0 else None
+            cells += [fmt_agg(gm, f'{worker}-msgpack' in a.kinds),
+                      fmt_agg(gp, f'{worker}-pb' in a.kinds), fmt_ratio(ratio)]
+        L.append(f'| {label.format(**fmtargs)} | {unit} | ' + ' | '.join(cells) + ' |')
+    L.append('')
+    return L
+
+
 def write_report(bench, a):
     fmtargs = {'log_mib': a.log_mib, 'upload_mib': a.upload_mib, 'dir_mib': a.dir_mib,
                'dir_files': a.dir_files, 'download_mib': a.download_mib, 'steps': a.steps}
     now = datetime.datetime.now()
     mi = machine_info()
+    loads = [r['loadavg'] for rs in bench.results.values() for r in rs if 'loadavg' in r]
     L = []
     L.append(f'# cworker vs buildbot-worker 3.7 — {now:%Y-%m-%d %H:%M}' + (' (--tiny)' if a.tiny else ''))
     L.append('')
@@ -708,45 +900,37 @@ def write_report(bench, a):
              f'{mi["versions"]["python3"]}, libuv1 {mi["versions"]["libuv1"]}, gcc '
              f'{mi["versions"]["gcc"]}.  ')
     L.append(f'cworker: `{os.path.relpath(a.cworker, REPO)}` ({a.build_note}), source {git_state()}.  ')
-    L.append(f'Runs: {a.runs} per worker, alternating stock/cworker, a fresh master per run; '
-             f'C-vs-C: {a.cvc_runs if not a.skip_cvc else 0} runs.  Load average at start '
-             f'{bench.loadavg_start[0]:.2f}, at end {bench.loadavg_end[0]:.2f}; '
-             f'the whole benchmark took {bench.elapsed:.0f} s.')
+    L.append(f'Runs: {a.runs} per kind, alternating {", ".join(a.kinds)}, a fresh master per run; '
+             f'C-vs-C: {a.cvc_runs if not a.skip_cvc else 0} runs.  Load average (1 min) at start '
+             f'{bench.loadavg_start[0]:.2f}, at end {bench.loadavg_end[0]:.2f}'
+             + (f', at the start of each run {min(loads):.2f}–{max(loads):.2f} (the benchmark\'s own '
+                'processes count in it)' if loads else '')
+             + f'; the whole benchmark took {bench.elapsed:.0f} s.')
     L.append('')
     L.append('Cells: median [min–max] over the runs.  Ratio = stock median / cworker median '
              '(higher is better for cworker).  CPU = utime+stime of the worker process itself '
              '(not of the commands it runs).  Build wall time = force request → build request '
              f'complete in the master\'s database, polled every {POLL * 1000:.0f} ms; attach time '
-             f'likewise (resolution {POLL * 1000:.0f} ms).')
+             f'likewise (resolution {POLL * 1000:.0f} ms).  The same stock master configuration '
+             'for both protocols; the PB runs\' master also listens for PB.')
     L.append('')
-    L.append('| figure | unit | stock buildbot-worker | cworker | ratio | target (cworker) |')
-    L.append('|---|---|---|---|---|---|')
+    L += report_targets(bench, a, fmtargs)
     chart = []
-    for key, label, unit, target, check in FIGURES:
-        gs = agg([r.get(key) for r in bench.results['stock']])
-        gc = agg([r.get(key) for r in bench.results['cworker']])
-        ratio = gs[0] / gc[0] if gs and gc and gc[0] > 0 else None
-        tgt = target
-        if check and gs and gc:
-            ok = check(gc[0], gs[0])
-            tgt = f'{target} {"✓" if ok else "✗ missed"}'
-        L.append(f'| {label.format(**fmtargs)} | {unit} | {fmt_agg(gs, "stock" in a.kinds)} | '
-                 f'{fmt_agg(gc, "cworker" in a.kinds)} | '
-                 f'{fmt_ratio(ratio)} | {tgt} |')
-        if ratio and not label.startswith('  ') and key not in ('step_over_ms', 'masteronly_step_ms', 'steps_mcpu_ms', 'step_offmaster_ms'):
-            chart.append((label.format(**fmtargs), ratio))
+    ran = {split_kind(k)[1] for k in a.kinds}
+    for protocol, title in (('msgpack', 'Over msgpack (msgpack_experimental_v7, WebSocket)'),
+                            ('pb', 'Over PB (Perspective Broker, TCP)')):
+        if protocol in ran:
+            L += [f'## {title}', '']
+            L += report_protocol_table(bench, a, protocol, fmtargs, chart)
+    if ran == set(PROTOCOLS):
+        L += report_cross(bench, a, fmtargs)
     fp = getattr(bench, 'footprint', None)
     if fp:
         s_kib = fp.get('stock_apt_kib', fp.get('stock_resolver_kib'))
         c_kib = fp.get('cworker_apt_kib_with_binary', fp.get('cworker_resolver_kib_with_binary'))
         ratio = s_kib / c_kib if s_kib and c_kib else None
-        L.append(f'| installed: Debian packages added to a minimal Debian 12 (+ cworker binary) | '
-                 f'MiB | {s_kib / 1024:.1f} | {c_kib / 1024:.1f} | {fmt_ratio(ratio)} | |')
         if ratio:
-            chart.append(('installed footprint (packages)', ratio))
-        L.append(f'| installed: cworker binary + its non-libc shared libraries (ldd) | MiB | — | '
-                 f'{fp["cworker_files_bytes"] / MIB:.1f} | | |')
-    L.append('')
+            chart.append(('installed footprint (packages)', ratio, None))
 
     if bench.cvc:
         L.append(f'## C against C: cworker + cworker-master on loopback, {a.cvc_mib} MiB')
@@ -792,6 +976,10 @@ def write_report(bench, a):
                  f'{fp.get("cworker_apt_kib_with_binary", 0) / 1024:.1f} MiB |')
         L.append(f'| Installed-Size, installed-closure resolver | {fp["stock_resolver_kib"] / 1024:.1f} MiB | '
                  f'{fp["cworker_resolver_kib_with_binary"] / 1024:.1f} MiB |')
+        if ratio:
+            L.append(f'| ratio stock / cworker (apt) | {fmt_ratio(ratio)} | |')
+        L.append(f'| files: cworker binary + its non-libc shared libraries (ldd) | — | '
+                 f'{fp["cworker_files_bytes"] / MIB:.1f} MiB |')
         big = lambda lst: ', '.join(f'{p} {k / 1024:.1f}' for p, k in lst)  # noqa: E731
         L.append(f'| biggest packages (MiB) | {big(fp["stock_biggest"])} | {big(fp["cworker_biggest"])} |')
         L.append(f'| cworker packages added | | {", ".join(fp.get("cworker_apt_packages", []))} |')
@@ -810,8 +998,7 @@ def write_report(bench, a):
     L.append('## Raw per-run values')
     L.append('')
     L.append('```json')
-    L.append(json.dumps({'stock': bench.results['stock'], 'cworker': bench.results['cworker'],
-                         'cvc': bench.cvc, 'args': {k: v for k, v in vars(a).items()}},
+    L.append(json.dumps({**bench.results, 'cvc': bench.cvc, 'args': {k: v for k, v in vars(a).items()}},
                         indent=None, default=lambda o: round(o, 6) if isinstance(o, float) else str(o)))
     L.append('```')
     text = '\n'.join(L) + '\n'
@@ -832,21 +1019,25 @@ def write_report(bench, a):
 
 
 def draw_chart(chart, png, a):
-    """Horizontal bars of the stock/cworker ratios, log scale (gnuplot)."""
+    """Horizontal bars of the stock/cworker ratios, log scale (gnuplot); one colour per
+    protocol, grey for what does not depend on it."""
     if not chart:
         return 'no ratios to draw'
+    colours = {'msgpack': 0x3070b0, 'pb': 0xd07020, None: 0x808080}
     with tempfile.TemporaryDirectory(prefix='bench-plot-') as d:
         dat = os.path.join(d, 'ratios.dat')
         with open(dat, 'w') as f:
-            for i, (label, ratio) in enumerate(reversed(chart)):
+            for i, (label, ratio, protocol) in enumerate(reversed(chart)):
+                if protocol:
+                    label = f'{PROTOCOL_NAMES[protocol]}: {label}'
                 lab = label.replace('"', "'").replace('`', '')
-                f.write(f'{i} {ratio:.6g} "{lab}"\n')
+                f.write(f'{i} {ratio:.6g} "{lab}" {colours[protocol]}\n')
         n = len(chart)
         height = 120 + 28 * n
         script = f'''
 set terminal pngcairo size 1100,{height} font "Sans,10"
 set output "{png}"
-set title "stock buildbot-worker / cworker (median; > 1: cworker better){' — tiny run' if a.tiny else ''}"
+set title "stock buildbot-worker / cworker (median; > 1: cworker better; blue msgpack, orange PB){' — tiny run' if a.tiny else ''}"
 set logscale x 10
 set xrange [0.1:*]
 set xlabel "ratio (log scale)"
@@ -855,9 +1046,9 @@ set ytics nomirror
 set grid xtics
 set style fill solid 0.7
 set key off
-set lmargin 58
+set lmargin 64
 set arrow from 1, graph 0 to 1, graph 1 nohead lc rgb "black" lw 1.5
-plot "{dat}" using (1):1:(1):2:($1-0.35):($1+0.35):ytic(3) with boxxyerror lc rgb "#3070b0", \\
+plot "{dat}" using (1):1:(1):2:($1-0.35):($1+0.35):4:ytic(3) with boxxyerror lc rgb variable, \\
      "{dat}" using 2:1:(sprintf("%.3g×", $2)) with labels left offset 0.5,0 font "Sans,9"
 '''
         r = subprocess.run(['gnuplot'], input=script, capture_output=True, text=True)
@@ -872,8 +1063,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog='bench/run', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--tiny', action='store_true',
-                   help='tiny sizes, 1 run each (a smoke test: well under a minute)')
-    p.add_argument('--runs', type=int, help='runs per worker kind (default 3)')
+                   help='tiny sizes, 1 run each (a smoke test: about a minute)')
+    p.add_argument('--runs', type=int, help='runs per kind (default 3)')
     p.add_argument('--log-mib', type=int, help='stdout step size (default 100)')
     p.add_argument('--upload-mib', type=int, help='FileUpload size (default 200)')
     p.add_argument('--dir-mib', type=int, help='DirectoryUpload total size (default 200)')
@@ -883,7 +1074,11 @@ def parse_args(argv):
     p.add_argument('--cvc-mib', type=int, help='C-against-C size (default 1024)')
     p.add_argument('--cvc-runs', type=int, help='C-against-C runs (default: --runs)')
     p.add_argument('--skip-cvc', action='store_true', help='skip the C-against-C part')
-    p.add_argument('--kinds', default='stock,cworker', help='worker kinds (default stock,cworker)')
+    p.add_argument('--kinds', default='stock,cworker',
+                   help='workers (stock, cworker) or kinds (e.g. cworker-pb), comma-separated '
+                        '(default stock,cworker)')
+    p.add_argument('--protocols', default='msgpack,pb',
+                   help='protocols, comma-separated (default msgpack,pb)')
     p.add_argument('--idle-wait', type=float, default=3.0, help='seconds after attach for idle RSS')
     p.add_argument('--settle', type=float, help='seconds to let a fresh master settle (default 1)')
     p.add_argument('--no-cvc-tmpfs', dest='cvc_tmpfs', action='store_false',
@@ -905,7 +1100,17 @@ def parse_args(argv):
             setattr(a, k, v)
     if a.cvc_runs is None:
         a.cvc_runs = a.runs
-    a.kinds = [k.strip() for k in a.kinds.split(',') if k.strip()]
+    words = {k.strip() for k in a.kinds.split(',') if k.strip()}
+    protocols = {k.strip() for k in a.protocols.split(',') if k.strip()}
+    bad = sorted((words - set(WORKERS) - set(KINDS)) | (protocols - set(PROTOCOLS)))
+    if bad:
+        p.error(f'unknown worker, kind or protocol: {", ".join(bad)} (workers: '
+                f'{", ".join(WORKERS)}; protocols: {", ".join(PROTOCOLS)})')
+    # the kinds in run order: a worker name selects it over every chosen protocol
+    a.kinds = [k for k in KINDS if split_kind(k)[1] in protocols
+               and (k in words or split_kind(k)[0] in words)]
+    if not a.kinds:
+        p.error('--kinds and --protocols select nothing')
     return a
 
 
