@@ -82,7 +82,8 @@ def _root(tmp_path, binary, hosts):
 def _run(root, host, port, log):
     return subprocess.Popen(
         [shutil.which('chroot') or '/usr/sbin/chroot', str(root), '/cworker', '--master', f'{host}:{port}', '--name', 'w1',
-         '--basedir', '/basedir', '--password-file', '/password', '--backoff-max', '1'],
+         '--basedir', '/basedir', '--password-file', '/password', '--backoff-max', '1',
+         '--protocol', 'msgpack'],
         stdout=log, stderr=subprocess.STDOUT, env={'PATH': '/'})
 
 

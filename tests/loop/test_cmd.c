@@ -113,6 +113,11 @@ static void wait_gone(world_t *w, uint64_t ms)
         run_until(&w->loop, &never, 20);
     }
     assert_int_equal(w->cmds.n, 0);
+    /* The command leaves the set in a close callback and is freed in the
+     * close callback of its flush timer, one loop iteration later: when the
+     * deadline ended the run in between, that iteration has not run yet. */
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
 }
 
 static const char *text(world_t *w, cw_stream_t s)
