@@ -6,6 +6,9 @@ import subprocess
 
 import pytest
 
+# protocol-neutral (the command line alone, no master): run once, in the msgpack pass
+pytestmark = pytest.mark.only_protocol('msgpack')
+
 TIMEOUT = 15  # a usage error must exit at once; this only bounds a hang
 
 

@@ -29,6 +29,9 @@ import pytest
 
 import bbmaster
 
+# protocol-neutral (configuration alone; it names both protocols itself): run once, in the msgpack pass
+pytestmark = pytest.mark.only_protocol('msgpack')
+
 TIMEOUT = 20
 PROTO = '--protocol=msgpack_experimental_v7'
 MSGPACK = ('--protocol', 'msgpack')   # for cworker runs against the master's msgpack port

@@ -33,6 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from faultproxy import FaultProxy  # noqa: E402
 
+# protocol-neutral (the relay carries bytes, never parses a protocol; tunnelcat is the client):
+# run once, in the msgpack pass
+pytestmark = pytest.mark.only_protocol('msgpack')
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get('CWORKER_BUILD', os.path.join(REPO, 'build'))
 RELAY = os.path.join(BUILD, 'src', 'relay', 'cworker-relay')
