@@ -361,7 +361,10 @@ class TestInstalled:
                                  "'id -un; id -gn; pwd'])]",
                         'workernames': [SERVICE_INSTANCE]},
         }
-        with bbmaster.Master(tmp_path / 'master', builders,
+        # the master also listens for PB, the protocol the service speaks by default (a
+        # configuration that names only the master, as an administrator writes it)
+        pb_port = bbmaster.free_port()
+        with bbmaster.Master(tmp_path / 'master', builders, pb_port=pb_port,
                              workers=(('w1', 'pass1'), (SERVICE_INSTANCE, 'pass-pkgtest'))) as m:
             w = bbmaster.CWorker(tmp_path / 'w1', m, 'w1', 'pass1', binary='/usr/bin/cworker')
             try:
@@ -382,7 +385,7 @@ class TestInstalled:
             # service's account: it holds the password)
             state.mkdir(mode=int(u['StateDirectoryMode'][0], 8))
             os.chown(state, pw.pw_uid, pw.pw_gid)
-            conf.write_text(f'master = 127.0.0.1:{m.msgpack_port}\nname = {SERVICE_INSTANCE}\n'
+            conf.write_text(f'master = 127.0.0.1:{pb_port}\nname = {SERVICE_INSTANCE}\n'
                             f'basedir = {state}\npassword = pass-pkgtest\n')
             os.chown(conf, pw.pw_uid, pw.pw_gid)
             os.chmod(conf, 0o600)
