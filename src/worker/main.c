@@ -206,8 +206,8 @@ int main(int argc, char **argv)
         goto out;
     case CW_ACTION_VERSION:
         printf("cworker %s (protocols pb and msgpack_experimental_v7, command version %s, "
-               "resolver %s)\n",
-               CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend());
+               "resolver %s, tls %s)\n",
+               CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend(), CW_TLS_BACKEND);
         rc = 0;
         goto out;
     case CW_ACTION_CREATE:
