@@ -19,8 +19,9 @@ Two views:
   Sizes are the packages' Installed-Size (KiB, from the Debian control data).
   For cworker the packages are those that own its shared libraries (dpkg -S) - cworker itself
   is not a Debian package, so its binary size is added.  The shared libraries are those ldd
-  lists plus those the binary loads with dlopen() on first use (libssl.so.N for wss://, named
-  in the binary: meson option tls_dlopen) and what they need.
+  lists plus those the binary loads with dlopen() on first use (libssl.so.N for wss://, meson
+  option tls_dlopen; libz and libbz2 for compressed directory uploads; named in the binary)
+  and what they need.
 """
 
 import os
@@ -55,11 +56,12 @@ def ldd_libs(binary):
 
 def dlopen_libs(binary):
     """[(soname, real path, size)] of the libraries the binary dlopen()s on first use (libssl
-    for wss://: its name is a string in the binary) and of their own dependencies, libc family
-    excluded.  Empty for a binary that links OpenSSL (ldd lists it) or has none."""
+    for wss://, zlib and libbz2 for compressed directory uploads: their names are strings in
+    the binary) and of their own dependencies, libc family excluded."""
     with open(binary, 'rb') as f:
         data = f.read()
-    names = sorted(set(m.decode() for m in re.findall(rb'\x00(libssl\.so\.[0-9][0-9.]*)\x00', data)))
+    names = sorted(set(m.decode() for m in re.findall(
+        rb'\x00((?:libssl|libz|libbz2)\.so\.[0-9][0-9.]*)\x00', data)))
     libs = []
     for name in names:
         path = next((os.path.join(d, name) for d in ('/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu',
