@@ -631,9 +631,10 @@ class Bench:
 # report
 
 BOTH = PROTOCOLS
-T_IDLE = ('≤ 1.5 MiB', lambda c, s: c <= 1.5)
+T_IDLE = ('≤ 2.4 MiB', lambda c, s: c <= 2.4)  # issue 14
 T_ATTACH = ('≤ 30 ms', lambda c, s: c <= 30)
 T_STEP = ('≤ 2 ms', lambda c, s: c <= 2)
+T_INSTALLED_MIB = 10  # issue 14: Debian packages added to a minimal Debian 12 + the binary
 # key, label, unit, the protocols it is measured over,
 # {protocol: (target text, check(cworker median, stock median) -> bool)}
 FIGURES = [
@@ -972,8 +973,10 @@ def write_report(bench, a):
         L.append('|---|---|---|')
         L.append(f'| packages added (apt) | {len(fp.get("stock_apt_packages", []))} | '
                  f'{len(fp.get("cworker_apt_packages", []))} |')
-        L.append(f'| Installed-Size, apt | {fp.get("stock_apt_kib", 0) / 1024:.1f} MiB | '
-                 f'{fp.get("cworker_apt_kib_with_binary", 0) / 1024:.1f} MiB |')
+        c_mib = fp.get("cworker_apt_kib_with_binary", 0) / 1024
+        L.append(f'| Installed-Size, apt (target cworker ≤ {T_INSTALLED_MIB} MiB) | '
+                 f'{fp.get("stock_apt_kib", 0) / 1024:.1f} MiB | {c_mib:.1f} MiB '
+                 f'{"✓" if 0 < c_mib <= T_INSTALLED_MIB else "✗ missed"} |')
         L.append(f'| Installed-Size, installed-closure resolver | {fp["stock_resolver_kib"] / 1024:.1f} MiB | '
                  f'{fp["cworker_resolver_kib_with_binary"] / 1024:.1f} MiB |')
         if ratio:
@@ -985,8 +988,10 @@ def write_report(bench, a):
         L.append(f'| cworker packages added | | {", ".join(fp.get("cworker_apt_packages", []))} |')
         L.append('')
         libs = sorted(fp['cworker_libs'], key=lambda t: -t[2])
+        lazy = set(fp.get('cworker_dlopen_libs', []))
         L.append(f'cworker binary {fp["cworker_binary_bytes"] / 1024:.0f} KiB; its non-libc shared '
-                 f'libraries: ' + ', '.join(f'{n} {s / MIB:.2f} MiB' for n, _, s in libs) + '.')
+                 f'libraries (* loaded on the first wss:// connection): ' +
+                 ', '.join(f'{n}{"*" if n in lazy else ""} {s / MIB:.2f} MiB' for n, _, s in libs) + '.')
         L.append('')
 
     if bench.failures:

@@ -18,7 +18,10 @@ Two views:
       this on a minimal Debian pull in".
   Sizes are the packages' Installed-Size (KiB, from the Debian control data).
   For cworker the packages are those that own its shared libraries (dpkg -S) - cworker itself
-  is not a Debian package, so its binary size is added.
+  is not a Debian package, so its binary size is added.  The shared libraries are those ldd
+  lists plus those the binary loads with dlopen() on first use (libssl.so.N for wss://, meson
+  option tls_dlopen; libz and libbz2 for compressed directory uploads; named in the binary)
+  and what they need.
 """
 
 import os
@@ -49,6 +52,36 @@ def ldd_libs(binary):
         real = os.path.realpath(path)
         libs.append((name, real, os.path.getsize(real)))
     return libs
+
+
+def dlopen_libs(binary):
+    """[(soname, real path, size)] of the libraries the binary dlopen()s on first use (libssl
+    for wss://, zlib and libbz2 for compressed directory uploads: their names are strings in
+    the binary) and of their own dependencies, libc family excluded."""
+    with open(binary, 'rb') as f:
+        data = f.read()
+    names = sorted(set(m.decode() for m in re.findall(
+        rb'\x00((?:libssl|libz|libbz2)\.so\.[0-9][0-9.]*)\x00', data)))
+    libs = []
+    for name in names:
+        path = next((os.path.join(d, name) for d in ('/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu',
+                                                     '/lib64', '/usr/lib64', '/lib', '/usr/lib')
+                     if os.path.exists(os.path.join(d, name))), None)
+        if path is None:
+            ldconfig = _run(['/sbin/ldconfig', '-p']).stdout
+            m = re.search(r'^\s*' + re.escape(name) + r' .*=> (\S+)$', ldconfig, re.M)
+            path = m.group(1) if m else None
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        libs.append((name, real, os.path.getsize(real)))
+        libs += ldd_libs(real)
+    seen, out = set(), []
+    for lib in libs:
+        if lib[1] not in seen:
+            seen.add(lib[1])
+            out.append(lib)
+    return out
 
 
 def _parse_status(text):
@@ -209,9 +242,13 @@ def measure(cworker_bin, stock_root='buildbot-worker', cache_path=None):
     in `cache_path` keyed on the dpkg database's mtime and the library packages."""
     import json
     libs = ldd_libs(cworker_bin)
+    linked = {p for _, p, _ in libs}
+    loaded = [lib for lib in dlopen_libs(cworker_bin) if lib[1] not in linked]
+    libs += loaded
     bin_size = os.path.getsize(cworker_bin)
     lib_pkgs, unowned = owning_packages([p for _, p, _ in libs])
     res = {'cworker_binary_bytes': bin_size, 'cworker_libs': libs,
+           'cworker_dlopen_libs': [n for n, _, _ in loaded],
            'cworker_files_bytes': bin_size + sum(s for _, _, s in libs),
            'cworker_lib_packages': sorted(lib_pkgs), 'cworker_unowned_libs': unowned}
     key = json.dumps([os.stat('/var/lib/dpkg/status').st_mtime, sorted(lib_pkgs), stock_root])

@@ -466,8 +466,12 @@ static void unpack_work(uv_work_t *req)
     xfer_t *x = req->data;
     struct archive *a = archive_read_new();
     struct archive *out = archive_write_disk_new();
-    archive_read_support_filter_all(a);
-    archive_read_support_format_all(a);
+    /* what a worker sends (tar, gzip or bzip2 as asked); not the _all()
+     * calls, which would link every reader (and libxml2, ICU) from the
+     * static libarchive (meson option archive_link) */
+    archive_read_support_filter_gzip(a);
+    archive_read_support_filter_bzip2(a);
+    archive_read_support_format_tar(a);
     /* Entry names are checked here and then prefixed with the (absolute)
      * destination, so libarchive's absolute-path guard cannot be used; the
      * ".." and symlink guards still apply to the full path. */

@@ -1,18 +1,19 @@
-/* TLS over memory BIOs (see tls.h). */
+/* TLS over memory BIOs with OpenSSL (see tls.h), or the stub of a build
+ * without TLS.  The mbedTLS backend is tls_mbedtls.c. */
 #include "tls.h"
 
 #if CW_HAVE_TLS
 
 #include <errno.h>
 #include <stdio.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cworker/cw.h"
+#include "tls_openssl.h"
+#if CW_TLS_DLOPEN
+#include "tls_openssl_calls.h" /* last: OpenSSL's names become calls through pointers */
+#endif
 
 struct cw_tls {
     SSL *ssl;
@@ -46,6 +47,8 @@ static void ssl_errors(char *out, size_t n, const char *prefix)
 cw_tls_ctx_t *cw_tls_client_ctx(const char *ca_file, const char *cert, const char *key, char *err,
                                 size_t errlen)
 {
+    if (cw_tls_openssl_load(err, errlen) != 0)
+        return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
         ssl_errors(err, errlen, "cannot create a TLS context");
@@ -82,6 +85,8 @@ cw_tls_ctx_t *cw_tls_client_ctx(const char *ca_file, const char *cert, const cha
 
 cw_tls_ctx_t *cw_tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
 {
+    if (cw_tls_openssl_load(err, errlen) != 0)
+        return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
         ssl_errors(err, errlen, "cannot create a TLS context");
@@ -100,7 +105,8 @@ cw_tls_ctx_t *cw_tls_server_ctx(const char *cert, const char *key, char *err, si
 
 void cw_tls_ctx_free(cw_tls_ctx_t *ctx)
 {
-    SSL_CTX_free(ctx);
+    if (ctx != NULL)
+        SSL_CTX_free(ctx);
 }
 
 cw_tls_t *cw_tls_new(cw_tls_ctx_t *ctx, bool server, const char *host)

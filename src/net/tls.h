@@ -1,9 +1,11 @@
-/* TLS for a cw_conn_t: OpenSSL over memory BIOs, so libuv keeps owning the
+/* TLS for a cw_conn_t: OpenSSL over memory BIOs (tls.c), or mbedTLS over
+ * memory buffers (tls_mbedtls.c, -Dtls=mbedtls), so libuv keeps owning the
  * socket.  Ciphertext read from TCP is pushed in with cw_tls_feed();
  * plaintext comes out of cw_tls_read(); plaintext to send goes in with
  * cw_tls_write() and the ciphertext to put on TCP is taken with
- * cw_tls_take_out().  OpenSSL is initialised only when a TLS context is
- * created, so plain ws:// workers never pay for it. */
+ * cw_tls_take_out().  The TLS library is initialised (and, with
+ * -Dtls_dlopen, loaded) only when a TLS context is created, so plain ws://
+ * workers never pay for it. */
 #ifndef CW_NET_TLS_H
 #define CW_NET_TLS_H
 
@@ -14,7 +16,10 @@
 #include "cw_config.h"
 
 typedef struct cw_tls cw_tls_t;
-typedef struct ssl_ctx_st cw_tls_ctx_t; /* an OpenSSL SSL_CTX */
+/* A configuration shared by sessions: OpenSSL's SSL_CTX, or with mbedTLS a
+ * struct of the same tag holding its configuration, certificates and key
+ * (tls_mbedtls.c; conn.h names the tag). */
+typedef struct ssl_ctx_st cw_tls_ctx_t;
 
 /* Client context: TLS 1.2+, server certificate verified against the system
  * store (or ca_file), optional client certificate.  NULL and err on failure. */

@@ -1,6 +1,5 @@
 /* cworker: command line, configuration, start-up. */
 #include <errno.h>
-#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,11 +129,8 @@ static int run_worker(cw_config_t *cfg, cw_opts_t *o)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    /* libarchive converts names through the locale's charset: use the
-     * environment's, and UTF-8 rather than plain ASCII when it has none */
-    const char *loc = setlocale(LC_CTYPE, "");
-    if (loc == NULL || strcmp(loc, "C") == 0 || strcmp(loc, "POSIX") == 0)
-        setlocale(LC_CTYPE, "C.UTF-8");
+    /* the locale (for libarchive's name conversions) is set by the first
+     * directory upload: cmd/transfer.c, tar_locale_once() */
     for (size_t i = 0; i < o->nnotes; i++)
         cw_info("note: %s", o->notes[i]);
     /* before the worker copies the environment for its children */
@@ -206,8 +202,8 @@ int main(int argc, char **argv)
         goto out;
     case CW_ACTION_VERSION:
         printf("cworker %s (protocols pb and msgpack_experimental_v7, command version %s, "
-               "resolver %s)\n",
-               CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend());
+               "resolver %s, tls %s)\n",
+               CW_VERSION_STRING, CW_COMMAND_VERSION, cw_resolve_backend(), CW_TLS_BACKEND);
         rc = 0;
         goto out;
     case CW_ACTION_CREATE:

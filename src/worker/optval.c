@@ -294,8 +294,9 @@ static int parse_scalar(const cw_optdef_t *d, const char *s, void *p)
         if (parse_seconds(s, &sec) < 0 || sec < (double)d->min)
             return -1;
         if (d->ctype == CW_C_MS)
-            *(uint64_t *)p =
-                (uint64_t)llround(sec * 1000.0); /* rounded: printed values read back */
+            /* rounded (sec >= 0), so printed values read back; no llround():
+             * libm would be mapped for this one call */
+            *(uint64_t *)p = (uint64_t)(sec * 1000.0 + 0.5);
         else
             *(double *)p = sec;
         return 0;

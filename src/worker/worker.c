@@ -135,7 +135,11 @@ static void worker_schedule_retry(cw_worker_t *w, const char *why)
         return;
     }
     cw_notify_status("connecting to master %s (attempt %u)", w->host_header, w->attempt + 2);
-    double ceiling = pow(1.5, (double)w->attempt);
+    /* 1.5^attempt, capped (multiplied out: libm's pow() is not worth
+     * mapping libm for) */
+    double ceiling = 1.0;
+    for (unsigned i = 0; i < w->attempt && ceiling < w->cfg->backoff_cap; i++)
+        ceiling *= 1.5;
     if (ceiling > w->cfg->backoff_cap)
         ceiling = w->cfg->backoff_cap;
     double delay = ceiling * worker_random();

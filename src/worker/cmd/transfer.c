@@ -35,6 +35,7 @@
 #include <archive_entry.h>
 #include <dirent.h>
 #include <langinfo.h>
+#include <locale.h>
 #endif
 
 /* Chunks the tar thread may have ready ahead of the network. */
@@ -64,6 +65,10 @@ typedef struct tar_producer {
     cw_compress_t compress;
     bool utf8_names;  /* the locale is UTF-8: libarchive can convert names */
     size_t max_depth; /* fs-max-depth */
+    /* file data on its way into the archive; here rather than _Thread_local,
+     * whose 64 KiB every thread of the process (libuv's pool too) would
+     * zero and keep resident (docs/performance.md, "Footprint") */
+    uint8_t readbuf[65536];
 } tar_producer_t;
 #endif
 
@@ -537,10 +542,10 @@ static int tar_add(tar_producer_t *t, struct archive *ar, struct archive_entry *
         return -1;
     }
     if (fd >= 0) {
-        static _Thread_local uint8_t buf[65536];
+        uint8_t *buf = t->readbuf;
         int64_t left = st->st_size;
         while (left > 0) {
-            ssize_t n = read(fd, buf, sizeof buf);
+            ssize_t n = read(fd, buf, sizeof t->readbuf);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n <= 0) {
@@ -711,6 +716,22 @@ static void tar_async_cb(uv_async_t *h)
         upload_send_close(x, CW_XFER_UNPACK);
 }
 
+/* libarchive converts names through the locale's charset: use the
+ * environment's, and UTF-8 rather than plain ASCII when it has none.  Set
+ * here, on the loop thread before the first tar thread starts, rather than at
+ * start-up: an idle worker then maps no locale files (docs/performance.md,
+ * "Footprint"). */
+static void tar_locale_once(void)
+{
+    static bool done;
+    if (done)
+        return;
+    done = true;
+    const char *loc = setlocale(LC_CTYPE, "");
+    if (loc == NULL || strcmp(loc, "C") == 0 || strcmp(loc, "POSIX") == 0)
+        setlocale(LC_CTYPE, "C.UTF-8");
+}
+
 static int upload_dir_start(xfer_t *x)
 {
     cw_args_t *a = &x->cmd->args;
@@ -737,6 +758,7 @@ static int upload_dir_start(xfer_t *x)
     t->async.data = x;
     t->async_init = true;
     cw_cmd_header(x->cmd, "sending %s", a->path);
+    tar_locale_once();
     if (t->root == NULL || uv_thread_create(&t->thread, tar_thread, t) != 0) {
         xfer_end(x, 1, "cannot start the tar thread", NULL);
         return 0;
