@@ -581,6 +581,10 @@ static void conn_timer_cb(uv_timer_t *t)
     }
     if (c->state != CW_CONN_OPEN)
         return;
+    if (c->liveness_held) {
+        c->last_tick = now;
+        return;
+    }
     uint64_t gap = now - c->last_tick;
     c->last_tick = now;
     if (gap > c->tick_ms + 1000 && gap > 2 * c->tick_ms) {
@@ -919,6 +923,15 @@ void cw_conn_pause_reading(cw_conn_t *c, bool pause)
         c->last_rx = uv_now(c->loop);
         uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
     }
+}
+
+void cw_conn_hold_liveness(cw_conn_t *c, bool hold)
+{
+    if (hold == c->liveness_held)
+        return;
+    c->liveness_held = hold;
+    if (!hold)
+        c->last_rx = c->last_ping = c->last_tick = uv_now(c->loop);
 }
 
 int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len)
