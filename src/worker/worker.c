@@ -379,9 +379,7 @@ static void relay_open(cw_tunbridge_t *b, int status, const char *why, int fd)
     cw_worker_t *w = cw_tunbridge_data(b);
     cw_link_t *l = w->link;
     if (status < 0) {
-        char msg[400];
-        snprintf(msg, sizeof msg, "relay %s: %s", w->cfg->relay, why);
-        l->ops->close(l, status, msg);
+        l->ops->close(l, status, why); /* link_closed names the relay */
         return;
     }
     int rc = uv_tcp_open(l->ops->tcp(l), fd);
