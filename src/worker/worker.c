@@ -170,6 +170,7 @@ static void link_closed(cw_link_t *l, int err, const char *why)
      * then goes (bounded: CW_TUNBRIDGE_LINGER_MS) */
     cw_tunbridge_release(w->bridge);
     w->bridge = NULL;
+    w->relay_up = false;
 
     if (w->stop_phase != CW_STOP_RUN) {
         if (w->link_state != CW_LINK_DOWN)
@@ -389,6 +390,7 @@ static void relay_open(cw_tunbridge_t *b, int status, const char *why, int fd)
         return;
     }
     cw_debug("tunnel to the relay %s open", w->cfg->relay);
+    w->relay_up = true;
     worker_link_start(w);
 }
 
@@ -396,7 +398,9 @@ static void relay_link(cw_tunbridge_t *b, bool up, const char *why)
 {
     cw_worker_t *w = cw_tunbridge_data(b);
     cw_link_t *l = w->link;
+    w->relay_up = up;
     if (up) {
+        w->relay_resumes++;
         const cw_tunnel_t *t = cw_tunbridge_tunnel(b);
         cw_info("relay link back after %llu ms: the session to the master goes on",
                 (unsigned long long)t->last_down_ms);
@@ -772,6 +776,9 @@ static void metrics_read(void *ctx, cw_metrics_snapshot_t *v)
     v->transfer_bytes = w->cmds.stats.bytes_transfer;
     v->last_attach = w->last_attach;
     v->processes = cw_proc_live_count();
+    v->relay = w->cfg->relay != NULL;
+    v->relay_link_up = w->relay_up;
+    v->relay_resumes = w->relay_resumes;
 }
 
 /* ---- start ---- */

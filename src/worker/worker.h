@@ -101,6 +101,8 @@ struct cw_worker {
     /* relay: the tunnel's TLS context (relay-tls) and the current link's tunnel */
     struct ssl_ctx_st *relay_tls_ctx;
     struct cw_tunbridge *bridge; /* or NULL */
+    bool relay_up;               /* the bridge's tunnel has its link */
+    uint64_t relay_resumes;      /* outages resumed from, all tunnels */
 
     cw_cmds_t cmds;
     cw_dispatch_t dispatch;

@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import time
+import urllib.request
 
 import pytest
 
@@ -122,8 +123,11 @@ class Env:
         self.relay = Relay(master.worker_port(), *RELAY_ARGS)
         self.proxy = FaultProxy(self.relay.port)
         self.dproxy = FaultProxy(master.worker_port())
+        self.metrics_port = bbmaster.free_port()
         self.wr = Worker(os.path.join(basedir, 'wr'), master, 'wr', 'relay-pass',
-                         extra_args=WORKER_ARGS, via=self.proxy.port, relay=True)
+                         extra_args=WORKER_ARGS + ('--metrics-listen',
+                                                   f'127.0.0.1:{self.metrics_port}'),
+                         via=self.proxy.port, relay=True)
         self.wd = Worker(os.path.join(basedir, 'wd'), master, 'wd', 'direct-pass',
                          extra_args=WORKER_ARGS, via=self.dproxy.port, relay=False)
         self.wr.start(timeout=60)
@@ -146,6 +150,13 @@ class Env:
         self.proxy.upstream = ('127.0.0.1', self.relay.port)
         self.wr.wait_log(r'attached to master', 0, timeout=60, count=n + 1)
         self.master.wait_worker_connected('wr', timeout=30)
+
+    def metrics(self):
+        with urllib.request.urlopen(f'http://127.0.0.1:{self.metrics_port}/metrics',
+                                    timeout=5) as r:
+            text = r.read().decode()
+        return {m.group(1): float(m.group(2))
+                for m in re.finditer(r'^([a-z_]+) (\S+)$', text, re.M)}
 
     def stop(self):
         for x in (self.wr, self.wd):
@@ -395,6 +406,8 @@ def test_sleep_across_60s_outage(env, proc_marker):
     time.sleep(30)
     assert {p for p, _ in bbmaster.find_processes(proc_marker)} == procs
     assert master.worker_connected('wr')
+    m = env.metrics()
+    assert (m['cworker_relay_link_up'], m['cworker_connected']) == (0, 1), m
     time.sleep(30)
     proxy.refuse(False)
     w.wait_log(r'relay link back after', off, timeout=20)
@@ -412,6 +425,8 @@ def test_instant_cuts_resume_time(env, proc_marker):
     brid = master.force('sleep-r', props={'secs': '5', 'marker': proc_marker})
     buildid = master.wait_build_started(brid)['buildid']
     master.wait_log_contains(buildid, 'sleep', 'start', timeout=30)
+    m0 = env.metrics()
+    assert m0['cworker_relay_link_up'] == 1 and m0['cworker_connected'] == 1, m0
     ms = []
     for i in range(5):
         env.proxy.cut(rst=(i % 2 == 0))
@@ -421,6 +436,10 @@ def test_instant_cuts_resume_time(env, proc_marker):
     b = bbmaster.Build(master, master.wait_build(brid, 60))
     assert b.result == 'SUCCESS', describe_build(b)
     assert 'attached to master' not in w.log_since(off)
+    m1 = env.metrics()
+    assert m1['cworker_relay_resumes_total'] - m0['cworker_relay_resumes_total'] == 5
+    assert m1['cworker_relay_link_up'] == 1
+    assert m1['cworker_connects_total'] == m0['cworker_connects_total']
     record(f'[{bbmaster.PROTOCOL}] resume after an RST/FIN cut (ms, link loss to resumed; '
            'first backoff draw uniform in (0, 100 ms])', median=sorted(ms)[2], min=min(ms),
            max=max(ms))
