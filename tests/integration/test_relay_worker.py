@@ -128,8 +128,11 @@ class Env:
                          extra_args=WORKER_ARGS + ('--metrics-listen',
                                                    f'127.0.0.1:{self.metrics_port}'),
                          via=self.proxy.port, relay=True)
+        # (a metrics listener too, so the idle memory of the two compares like with like)
         self.wd = Worker(os.path.join(basedir, 'wd'), master, 'wd', 'direct-pass',
-                         extra_args=WORKER_ARGS, via=self.dproxy.port, relay=False)
+                         extra_args=WORKER_ARGS + ('--metrics-listen',
+                                                   f'127.0.0.1:{bbmaster.free_port()}'),
+                         via=self.dproxy.port, relay=False)
         self.wr.start(timeout=60)
         self.wd.start(timeout=60)
 
