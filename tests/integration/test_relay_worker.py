@@ -578,3 +578,19 @@ def test_relay_tls(env, tmp_path):
         for x in workers:
             x.stop()
         relay.stop()
+
+
+def test_relay_pointing_at_the_master(env, tmp_path):
+    """A misconfiguration: --relay names the master's own port.  The master does not speak the
+    tunnel protocol; the worker says so, keeps retrying, and stays up (no crash, no attach)."""
+    master = env.master
+    w = Worker(str(tmp_path / 'mis'), master, 'wn', 'plain-pass', extra_args=WORKER_ARGS,
+               via=master.worker_port(), relay=True)
+    try:
+        w.start(wait=False)
+        w.wait_log(r'cannot connect to master .* through the relay', 0, timeout=30, count=2)
+        assert w.running()
+        assert not master.worker_connected('wn')
+    finally:
+        w.stop()
+    assert w.returncode == 0, w.log_since(0)[-2000:]
