@@ -2,6 +2,7 @@
 #include "tunbridge.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,12 +242,27 @@ static void tun_eof(cw_tunnel_t *t)
 
 /* ---- the tunnel's events ---------------------------------------------------- */
 
+/* A close-on-exec stream socketpair (libuv makes both ends non-blocking when
+ * it opens them). */
+static int bridge_socketpair(int sv[2])
+{
+#ifdef SOCK_CLOEXEC
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+#else
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        return -1;
+    fcntl(sv[0], F_SETFD, FD_CLOEXEC);
+    fcntl(sv[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+#endif
+}
+
 static void tun_open(cw_tunnel_t *t, int status, const char *why)
 {
     cw_tunbridge_t *b = t->data;
     int sv[2] = {-1, -1};
     char msg[300];
-    if (status == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+    if (status == 0 && bridge_socketpair(sv) < 0) {
         status = -errno;
         snprintf(msg, sizeof msg, "socketpair: %s", strerror(errno));
         why = msg;

@@ -41,7 +41,7 @@ typedef struct cw_tunbridge cw_tunbridge_t;
 
 typedef struct cw_tunbridge_callbacks {
     /* The first session is up (status 0: fd is the user's end of the
-     * socketpair, non-blocking, close-on-exec, owned by the user), or could not
+     * socketpair, close-on-exec, owned by the user), or could not
      * be opened (status < 0, why; fd -1). */
     void (*on_open)(cw_tunbridge_t *b, int status, const char *why, int fd);
     /* The tunnel's link went down and the session is resuming (up = false),
