@@ -571,6 +571,11 @@ static void conn_timer_cb(uv_timer_t *t)
     cw_conn_t *c = t->data;
     uint64_t now = uv_now(c->loop);
     if (c->state == CW_CONN_HANDSHAKE) {
+        if (c->liveness_held) {
+            /* the path is being repaired: the handshake gets its time after */
+            uv_timer_start(&c->timer, conn_timer_cb, c->opt.handshake_timeout, 0);
+            return;
+        }
         cw_conn_close(c, CW_ETIMEOUT, 0, "WebSocket handshake timed out");
         return;
     }
@@ -581,6 +586,10 @@ static void conn_timer_cb(uv_timer_t *t)
     }
     if (c->state != CW_CONN_OPEN)
         return;
+    if (c->liveness_held) {
+        c->last_tick = now;
+        return;
+    }
     uint64_t gap = now - c->last_tick;
     c->last_tick = now;
     if (gap > c->tick_ms + 1000 && gap > 2 * c->tick_ms) {
@@ -919,6 +928,18 @@ void cw_conn_pause_reading(cw_conn_t *c, bool pause)
         c->last_rx = uv_now(c->loop);
         uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
     }
+}
+
+void cw_conn_hold_liveness(cw_conn_t *c, bool hold)
+{
+    if (hold == c->liveness_held)
+        return;
+    c->liveness_held = hold;
+    if (hold)
+        return;
+    c->last_rx = c->last_ping = c->last_tick = uv_now(c->loop);
+    if (c->state == CW_CONN_HANDSHAKE)
+        conn_arm_timer(c); /* a whole handshake timeout from now */
 }
 
 int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len)

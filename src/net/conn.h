@@ -132,6 +132,7 @@ struct cw_conn {
     char close_why[400];
     int handles_open;
     bool reading_paused;
+    bool liveness_held; /* cw_conn_hold_liveness */
 
     /* statistics */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
@@ -179,6 +180,11 @@ void cw_conn_close(cw_conn_t *c, int err, uint16_t ws_code, const char *why);
 /* Stop / resume reading from the socket (the peer then sees a stalled
  * link; used by fault injection and by flow control). */
 void cw_conn_pause_reading(cw_conn_t *c, bool pause);
+/* Hold the liveness checks (no ping, no dead-link timeout, no handshake
+ * timeout) while the path under the connection is down and being repaired
+ * (a relay's tunnel resuming): that silence is not the peer's.  Released,
+ * the silence (or the handshake's time) counts from then. */
+void cw_conn_hold_liveness(cw_conn_t *c, bool hold);
 /* Write bytes on the socket as they are, outside any framing (fault
  * injection only). */
 int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len);

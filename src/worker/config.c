@@ -110,6 +110,7 @@ void cw_config_free(cw_config_t *cfg)
     }
     free(cfg->master_host);
     free(cfg->master_path);
+    free(cfg->relay_host);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -292,9 +293,10 @@ static int resolve_dependents(cw_opts_t *o, cw_config_t *cfg, char *err, size_t 
     for (int id = 0; id < CW_OPT__COUNT; id++) {
         const cw_optdef_t *d = &cw_optdefs[id];
         const cw_optval_t *v = &o->v[id];
-        if ((d->flags & CW_OPTF_TLS) && !cfg->use_tls && *(char **)((char *)cfg + d->off))
+        if ((d->flags & CW_OPTF_TLS) && !cfg->use_tls && !(cfg->relay && cfg->relay_tls) &&
+            *(char **)((char *)cfg + d->off))
             cw_opts_note(o, cw_opt_asprintf("%s: %s is only used with a wss:// master (or "
-                                            "use-tls)",
+                                            "use-tls), or with relay-tls",
                                             v->where, d->name));
         if (!(d->flags & CW_OPTF_LOGFILE) || cfg->log_file || v->value == NULL)
             continue;
@@ -317,6 +319,12 @@ static int resolve_dependents(cw_opts_t *o, cw_config_t *cfg, char *err, size_t 
         cw_opts_note(o, cw_opt_asprintf("%s: keepalive has no effect over msgpack (WebSocket "
                                         "pings keep the link alive: ping-interval)",
                                         ka->where));
+    if (cfg->relay_tls && !cfg->relay && o->v[CW_OPT_RELAY_TLS].value)
+        cw_opts_note(o, cw_opt_asprintf("%s: relay-tls is only used with relay",
+                                        o->v[CW_OPT_RELAY_TLS].where));
+    if (cfg->relay && cfg->relay_tls && !CW_HAVE_TLS)
+        return bad_value(err, errlen, o, CW_OPT_RELAY_TLS,
+                         "TLS is not supported by this build (built without OpenSSL)");
     if ((cfg->client_cert == NULL) != (cfg->client_key == NULL))
         return bad_value(err, errlen, o, cfg->client_cert ? CW_OPT_CLIENT_CERT : CW_OPT_CLIENT_KEY,
                          "client-cert and client-key go together");
@@ -344,6 +352,17 @@ static int resolve_proxy(cw_opts_t *o, char *const *envp, cw_config_t *cfg, char
 {
     free(o->proxy_env);
     o->proxy_env = NULL;
+    if (cfg->relay && cfg->proxy)
+        return cw_opt_fail(err, errlen,
+                           "%s: an HTTP proxy cannot be used with a relay (%s); set proxy = "
+                           "none (--proxy none), or relay = none",
+                           o->v[CW_OPT_PROXY].where, o->v[CW_OPT_RELAY].where);
+    if (cfg->relay) {
+        o->proxy_from = o->v[CW_OPT_PROXY].value
+                            ? NULL
+                            : "default: through the relay, proxy variables not used";
+        return 0;
+    }
     if (cfg->protocol == CW_PROTO_PB && cfg->proxy) {
         /* (not the value: it may hold the proxy's password) */
         const cw_optval_t *p = &o->v[CW_OPT_PROTOCOL];

@@ -57,6 +57,11 @@ typedef struct cw_link_ops {
     size_t (*unanswered)(cw_link_t *l);
     /* The master's address, for logs. */
     const char *(*peer)(cw_link_t *l);
+    /* Hold (true) or release the link's liveness checks (pings, keepalives,
+     * the dead-link timeout): the path under it is down and being repaired
+     * (a relay's tunnel resuming), so the silence is not the master's; the
+     * session and its commands go on.  Released, silence counts from then. */
+    void (*hold_liveness)(cw_link_t *l, bool hold);
     /* Ask the master for a graceful shutdown (it lets the running build
      * finish, then tells the worker to stop).  NULL when the protocol has
      * no such request (msgpack).  0 or a negative code. */

@@ -423,12 +423,18 @@ static const char *ml_peer(cw_link_t *base)
     return ((mlink_t *)base)->conn.peer;
 }
 
+static void ml_hold_liveness(cw_link_t *base, bool hold)
+{
+    cw_conn_hold_liveness(&((mlink_t *)base)->conn, hold);
+}
+
 static const cw_link_ops_t mlink_ops = {
     .tcp = ml_tcp,
     .start = ml_start,
     .close = ml_close,
     .unanswered = ml_unanswered,
     .peer = ml_peer,
+    .hold_liveness = ml_hold_liveness,
 };
 
 cw_link_t *cw_link_msgpack_new(uv_loop_t *loop, const cw_conn_options_t *opt, cw_dispatch_t *d,

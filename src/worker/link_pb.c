@@ -96,6 +96,7 @@ typedef struct plink {
     bool close_wanted; /* ... so the close waits for the feed to return */
     bool closing;
     bool got_bytes;
+    bool held;   /* liveness checks held (pl_hold_liveness) */
     int handles; /* handles still to close before the link is freed */
     int err;
     char why[320];
@@ -1099,6 +1100,8 @@ static void timer_cb(uv_timer_t *t)
     uint64_t now = uv_now(l->loop);
     uint64_t gap = now - l->last_tick;
     l->last_tick = now;
+    if (l->held)
+        return;
     if (gap > l->tick_ms + 1000 && gap > 2 * l->tick_ms) {
         /* the loop did not run (SIGSTOP, a paused VM): what the master sent
          * meanwhile is unread; count the silence from now and ask */
@@ -1185,6 +1188,21 @@ static const char *pl_peer(cw_link_t *base)
     return ((plink_t *)base)->peer;
 }
 
+static void pl_hold_liveness(cw_link_t *base, bool hold)
+{
+    plink_t *l = (plink_t *)base;
+    if (hold == l->held)
+        return;
+    l->held = hold;
+    if (!hold) {
+        /* the silence was the path's: count from now (the greeting too) */
+        uint64_t now = uv_now(l->loop);
+        l->last_rx = l->last_tick = now;
+        if (!l->got_bytes)
+            l->started = now;
+    }
+}
+
 static int pl_request_shutdown(cw_link_t *base)
 {
     plink_t *l = (plink_t *)base;
@@ -1204,6 +1222,7 @@ static const cw_link_ops_t plink_ops = {
     .close = pl_close,
     .unanswered = pl_unanswered,
     .peer = pl_peer,
+    .hold_liveness = pl_hold_liveness,
     .request_shutdown = pl_request_shutdown,
 };
 

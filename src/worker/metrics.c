@@ -131,6 +131,16 @@ static void metrics_text(const cw_metrics_snapshot_t *v, cw_buf_t *b)
                   (unsigned long long)v->commands, (unsigned long long)v->commands_failed,
                   v->commands_running, (unsigned long long)v->output_bytes,
                   (unsigned long long)v->transfer_bytes, v->last_attach, v->processes);
+    if (v->relay)
+        cw_buf_printf(b,
+                      "# HELP cworker_relay_link_up 1 while the tunnel to cworker-relay has its "
+                      "link (0 during an outage, and while not connected).\n"
+                      "# TYPE cworker_relay_link_up gauge\ncworker_relay_link_up %d\n"
+                      "# HELP cworker_relay_resumes_total Outages of the tunnel's link it resumed "
+                      "from.\n"
+                      "# TYPE cworker_relay_resumes_total counter\n"
+                      "cworker_relay_resumes_total %llu\n",
+                      v->relay_link_up ? 1 : 0, (unsigned long long)v->relay_resumes);
 }
 
 static void client_request(metrics_client_t *c)

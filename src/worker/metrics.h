@@ -19,6 +19,9 @@ typedef struct cw_metrics_snapshot {
     uint64_t transfer_bytes;
     double last_attach; /* Unix time, 0: never */
     unsigned processes;
+    bool relay;             /* through cworker-relay: the two below are reported */
+    bool relay_link_up;     /* the tunnel has its link (false during an outage) */
+    uint64_t relay_resumes; /* outages the tunnel resumed from */
 } cw_metrics_snapshot_t;
 
 typedef void (*cw_metrics_read_cb)(void *ctx, cw_metrics_snapshot_t *out);

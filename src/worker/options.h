@@ -87,6 +87,13 @@ typedef struct cw_config {
      * http_proxy/HTTP_PROXY (ws) unless no_proxy/NO_PROXY matches the
      * master.  Always NULL with PB (a proxy is a configuration error). */
     char *proxy;
+    /* cworker-relay as "HOST:PORT" / "[V6]:PORT", or NULL: connect to the
+     * master directly.  With a relay the link to the master runs through a
+     * resumable tunnel to it (docs/tunnel.md); relay_host has no brackets. */
+    char *relay;
+    char *relay_host;
+    int relay_port;
+    bool relay_tls;            /* TLS on the tunnel, the relay's certificate checked */
     char *metrics_listen;      /* "IP:PORT" / "[IPv6]:PORT" (cw_hostport_parse), NULL = off */
     int log_format;            /* 0 text, 1 JSON (cw_log_format_t) */
     bool delete_leftover_dirs; /* reported in get_worker_info */
@@ -112,6 +119,8 @@ typedef enum cw_opt_id {
     CW_OPT_CLIENT_CERT,
     CW_OPT_CLIENT_KEY,
     CW_OPT_PROXY,
+    CW_OPT_RELAY,
+    CW_OPT_RELAY_TLS,
     CW_OPT_BACKOFF_MAX,
     CW_OPT_MAX_RETRIES,
     CW_OPT_PING_INTERVAL,

@@ -226,6 +226,49 @@ const cw_optdef_t cw_optdefs[CW_OPT__COUNT] = {
                    "error and these variables are not used (the stock PB worker ignores them "
                    "too).",
         },
+    [CW_OPT_RELAY] =
+        {
+            .name = "relay",
+            .env = "CWORKER_RELAY",
+            .type = CW_T_RELAY,
+            .ctype = CW_C_STR,
+            .off = OFF(relay),
+            .none = "none",
+            .need = "needs HOST:PORT or [IPv6]:PORT of a cworker-relay (or none)",
+            .arg = "HOST:PORT",
+            .def_doc = "none",
+            .help = "reach the master through cworker-relay at *HOST:PORT*: a resumable tunnel "
+                    "that keeps builds running through network outages",
+            .doc = "Reach the master through the `cworker-relay` at *HOST:PORT* (`none`: "
+                   "directly).  The worker's session, PB or msgpack, runs end to end through a "
+                   "resumable tunnel to the relay, which holds the TCP connection to the master "
+                   "given by its own `--master`; `master` still names the master the worker "
+                   "speaks to (for msgpack the WebSocket's host and path).  When the link to "
+                   "the relay breaks the worker reconnects and resumes the session: running "
+                   "commands go on, their output waits in a bounded buffer (then their pipes "
+                   "are not read), and the master sees a quiet worker.  Only an outage longer "
+                   "than the relay's `--resume-window`, or a relay that lost the session (it "
+                   "restarted), ends the session as a lost link does.  `ping-interval` and "
+                   "`dead-timeout` then apply to the tunnel's link; the session inside it "
+                   "waits twice the dead timeout plus a ping interval.  Not with `proxy`.",
+        },
+    [CW_OPT_RELAY_TLS] =
+        {
+            .name = "relay-tls",
+            .env = "CWORKER_RELAY_TLS",
+            .type = CW_T_BOOL,
+            .ctype = CW_C_BOOL,
+            .off = OFF(relay_tls),
+            .need = "needs true or false",
+            .arg = "BOOL",
+            .def = "false",
+            .help = "TLS on the tunnel to the relay (its certificate checked as for `wss://`)",
+            .doc = "With `relay`: TLS on the tunnel (the relay runs with `--tls-cert` and "
+                   "`--tls-key`).  The relay's certificate and host name are checked as for a "
+                   "`wss://` master, against `ca-file` or the system store; `client-cert` and "
+                   "`client-key` are presented when set.  Without it anyone on the path can "
+                   "read the stream and the tunnel's resume token.",
+        },
     [CW_OPT_BACKOFF_MAX] =
         {
             .name = "backoff-max",

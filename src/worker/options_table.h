@@ -31,6 +31,7 @@ typedef enum cw_opt_type {
     CW_T_UMASK,    /* octal 0-777: 022, 0o22 */
     CW_T_PROXY,    /* http://[USER:PASS@]HOST[:PORT] */
     CW_T_LISTEN,   /* IP:PORT, [IPv6]:PORT */
+    CW_T_RELAY,    /* HOST:PORT, [IPv6]:PORT, the port required: relay, relay_host/_port */
     CW_T_WORD,     /* one of .words, stored as its index (an int); .none is the first */
 } cw_opt_type_t;
 

@@ -234,6 +234,29 @@ static bool is_none_word(const cw_optdef_t *d, const char *s)
     return strcasecmp(s, d->none) == 0;
 }
 
+/* The relay: HOST:PORT or [V6]:PORT, a name or an address, the port
+ * required (a relay has no well-known port); none: no relay. */
+static int parse_relay(const cw_optdef_t *d, const char *s, cw_config_t *cfg)
+{
+    char *host = NULL, *canon = NULL;
+    int port = 0;
+    bool had_port = false;
+    if (!is_none_word(d, s)) {
+        if (strchr(s, '/') || cw_opt_split_hostport(s, strlen(s), &host, &port, &had_port) < 0)
+            return -1;
+        if (!had_port || (canon = cw_opt_join_hostport(host, port)) == NULL) {
+            free(host);
+            return had_port ? -ENOMEM : -1;
+        }
+    }
+    free(cfg->relay);
+    free(cfg->relay_host);
+    cfg->relay = canon;
+    cfg->relay_host = host;
+    cfg->relay_port = port;
+    return 0;
+}
+
 /* The index of s among the space-separated words, or -1. */
 static int word_index(const char *words, const char *s)
 {
@@ -363,6 +386,8 @@ int cw_opt_parse(cw_opt_id_t id, const char *s, cw_config_t *cfg, const char **w
         free(url);
         return rc;
     }
+    case CW_T_RELAY:
+        return parse_relay(d, s, cfg);
     case CW_T_LISTEN: {
         if (is_none_word(d, s))
             return put_str(p, NULL);
@@ -471,6 +496,7 @@ const char *cw_opt_format(cw_opt_id_t id, const cw_config_t *cfg, char *buf, siz
     case CW_T_SECRET:
     case CW_T_PROXY:
     case CW_T_LISTEN:
+    case CW_T_RELAY:
         if (d->ctype != CW_C_STR)
             return NULL;
         return *(char *const *)p ? *(char *const *)p : d->none;

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "tls.h"
+#include "tunbridge.h"
 
 /* how long the KILL phase waits after SIGKILL */
 #define KILL_WAIT_MS 3000
@@ -38,6 +39,7 @@
 
 static void worker_connect(cw_worker_t *w);
 static void worker_try_next_addr(cw_worker_t *w);
+static void worker_link_start(cw_worker_t *w);
 static void stop_enter(cw_worker_t *w, cw_stop_phase_t to);
 static void stop_check(cw_worker_t *w);
 
@@ -168,6 +170,11 @@ static void link_closed(cw_link_t *l, int err, const char *why)
     char reason[256];
     snprintf(reason, sizeof reason, "%s", why);
     w->link = NULL; /* the link frees itself when we return */
+    /* the tunnel carries the link's last bytes and its end to the relay,
+     * then goes (bounded: CW_TUNBRIDGE_LINGER_MS) */
+    cw_tunbridge_release(w->bridge);
+    w->bridge = NULL;
+    w->relay_up = false;
 
     if (w->stop_phase != CW_STOP_RUN) {
         if (w->link_state != CW_LINK_DOWN)
@@ -194,9 +201,13 @@ static void link_closed(cw_link_t *l, int err, const char *why)
         return;
     }
     w->naddrs = w->next_addr = 0;
-    char msg[600];
-    snprintf(msg, sizeof msg, "cannot connect to master %s:%d: %s", w->cfg->master_host,
-             w->cfg->master_port, reason);
+    char msg[1000];
+    if (w->cfg->relay)
+        snprintf(msg, sizeof msg, "cannot connect to master %s through the relay %s: %s",
+                 w->host_header, w->cfg->relay, reason);
+    else
+        snprintf(msg, sizeof msg, "cannot connect to master %s:%d: %s", w->cfg->master_host,
+                 w->cfg->master_port, reason);
     worker_schedule_retry(w, msg);
 }
 
@@ -268,6 +279,14 @@ static void on_tcp_connected(uv_connect_t *req, int status)
         }
         return;
     }
+    worker_link_start(w);
+}
+
+/* The link's stream is connected (to the master, a proxy, or the relay's
+ * tunnel): speak the protocol. */
+static void worker_link_start(cw_worker_t *w)
+{
+    cw_link_t *l = w->link;
     if (w->stop_phase != CW_STOP_RUN) {
         l->ops->close(l, 0, "worker stopping");
         return;
@@ -287,16 +306,23 @@ static void on_tcp_connected(uv_connect_t *req, int status)
         l->ops->close(l, rc, cw_strerror(rc));
 }
 
-static void worker_try_next_addr(cw_worker_t *w)
+/* A new link of the configured protocol (not connected yet), or NULL. */
+static cw_link_t *worker_new_link(cw_worker_t *w)
 {
-    const cw_addr_t *ai = &w->addrs[w->next_addr++];
     cw_link_t *l;
+    /* Through a relay the tunnel's link has the dead-link timer (the tunnel
+     * resumes when it fires); the session inside waits longer, so it never
+     * gives up on a path the tunnel is still repairing, and only catches a
+     * master that stopped answering. */
+    uint64_t dead = w->cfg->dead_timeout;
+    if (w->cfg->relay && dead)
+        dead = 2 * dead + w->cfg->ping_interval;
     if (w->cfg->protocol == CW_PROTO_PB) {
         cw_link_pb_options_t opt = {
             .basedir = w->cfg->basedir,
             .home = w->home[0] ? w->home : NULL,
             .ping_interval = w->cfg->ping_interval,
-            .dead_timeout = w->cfg->dead_timeout,
+            .dead_timeout = dead,
             .keepalive = w->cfg->keepalive,
             .greeting_timeout = PB_GREETING_MS,
             .delete_leftover_dirs = w->cfg->delete_leftover_dirs,
@@ -308,9 +334,16 @@ static void worker_try_next_addr(cw_worker_t *w)
         cw_conn_options_default(&opt);
         opt.max_message = w->cfg->max_message;
         opt.ping_interval = w->cfg->ping_interval;
-        opt.dead_timeout = w->cfg->dead_timeout;
+        opt.dead_timeout = dead;
         l = cw_link_msgpack_new(w->loop, &opt, &w->dispatch, &worker_link_events, w);
     }
+    return l;
+}
+
+static void worker_try_next_addr(cw_worker_t *w)
+{
+    const cw_addr_t *ai = &w->addrs[w->next_addr++];
+    cw_link_t *l = worker_new_link(w);
     if (l == NULL) {
         worker_schedule_retry(w, "out of memory");
         return;
@@ -344,9 +377,96 @@ static void on_resolved(cw_resolve_t *r, int status, const cw_addr_t *addrs, siz
     worker_try_next_addr(w);
 }
 
+/* ---- through cworker-relay ---- */
+
+static void relay_open(cw_tunbridge_t *b, int status, const char *why, int fd)
+{
+    cw_worker_t *w = cw_tunbridge_data(b);
+    cw_link_t *l = w->link;
+    if (status < 0) {
+        l->ops->close(l, status, why); /* link_closed names the relay */
+        return;
+    }
+    int rc = uv_tcp_open(l->ops->tcp(l), fd);
+    if (rc < 0) {
+        close(fd);
+        l->ops->close(l, rc, uv_strerror(rc));
+        return;
+    }
+    cw_debug("tunnel to the relay %s open", w->cfg->relay);
+    w->relay_up = true;
+    worker_link_start(w);
+}
+
+static void relay_link(cw_tunbridge_t *b, bool up, const char *why)
+{
+    cw_worker_t *w = cw_tunbridge_data(b);
+    cw_link_t *l = w->link;
+    w->relay_up = up;
+    if (up) {
+        w->relay_resumes++;
+        const cw_tunnel_t *t = cw_tunbridge_tunnel(b);
+        cw_info("relay link back after %llu ms: the session to the master goes on",
+                (unsigned long long)t->last_down_ms);
+    } else {
+        cw_warn("relay link down (%s): resuming; running commands go on, their output waits", why);
+    }
+    if (l->ops->hold_liveness)
+        l->ops->hold_liveness(l, !up);
+}
+
+static void relay_lost(cw_tunbridge_t *b, int err, const char *why)
+{
+    cw_worker_t *w = cw_tunbridge_data(b);
+    char msg[400];
+    snprintf(msg, sizeof msg, "the relay session is lost: %s", why);
+    w->link->ops->close(w->link, err, msg);
+}
+
+static const cw_tunbridge_callbacks_t relay_callbacks = {
+    .on_open = relay_open,
+    .on_link = relay_link,
+    .on_lost = relay_lost,
+};
+
+/* CONNECTING through the relay: the tunnel resolves and connects by itself,
+ * and its link outages stay below the link (docs/tunnel.md). */
+static void worker_connect_relay(cw_worker_t *w)
+{
+    cw_tunnel_options_t o;
+    cw_tunnel_options_default(&o);
+    o.ping_interval = w->cfg->ping_interval;
+    o.dead_timeout = w->cfg->dead_timeout; /* 0 (off) is the tunnel's default: 30 s */
+    o.tls_ctx = w->relay_tls_ctx;
+    /* resume attempts are capped at 5 s, or less with a smaller backoff-max */
+    if (w->cfg->backoff_cap * 1000 < 5000)
+        o.backoff_max =
+            w->cfg->backoff_cap * 1000 < 100 ? 100 : (uint64_t)(w->cfg->backoff_cap * 1000);
+    cw_link_t *l = worker_new_link(w);
+    cw_tunbridge_t *b = l ? cw_tunbridge_new(w->loop, &o, &relay_callbacks, w) : NULL;
+    if (b == NULL) {
+        if (l)
+            l->ops->close(l, -ENOMEM, "out of memory");
+        else
+            worker_schedule_retry(w, "out of memory");
+        return;
+    }
+    w->link = l;
+    w->bridge = b;
+    link_set_state(w, CW_LINK_CONNECTING);
+    cw_debug("connecting to the relay %s", w->cfg->relay);
+    int rc = cw_tunbridge_connect(b, w->cfg->relay_host, w->cfg->relay_port);
+    if (rc < 0)
+        l->ops->close(l, rc, uv_strerror(rc)); /* releases the bridge */
+}
+
 /* RESOLVING: look the master (or the proxy) up. */
 static void worker_connect(cw_worker_t *w)
 {
+    if (w->cfg->relay) {
+        worker_connect_relay(w);
+        return;
+    }
     w->resolver.data = w;
     cw_debug("resolving %s:%d", w->dial_host, w->dial_port);
     int rc = cw_resolve_start(&w->resolver, w->loop, w->dial_host, w->dial_port, on_resolved);
@@ -435,6 +555,8 @@ static void stop_release(cw_worker_t *w)
     cw_resolve_shutdown();
     cw_tls_ctx_free(w->tls_ctx);
     w->tls_ctx = NULL;
+    cw_tls_ctx_free(w->relay_tls_ctx);
+    w->relay_tls_ctx = NULL;
     if (w->proxy.host)
         cw_proxy_free(&w->proxy);
     free(w->proxy_auth);
@@ -658,6 +780,9 @@ static void metrics_read(void *ctx, cw_metrics_snapshot_t *v)
     v->transfer_bytes = w->cmds.stats.bytes_transfer;
     v->last_attach = w->last_attach;
     v->processes = cw_proc_live_count();
+    v->relay = w->cfg->relay != NULL;
+    v->relay_link_up = w->relay_up;
+    v->relay_resumes = w->relay_resumes;
 }
 
 /* ---- start ---- */
@@ -749,6 +874,15 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
             return CW_ETLS;
         }
     }
+    if (cfg->relay && cfg->relay_tls) {
+        char err[400];
+        w->relay_tls_ctx =
+            cw_tls_client_ctx(cfg->ca_file, cfg->client_cert, cfg->client_key, err, sizeof err);
+        if (w->relay_tls_ctx == NULL) {
+            cw_error("relay TLS: %s", err);
+            return CW_ETLS;
+        }
+    }
     if (cfg->proxy) {
         if (cw_proxy_parse(cfg->proxy, &w->proxy) < 0) {
             cw_error("cannot use proxy '%s'", cfg->proxy);
@@ -776,6 +910,9 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
                 w->host_header, cfg->master_path);
     if (cfg->proxy)
         cw_info("connecting through the HTTP proxy %s:%d", w->proxy.host, w->proxy.port);
+    if (cfg->relay)
+        cw_info("connecting through cworker-relay %s%s (a resumable tunnel)", cfg->relay,
+                cfg->relay_tls ? " over TLS" : "");
     if (cfg->metrics_listen &&
         (rc = cw_metrics_start(loop, cfg->metrics_listen, metrics_read, w, &w->metrics)) < 0)
         return rc;

@@ -98,6 +98,12 @@ struct cw_worker {
     size_t naddrs, next_addr;
     uv_connect_t connect_req;
 
+    /* relay: the tunnel's TLS context (relay-tls) and the current link's tunnel */
+    struct ssl_ctx_st *relay_tls_ctx;
+    struct cw_tunbridge *bridge; /* or NULL */
+    bool relay_up;               /* the bridge's tunnel has its link */
+    uint64_t relay_resumes;      /* outages resumed from, all tunnels */
+
     cw_cmds_t cmds;
     cw_dispatch_t dispatch;
 

@@ -851,3 +851,49 @@ def test_example_config(cworker_bin, repo_root, tmp_path):
     conf.chmod(0o644)   # as installed: the password line makes it refuse
     r = run(cworker_bin, '--config', str(conf), '--check-config')
     assert r.returncode == 2 and 'chmod 600' in r.stderr, r
+
+
+def test_relay_options(cworker_bin, tmp_path):
+    """relay and relay-tls: flag, environment and file, shown by --check-config; a relay needs
+    a port; relay excludes proxy (and the proxy variables are not used with it); relay-tls
+    alone is noted; the TLS files count as used with relay-tls."""
+    pwfile = tmp_path / 'pw'
+    pwfile.write_text('pw\n')
+    pwfile.chmod(0o600)
+    rest = basic(tmp_path, pwfile)
+    r = run(cworker_bin, '--check-config', *rest, '--relay', 'relay.example.org:9991',
+            '--relay-tls')
+    assert r.returncode == 0, r
+    rep = report(r.stdout)
+    assert rep['relay'] == ('relay.example.org:9991', '--relay')
+    assert rep['relay-tls'] == ('true', '--relay-tls')
+    r = run(cworker_bin, '--check-config', *rest, env={'CWORKER_RELAY': '[::1]:7'})
+    assert r.returncode == 0 and report(r.stdout)['relay'] == ('[::1]:7', 'CWORKER_RELAY'), r
+    conf = tmp_path / 'r.conf'
+    conf.write_text('relay = 127.0.0.1:9991\nrelay_tls = yes\n')
+    r = run(cworker_bin, '--check-config', *rest, '--config', str(conf))
+    assert r.returncode == 0, r
+    assert report(r.stdout)['relay'] == ('127.0.0.1:9991', f'{conf}:1')
+    assert report(r.stdout)['relay-tls'] == ('true', f'{conf}:2')
+    for bad in ('relay.example.org', 'ws://r:1/', 'r:0', 'r:99999', '::1:5', 'a b:1'):
+        r = run(cworker_bin, '--check-config', *rest, '--relay', bad)
+        assert r.returncode == 2 and 'needs HOST:PORT or [IPv6]:PORT of a cworker-relay' in \
+            r.stderr, (bad, r)
+    r = run(cworker_bin, '--check-config', *rest, '--master', 'ws://h/', '--relay', 'r:1',
+            '--proxy', 'http://p:3128')
+    assert r.returncode == 2 and 'cannot be used with a relay' in r.stderr, r
+    r = run(cworker_bin, '--check-config', *rest, '--master', 'ws://h/', '--relay', 'r:1',
+            env={'http_proxy': 'http://p:3128'})
+    assert r.returncode == 0, r
+    assert report(r.stdout)['proxy'] == ('none', 'default: through the relay, proxy variables '
+                                                 'not used')
+    r = run(cworker_bin, '--check-config', *rest, '--relay-tls')
+    assert r.returncode == 0 and '# note: --relay-tls: relay-tls is only used with relay' in \
+        r.stdout, r
+    ca = tmp_path / 'ca.pem'
+    ca.write_text('x')
+    r = run(cworker_bin, '--check-config', *rest, '--ca-file', str(ca))
+    assert r.returncode == 0 and 'ca-file is only used with' in r.stdout, r
+    r = run(cworker_bin, '--check-config', *rest, '--ca-file', str(ca), '--relay', 'r:1',
+            '--relay-tls')
+    assert r.returncode == 0 and 'ca-file is only used with' not in r.stdout, r

@@ -19,6 +19,10 @@ retried), the worker must
   * exit with 0, 1 (an orderly error) or 2 (a start-up error with its
     message, e.g. out of memory while reading the options), never abort.
 
+With CW_OOM_RELAY=PATH-TO-cworker-relay every session goes through a relay
+of its own (`cworker --relay`), so the failures land in the tunnel and the
+bridge as well.
+
 Prints one line per failing N and a summary; exit status 1 if any failed.
 CW_OOM_STRIDE=S tests every S-th N only (for a quick local run).  Sessions
 run 12 at a time (each mostly waits: the worker reconnects between the steps).
@@ -34,6 +38,7 @@ import threading
 import time
 
 WORKER, MASTER = sys.argv[1], sys.argv[2]
+RELAY = os.environ.get('CW_OOM_RELAY')
 PW = 'sweep-pass'
 
 
@@ -94,9 +99,17 @@ def session(n, work, count_file=None):
     if count_file:
         extra['CW_ALLOC_COUNT'] = count_file
     log = open(os.path.join(base, 'log'), 'wb')
+    via = []
+    relay = None
+    if RELAY:
+        rport = free_port()
+        relay = subprocess.Popen([RELAY, '--listen', f'127.0.0.1:{rport}', '--master',
+                                  f'127.0.0.1:{port}'], env=clean_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        via = ['--relay', f'127.0.0.1:{rport}']
     w = subprocess.Popen([WORKER, '--master', f'127.0.0.1:{port}', '--protocol', 'msgpack', '--name', 'w1', '--basedir',
                           base, '--password-file', pwfile, '--backoff-max', '1',
-                          '--dead-timeout', '5'],
+                          '--dead-timeout', '5', *via],
                          env=clean_env(extra), stdout=log, stderr=subprocess.STDOUT)
     problems = []
     rcs = [master(port, 'run', '--', 'sh', '-c', 'echo hello; echo oops >&2; exit 3', timeout=3),
@@ -112,6 +125,13 @@ def session(n, work, count_file=None):
         problems.append('did not exit within 10 s of SIGTERM (hang)')
         rc = None
     log.close()
+    if relay is not None:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
     if rc is not None and rc < 0:
         problems.append(f'killed by signal {-rc}')
     elif rc is not None and rc not in (0, 1, 2):

@@ -22,6 +22,8 @@
 #include "loop_util.h"
 #include "relay.h"
 #include "tls.h"
+#include "tunbridge.h"
+#include "tunlink.h"
 #include "tunnel.h"
 
 typedef struct world world_t;
@@ -863,6 +865,254 @@ static void test_tls_wrong_name(void **state)
     assert_int_equal(w.master.accepted, 0);
 }
 
+/* ---- the bridge (tunbridge.c): the tunnel seen as a socket -------------------------------- */
+
+/* The bridge's user, as cworker's link is: a stream on the fd it was given, writing stream 1,
+ * reading the echo, then ending its stream and waiting for the master's end. */
+typedef struct bru {
+    world_t *w;
+    cw_tunbridge_t *b;
+    uv_pipe_t pipe;
+    uv_shutdown_t sreq;
+    bool pipe_open, shut, released;
+    uint64_t to_send, sent, rx, bad_at, seed;
+    int opens, open_status, link_downs, link_ups, losts, eofs, read_errs;
+    size_t max_queue;
+    uint64_t pause_until; /* stop reading until then (uv_now, ms) */
+    bool paused;
+} bru_t;
+
+static bru_t bru;
+
+static void bru_produce(bru_t *u);
+
+static void bru_write_cb(uv_write_t *req, int status)
+{
+    free(req);
+    if (status == 0)
+        bru_produce(&bru);
+}
+
+static void bru_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+static void bru_produce(bru_t *u)
+{
+    if (!u->pipe_open || u->shut)
+        return;
+    while (u->sent < u->to_send &&
+           uv_stream_get_write_queue_size((uv_stream_t *)&u->pipe) < (256u << 10)) {
+        size_t n = (size_t)(rnd(&u->seed) % 65536) + 1;
+        if (n > u->to_send - u->sent)
+            n = (size_t)(u->to_send - u->sent);
+        uv_write_t *req = malloc(sizeof *req + n);
+        uint8_t *data = (uint8_t *)(req + 1);
+        for (size_t i = 0; i < n; i++)
+            data[i] = tl_byte(u->sent + i, 1);
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
+        assert_int_equal(uv_write(req, (uv_stream_t *)&u->pipe, &b, 1, bru_write_cb), 0);
+        u->sent += n;
+    }
+    size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&u->pipe);
+    if (q > u->max_queue)
+        u->max_queue = q;
+    if (u->sent == u->to_send && !u->shut) {
+        u->shut = true;
+        assert_int_equal(uv_shutdown(&u->sreq, (uv_stream_t *)&u->pipe, bru_shutdown_cb), 0);
+    }
+}
+
+static void bru_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    static char buf[65536];
+    (void)h;
+    (void)hint;
+    *b = uv_buf_init(buf, sizeof buf);
+}
+
+static void bru_closed(uv_handle_t *h)
+{
+    world_finish(bru.w);
+}
+
+static void bru_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    bru_t *u = &bru;
+    if (n > 0) {
+        uint64_t bad = tl_check((const uint8_t *)buf->base, (size_t)n, u->rx, 1);
+        if (bad != UINT64_MAX && u->bad_at == UINT64_MAX)
+            u->bad_at = bad;
+        u->rx += (uint64_t)n;
+        if (u->pause_until && !u->paused && u->rx > (1u << 20)) {
+            /* stop reading for a while: the bridge must stop reading the tunnel */
+            u->paused = true;
+            uv_read_stop(s);
+        }
+        return;
+    }
+    if (n == 0)
+        return;
+    if (n == UV_EOF)
+        u->eofs++;
+    else
+        u->read_errs++;
+    uv_read_stop(s);
+    cw_tunbridge_release(u->b);
+    u->released = true;
+    u->pipe_open = false;
+    uv_close((uv_handle_t *)&u->pipe, bru_closed);
+}
+
+static void bru_on_open(cw_tunbridge_t *b, int status, const char *why, int fd)
+{
+    bru_t *u = cw_tunbridge_data(b);
+    world_t *w = u->w;
+    u->opens++;
+    u->open_status = status;
+    if (status < 0) {
+        cw_tunbridge_release(b);
+        world_finish(w);
+        return;
+    }
+    assert_int_equal(uv_pipe_init(&w->loop, &u->pipe, 0), 0);
+    assert_int_equal(uv_pipe_open(&u->pipe, fd), 0);
+    u->pipe_open = true;
+    assert_int_equal(uv_read_start((uv_stream_t *)&u->pipe, bru_alloc, bru_read), 0);
+    if (w->cuts_planned) {
+        w->cuts_planned = false;
+        w->proxy.cut_at = w->proxy.forwarded + 1 + w->proxy.seed % w->proxy.cut_gap_max;
+    }
+    bru_produce(u);
+}
+
+static void bru_on_link(cw_tunbridge_t *b, bool up, const char *why)
+{
+    bru_t *u = cw_tunbridge_data(b);
+    if (up)
+        u->link_ups++;
+    else
+        u->link_downs++;
+}
+
+static void bru_on_lost(cw_tunbridge_t *b, int err, const char *why)
+{
+    bru_t *u = cw_tunbridge_data(b);
+    u->losts++;
+}
+
+static const cw_tunbridge_callbacks_t bru_callbacks = {
+    .on_open = bru_on_open,
+    .on_link = bru_on_link,
+    .on_lost = bru_on_lost,
+};
+
+static void bridge_connect(world_t *w, uint64_t to_send)
+{
+    memset(&bru, 0, sizeof bru);
+    bru.w = w;
+    bru.to_send = to_send;
+    bru.bad_at = UINT64_MAX;
+    bru.seed = 0xb41d6e;
+    assert_int_equal(tp_start(&w->proxy, &w->loop, w->relay_port), 0);
+    bru.b = cw_tunbridge_new(&w->loop, &w->to, &bru_callbacks, &bru);
+    assert_non_null(bru.b);
+    assert_int_equal(cw_tunbridge_connect(bru.b, "127.0.0.1", w->proxy.port), 0);
+}
+
+/* 8 MiB echoed through the bridge while the link is cut at random points: the user's socket
+ * sees every byte once and in order, then the master's end of stream; the master saw one
+ * connection; every handle is closed at the end (the bridge freed itself). */
+static void test_bridge_cuts(void **state)
+{
+    world_t w;
+    world_init(&w, TM_ECHO);
+    world_relay(&w, 0, 0);
+    bridge_connect(&w, 8 << 20);
+    plan_cuts(&w, 30, 1200000, 0xb41d);
+    world_run(&w);
+    assert_int_equal(bru.opens, 1);
+    assert_int_equal(bru.open_status, 0);
+    assert_int_equal(bru.losts, 0);
+    assert_int_equal(bru.bad_at, UINT64_MAX);
+    assert_int_equal(bru.rx, 8 << 20);
+    assert_int_equal(bru.eofs, 1);
+    assert_int_equal(w.master.bad_at, UINT64_MAX);
+    assert_int_equal(w.master.accepted, 1);
+    assert_true(w.proxy.cuts >= 5);
+    assert_true(bru.link_downs >= 1);
+    assert_int_equal(bru.link_downs, bru.link_ups);
+}
+
+/* The user stops reading for a while: the bridge stops reading the tunnel (at most
+ * CW_TUNBRIDGE_HIGH waits for the socket, plus what the socketpair holds), the relay's replay
+ * buffer fills and the master's writes wait; when the user reads again everything arrives. */
+static void bridge_pause_step(world_t *w)
+{
+    if (bru.paused && w->stage == 0) {
+        w->stage = 1;
+        w->stage_at = now_ms(w);
+    } else if (w->stage == 1 && now_ms(w) - w->stage_at > 1000) {
+        w->stage = 2;
+        /* the bridge stopped reading the tunnel: what the tunnel took from its link beyond
+         * what the user read is the bridge's high-water mark, the socketpair's buffers and a
+         * read or two -- not the echo of everything the user wrote meanwhile */
+        const cw_tunnel_t *t = cw_tunbridge_tunnel(bru.b);
+        uint64_t in = t->bytes_in + (t->link ? t->link->bytes_in : 0); /* wire bytes */
+        assert_true(in - bru.rx < (1u << 20));
+        /* and the rest of the way was held up too: the user's writes waited */
+        assert_true(bru.sent - bru.rx < (4u << 20));
+        bru.pause_until = 0;
+        assert_int_equal(uv_read_start((uv_stream_t *)&bru.pipe, bru_alloc, bru_read), 0);
+    }
+}
+
+static void test_bridge_backpressure(void **state)
+{
+    world_t w;
+    world_init(&w, TM_ECHO);
+    world_relay(&w, 0, 0);
+    w.on_step = bridge_pause_step;
+    bridge_connect(&w, 16 << 20);
+    bru.pause_until = 1;
+    world_run(&w);
+    assert_int_equal(w.stage, 2);
+    assert_int_equal(bru.rx, 16 << 20);
+    assert_int_equal(bru.bad_at, UINT64_MAX);
+    assert_int_equal(bru.eofs, 1);
+    /* the user's writes waited for the tunnel: the user's own queue stayed near its mark */
+    assert_true(bru.max_queue < (256u << 10) + 65536);
+}
+
+/* The path stays down longer than the tunnel may wait: on_lost, then the user's socket ends
+ * (EOF), and everything closes. */
+static void bridge_lost_step(world_t *w)
+{
+    if (w->stage == 0 && bru.opens && bru.rx > 100000) {
+        w->proxy.refuse = true;
+        tp_cut(&w->proxy, true);
+        w->stage = 1;
+    }
+}
+
+static void test_bridge_lost(void **state)
+{
+    world_t w;
+    world_init(&w, TM_ECHO);
+    w.to.max_outage = 500;
+    world_relay(&w, 0, 0);
+    w.on_step = bridge_lost_step;
+    bridge_connect(&w, 64 << 20);
+    world_run(&w);
+    assert_int_equal(bru.losts, 1);
+    assert_int_equal(bru.link_downs, 1);
+    assert_int_equal(bru.link_ups, 0);
+    assert_int_equal(bru.eofs + bru.read_errs, 1);
+    assert_true(bru.rx < (64u << 20));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -880,6 +1130,9 @@ int main(void)
         cmocka_unit_test(test_close_aborts),
         cmocka_unit_test(test_tls_cuts),
         cmocka_unit_test(test_tls_wrong_name),
+        cmocka_unit_test(test_bridge_cuts),
+        cmocka_unit_test(test_bridge_backpressure),
+        cmocka_unit_test(test_bridge_lost),
     };
     signal(SIGPIPE, SIG_IGN); /* as in cworker and cworker-relay: writes to a reset link fail */
     if (getenv("TL_FILTER"))

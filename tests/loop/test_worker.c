@@ -311,6 +311,33 @@ static void test_dead_link(void **state)
     assert_int_equal(cw_proc_live_count(), 0);
 }
 
+/* The same silence while the link's liveness is held (a relay's tunnel
+ * resuming): nothing happens, the command runs on; released, the silence
+ * counts from then and the link is dead a timeout later. */
+static void test_held_liveness(void **state)
+{
+    world_t *w = *state;
+    assert_true(run_cond(w, attached, 5000));
+    run_shell(w, "sleep 30");
+    bool never = false;
+    run_until(w->loop, &never, 200);
+    cw_conn_pause_reading(&w->mw->conn, true);
+    uv_read_stop((uv_stream_t *)&w->mw->conn.tcp);
+    cw_link_t *l = w->w.link;
+    l->ops->hold_liveness(l, true);
+    run_until(w->loop, &never, 2500); /* 2.5 dead timeouts */
+    assert_ptr_equal(w->w.link, l);
+    assert_int_equal(w->attaches, 1);
+    assert_false(w->lost);
+    assert_false(w->done);
+    assert_int_equal(cw_proc_live_count(), 1);
+    uint64_t t0 = now_ms();
+    l->ops->hold_liveness(l, false);
+    assert_true(run_cond(w, reattached, 10000));
+    assert_true(now_ms() - t0 >= 900);
+    assert_true(w->lost);
+}
+
 /* ---- the state tables of docs/design.md ---- */
 
 /* The rows of the table under the heading that contains `title`: lines
@@ -426,6 +453,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_interrupts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_link, setup_dead, teardown),
+        cmocka_unit_test_setup_teardown(test_held_liveness, setup_dead, teardown),
         cmocka_unit_test(test_state_tables_match_docs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
