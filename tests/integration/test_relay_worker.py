@@ -248,7 +248,10 @@ def test_log_100mib_three_5s_cuts(env):
     buildid = master.wait_build_started(brid)['buildid']
     master.wait_step_started(buildid, 'gen', timeout=30)
     time.sleep(1.0)
-    gen = [p for p in bbmaster.find_processes(LOG_PAD, environ=False) if p[1].startswith('awk')]
+    # this worker's awk (the other protocol's pass may run the same test beside this one)
+    mine = set(bbmaster.descendants(w.pid))
+    gen = [p for p in bbmaster.find_processes(LOG_PAD, environ=False)
+           if p[1].startswith('awk') and p[0] in mine]
     assert len(gen) == 1, gen
     gen_pid = gen[0][0]
     rss0 = proc_status_kib(w.pid, 'VmRSS')
