@@ -310,6 +310,97 @@ def measure_cworkers(a, work):
     return r
 
 
+# ---- bench/run's part (bench.py calls these three; its own edits are one line each) ----
+
+TARGET_SESSIONS = 10000
+TARGET_CMD_MS = 50
+
+
+def bench_add_args(p):
+    """bench.py's options for this part."""
+    p.add_argument('--skip-scale', action='store_true', help='skip the master-endpoint scale part')
+    p.add_argument('--scale-sessions', type=int,
+                   help=f'loadgen sessions on one serve (default {TARGET_SESSIONS})')
+    p.add_argument('--scale-cworkers', type=int, help='real cworker processes (default 1000)')
+    p.add_argument('--loadgen', help='bench/loadgen binary (default: beside cworker-master)')
+    p.add_argument('--cworker-static-min', help='cworker for the real-process part (default: '
+                   'build-static-min/src/worker/cworker if built, else --cworker)')
+
+
+def bench_run(a, log):
+    """Run both parts as bench/run asked; returns the results (or raises)."""
+    if getattr(a, 'skip_scale', False):
+        return None
+    sessions = a.scale_sessions or (300 if a.tiny else TARGET_SESSIONS)
+    cworkers = a.scale_cworkers if a.scale_cworkers is not None else (20 if a.tiny else 1000)
+    master_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        a.cworker_master))))
+    loadgen = a.loadgen or os.path.join(master_dir, 'bench', 'loadgen')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    static = a.cworker_static_min or os.path.join(repo, 'build-static-min', 'src', 'worker',
+                                                  'cworker')
+    cw = static if os.access(static, os.X_OK) and not a.tiny else a.cworker
+    log(f'master endpoint scale: {sessions} loadgen sessions, {cworkers} cworker processes '
+        f'({os.path.relpath(cw, repo)})')
+    out = os.path.join(tempfile.mkdtemp(prefix='cworker-scale-json-'), 'scale.json')
+    argv = ['--master-bin', a.cworker_master, '--loadgen-bin', loadgen, '--cworker-bin', cw,
+            '--sessions', str(sessions), '--cworkers', str(cworkers), '--json', out]
+    main(argv)
+    with open(out) as f:
+        res = json.load(f)
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    res['cworker_bin_rel'] = os.path.relpath(cw, repo)
+    res['static'] = cw == static
+    return res
+
+
+def bench_report(res):
+    """The report's section (markdown lines)."""
+    if not res:
+        return []
+    L = ['## The master endpoint at scale: one `cworker-master serve`', '',
+         'bench/scale.py: bench/loadgen (one process, N protocol-correct msgpack worker sessions: '
+         'handshake, auth, attach answers, keepalives, a trivial `shell` command) against a fresh '
+         '`serve --control SOCKET --keepalive 3`; then M real cworker processes attach, serve is '
+         'stopped and a new one started on the same port.  Memory per session = (serve\'s VmRSS '
+         'with the sessions − before) / sessions.  Command latency: `run NAME echo TAG` on the '
+         'control socket → the answer with exit code and output, at workers picked at random.', '',
+         '| figure | value | target |', '|---|---|---|']
+    ok = lambda c: '✓' if c else '✗ missed'  # noqa: E731
+    g = res.get('loadgen')
+    if g:
+        n = g['sessions']
+        held = g['serve_attached_end'] == n and g['lost'] == 0
+        L.append(f'| loadgen sessions attached and held (none lost) | {g["serve_attached_end"]:,} of '
+                 f'{n:,} | {TARGET_SESSIONS:,} {ok(held and n >= TARGET_SESSIONS)} |')
+        L.append(f'| time until all {n:,} attached | {g["attach_all_ms"] / 1000:.2f} s | |')
+        L.append(f'| keepalives answered (every session at least once) | {g["keepalives_answered"]:,} '
+                 f'| ≥ {n:,} {ok(g["keepalives_answered"] >= n)} |')
+        L.append(f'| command on a chosen worker among them: median / max of {g["commands"]} | '
+                 f'{g["cmd_ms_median"]:.2f} / {g["cmd_ms_max"]:.2f} ms | ≤ {TARGET_CMD_MS} ms '
+                 f'{ok(g["cmd_ms_max"] <= TARGET_CMD_MS)} |')
+        L.append(f'| serve memory per idle session | {g["serve_kib_per_session"]:.1f} KiB '
+                 f'({g["serve_rss0_kib"] / 1024:.1f} → {g["serve_rss_kib"] / 1024:.1f} MiB) | |')
+        L.append(f'| loadgen memory per session (the client side, for scale) | '
+                 f'{g["loadgen_rss_kib"] / n:.1f} KiB | |')
+    c = res.get('cworkers')
+    if c:
+        m = c['cworkers']
+        what = 'static minimal' if res.get('static') else res.get('cworker_bin_rel', '')
+        L.append(f'| real cworker processes ({what}) attached | {m:,} | |')
+        L.append(f'| after a serve restart: all {m:,} attached again; the last after | '
+                 f'{c["restart_last_attach_s"]:.2f} s (median {c["restart_median_attach_s"]:.2f} s) '
+                 f'| {ok(c["reattached"] == m and c["cworkers_alive"] == m)} all attached |')
+        L.append(f'| memory per cworker process: RSS / PSS | {c["cworker_rss_kib_mean"] / 1024:.2f} '
+                 f'MiB / {c["cworker_pss_kib_mean"]:.0f} KiB | |')
+        L.append(f'| serve memory per cworker session | {c["serve_kib_per_session"]:.1f} KiB | |')
+        L.append(f'| command on a chosen cworker (`echo`, a real process): median / max | '
+                 f'{c["cmd_ms_median"]:.2f} / {c["cmd_ms_max"]:.2f} ms | ≤ {TARGET_CMD_MS} ms '
+                 f'{ok(c["cmd_ms_max"] <= TARGET_CMD_MS)} |')
+    L.append('')
+    return L
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--master-bin', required=True)
