@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -512,8 +513,15 @@ int main(int argc, char **argv)
     cw_master_options_default(&mo);
     if (keepalive > 0)
         mo.keepalive_ms = (uint64_t)(keepalive * 1000);
-    if (cli.job == NULL)
+    if (cli.job == NULL) {
         raise_fd_limit();
+    } else {
+        /* put/get/run move MiB-sized blocks: keep freed ones in the heap
+         * for the next block instead of a fresh mmap (and its page faults)
+         * every time */
+        mallopt(M_MMAP_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    }
     const char *faults = getenv("CWORKER_MASTER_FAULTS"); /* tests only */
     if (faults && cw_master_faults_parse(&mo.faults, faults) < 0)
         return usage_error("bad CWORKER_MASTER_FAULTS '%s'", faults);

@@ -327,6 +327,11 @@ int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, siz
     return cw_conn_send(&r->w->conn, &b);
 }
 
+int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg)
+{
+    return cw_conn_send(&r->w->conn, msg);
+}
+
 /* ---- worker requests ---- */
 
 static void mw_on_update(cw_mworker_t *w, const cw_msg_t *m, cw_remote_t *r)

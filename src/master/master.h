@@ -180,5 +180,7 @@ int cw_remote_interrupt(cw_remote_t *r, const char *why);
 int cw_remote_respond(cw_remote_t *r, int64_t seq);
 int cw_remote_respond_error(cw_remote_t *r, int64_t seq, const char *text);
 int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, size_t len);
+/* Send a response the caller packed whole (the buffer is taken). */
+int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg);
 
 #endif
