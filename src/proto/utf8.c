@@ -2,7 +2,6 @@
 #include "cworker/utf8.h"
 
 #include <errno.h>
-#include <string.h>
 
 const uint8_t cw_utf8_fffd[3] = {0xEF, 0xBF, 0xBD};
 
@@ -10,20 +9,6 @@ bool cw_utf8_valid(const uint8_t *p, size_t len)
 {
     size_t i = 0;
     while (i < len) {
-        /* ASCII, 32 bytes at a time (log text is mostly ASCII: this check is a
-         * pass over every byte a master receives) */
-        while (len - i >= 32) {
-            uint64_t a, b, c, d;
-            memcpy(&a, p + i, 8);
-            memcpy(&b, p + i + 8, 8);
-            memcpy(&c, p + i + 16, 8);
-            memcpy(&d, p + i + 24, 8);
-            if ((a | b | c | d) & 0x8080808080808080ull)
-                break;
-            i += 32;
-        }
-        if (i == len)
-            break;
         if (p[i] < 0x80) {
             i++;
             continue;
