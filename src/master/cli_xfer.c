@@ -54,7 +54,6 @@ typedef struct pblock {
     bool eof;   /* the read returned 0 (len 0) */
 } pblock_t;
 
-/* A worker request waiting for data. */
 /* A worker request waiting for data (put), or for the disk (get). */
 typedef struct preq {
     int64_t seq;
@@ -210,6 +209,18 @@ static void resp_prefix(uint8_t *p, int64_t seq, size_t len)
         *p++ = (uint8_t)((uint32_t)len >> (8 * i));
 }
 
+/* A local failure (recorded in x->error): every waiting request is answered
+ * with an error, and so is every later one (put_on_transfer). */
+static void put_fail_requests(xfer_t *x)
+{
+    x->read_eof = true; /* read no more */
+    while (x->req_n > 0 && x->remote) {
+        cw_remote_respond_error(x->remote, x->reqs[x->req_head].seq, "read error on the master");
+        x->req_head = (x->req_head + 1) % PUT_MAX_REQS;
+        x->req_n--;
+    }
+}
+
 /* Answer waiting requests from the ready blocks, in order. */
 static void put_serve(xfer_t *x)
 {
@@ -282,13 +293,7 @@ static void put_read_cb(uv_fs_t *req)
     if (n < 0) {
         xfer_fail(x, "cannot read '%s': %s", x->items[x->next - 1].local, uv_strerror((int)n));
         x->ahead_n--;
-        while (x->req_n > 0) {
-            cw_remote_respond_error(x->remote, x->reqs[x->req_head].seq,
-                                    "read error on the master");
-            x->req_head = (x->req_head + 1) % PUT_MAX_REQS;
-            x->req_n--;
-        }
-        x->read_eof = true; /* read no more; later requests get the same answer */
+        put_fail_requests(x);
         return;
     }
     b->len = (size_t)n;
@@ -306,8 +311,11 @@ static void put_read_more(xfer_t *x)
     if (x->reading || x->read_eof || x->error || x->ahead_n >= PUT_AHEAD || x->remote == NULL)
         return;
     pblock_t *b = &x->ahead[(x->ahead_head + x->ahead_n) % PUT_AHEAD];
-    if (b->mem == NULL && (b->mem = malloc(RESP_PREFIX + XFER_BLOCK)) == NULL)
-        return; /* answered later, or the worker's request fails below */
+    if (b->mem == NULL && (b->mem = malloc(RESP_PREFIX + XFER_BLOCK)) == NULL) {
+        xfer_fail(x, "out of memory reading '%s'", x->items[x->next - 1].local);
+        put_fail_requests(x);
+        return;
+    }
     b->len = b->pos = 0;
     b->eof = false;
     x->ahead_n++;
@@ -319,6 +327,7 @@ static void put_read_more(xfer_t *x)
         x->ahead_n--;
         x->reading = x->fs_busy = false;
         xfer_fail(x, "cannot read '%s'", x->items[x->next - 1].local);
+        put_fail_requests(x);
     }
 }
 
