@@ -51,6 +51,7 @@ sys.path.insert(0, HERE)
 import bbmaster  # noqa: E402
 import mastercli  # noqa: E402
 import footprint  # noqa: E402
+import scale  # noqa: E402
 from hardening_util import proc_status  # noqa: E402
 
 MIB = 1 << 20
@@ -615,6 +616,10 @@ class Bench:
                     self.run_cvc(i)
                 except Exception as e:  # noqa: BLE001
                     self.fail(f'C against C run {i + 1}', e)
+        try:  # the master endpoint at scale (bench/scale.py)
+            self.scale = scale.bench_run(a, self.log)
+        except Exception as e:  # noqa: BLE001
+            self.fail('master endpoint scale', e)
         self.log('installed footprint')
         os.makedirs(a.out_dir, exist_ok=True)
         try:
@@ -945,16 +950,18 @@ def write_report(bench, a):
         L.append('|---|---|---|---|---|---|')
         raw = agg([r.get('raw_mbs') for r in bench.cvc])
         L.append(f'| raw loopback (socat) | {fmt_agg(raw)} | 1 | — | — | |')
-        for key, label, target, lim in (
-                ('run', '`run -- cat FILE` (log output, 100-byte lines)', '≥ 500 MB/s or ≥ 50 % of raw', 500),
-                ('put', '`put` (download_file)', '≥ 1000 MB/s or ≥ 50 % of raw', 1000),
-                ('get', '`get` (upload_file)', '≥ 1000 MB/s or ≥ 50 % of raw', 1000)):
+        # issue 14: the log path in MB/s; put/get against raw socat in the same run (median
+        # of the per-run fractions)
+        for key, label, target, lim, flim in (
+                ('run', '`run -- cat FILE` (log output, 100-byte lines)', '≥ 500 MB/s', 500, None),
+                ('put', '`put` (download_file)', '≥ 70 % of raw', None, 0.7),
+                ('get', '`get` (upload_file)', '≥ 70 % of raw', None, 0.7)):
             g = agg([r.get(f'{key}_mbs') for r in bench.cvc])
             frac = agg([r[f'{key}_mbs'] / r['raw_mbs'] for r in bench.cvc
                         if r.get(f'{key}_mbs') and r.get('raw_mbs')])
             wc = agg([r.get(f'{key}_wcpu') for r in bench.cvc])
             mc = agg([r.get(f'{key}_mcpu') for r in bench.cvc])
-            ok = g and frac and (g[0] >= lim or frac[0] >= 0.5)
+            ok = g and frac and ((lim and g[0] >= lim) or (flim and frac[0] >= flim))
             L.append(f'| {label} | {fmt_agg(g)} | {fmt_agg(frac)} | {fmt_agg(wc)} | {fmt_agg(mc)} | '
                      f'{target} {"✓" if ok else "✗ missed" if g else ""} |')
         L.append('')
@@ -994,6 +1001,7 @@ def write_report(bench, a):
                  ', '.join(f'{n}{"*" if n in lazy else ""} {s / MIB:.2f} MiB' for n, _, s in libs) + '.')
         L.append('')
 
+    L += scale.bench_report(getattr(bench, 'scale', None))
     if bench.failures:
         L.append('## FAILURES')
         L.append('')
@@ -1089,6 +1097,7 @@ def parse_args(argv):
     p.add_argument('--no-cvc-tmpfs', dest='cvc_tmpfs', action='store_false',
                    help='C against C: keep the files on disk (default: /dev/shm if it has room)')
     p.add_argument('--socat-block', type=int, default=1 << 20, help='socat -b for the raw limit')
+    scale.bench_add_args(p)
     p.add_argument('--cworker', required=True, help=argparse.SUPPRESS)
     p.add_argument('--cworker-master', required=True, help=argparse.SUPPRESS)
     p.add_argument('--build-note', default='', help=argparse.SUPPRESS)

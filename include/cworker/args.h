@@ -93,6 +93,10 @@ typedef struct cw_args {
     bool keepstamp;
     cw_compress_t compress;
     int mode; /* < 0: none */
+    /* Not a stock argument: requests a transfer may keep in flight (1, or 0
+     * when absent: one at a time, as with the stock master).  cworker-master
+     * sends it; its answers come in order. */
+    int pipeline;
 } cw_args_t;
 
 void cw_args_free(cw_args_t *a);

@@ -5,12 +5,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cw_config.h"
@@ -27,7 +29,8 @@ static void usage(FILE *f)
            "                       [common options] LOCAL REMOTE\n"
            "  cworker-master get   --listen HOST:PORT --worker NAME [-r] [--compress gz|bz2]\n"
            "                       [common options] REMOTE LOCAL\n"
-           "  cworker-master serve --listen HOST:PORT --workers FILE [--verbose]\n"
+           "  cworker-master serve --listen HOST:PORT --workers FILE [--control PATH]\n"
+           "                       [--keepalive S] [--verbose]\n"
            "\n"
            "The master end of Buildbot's msgpack_experimental_v7 protocol: waits for a worker\n"
            "(cworker or buildbot-worker) to attach, then runs a command on it or copies files.\n"
@@ -58,6 +61,11 @@ static void usage(FILE *f)
            "                         file's mode (as FileDownload does), else its umask's\n"
            "serve:\n"
            "  --workers FILE         lines of 'NAME PASSWORD'; stays up and logs attach/detach\n"
+           "  --control PATH         a Unix socket (mode 0600) taking one request line per\n"
+           "                         connection: 'stats', or 'run NAME WORD...' (an argv run\n"
+           "                         on the attached worker NAME; answer 'exit CODE ms MS'\n"
+           "                         and its output)\n"
+           "  --keepalive S          send the keepalive request every S seconds (default 3600)\n"
            "\n"
            "Exit status: run: the command's exit code, 128+N if it was killed by signal N,\n"
            "124 if --timeout killed it; all: 0 on success, 2 bad usage, 125 the worker did\n"
@@ -122,6 +130,7 @@ void cli_finish(cli_t *cli, int code)
     cli->finishing = true;
     cli->exit_code = code;
     cw_master_close(&cli->master);
+    cli_serve_control_close(cli);
     close_handle((uv_handle_t *)&cli->wait_timer);
     close_handle((uv_handle_t *)&cli->progress_timer);
     close_handle((uv_handle_t *)&cli->sig_int);
@@ -262,6 +271,18 @@ static char *read_first_line(const char *file)
     return line;
 }
 
+/* serve holds a connection per worker: the soft descriptor limit (often
+ * 1024) goes up to the hard one. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            cw_warn("cannot raise the descriptor limit: %s", strerror(errno));
+    }
+}
+
 /* serve: "NAME PASSWORD" per line; '#' comments and blank lines ignored. */
 static int load_workers_file(cw_master_t *m, const char *file)
 {
@@ -344,6 +365,8 @@ int main(int argc, char **argv)
         O_TLS_KEY,
         O_PARALLEL,
         O_NO_MODE,
+        O_CONTROL,
+        O_KEEPALIVE,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -361,10 +384,13 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, O_TLS_KEY},
         {"parallel", required_argument, NULL, O_PARALLEL},
         {"no-preserve-mode", no_argument, NULL, O_NO_MODE},
+        {"control", required_argument, NULL, O_CONTROL},
+        {"keepalive", required_argument, NULL, O_KEEPALIVE},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *password_file = NULL, *workers_file = NULL;
-    const char *tls_cert = NULL, *tls_key = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL, *control = NULL;
+    double keepalive = -1;
     char *end;
     optind = 2;
     opterr = 0;
@@ -430,6 +456,15 @@ int main(int argc, char **argv)
             if (*optarg == '\0' || *end || cli.parallel < 1 || cli.parallel > 100000)
                 return usage_error("--parallel needs a count from 1 to 100000, not '%s'", optarg);
             break;
+        case O_CONTROL:
+            control = optarg;
+            break;
+        case O_KEEPALIVE:
+            keepalive = strtod(optarg, &end);
+            if (*optarg == '\0' || *end || !(keepalive > 0) || keepalive > 1e7)
+                return usage_error("--keepalive needs a positive number of seconds, not '%s'",
+                                   optarg);
+            break;
         case O_HELP:
             usage(stdout);
             return 0;
@@ -467,6 +502,8 @@ int main(int argc, char **argv)
     } else if (optind < argc) {
         return usage_error("unexpected argument '%s'", argv[optind]);
     }
+    if (cli.job && (control || keepalive > 0))
+        return usage_error("--control and --keepalive only apply to serve");
 
     signal(SIGPIPE, SIG_IGN);
     cw_log_setup("cworker-master", cli.verbose ? CW_LOG_DEBUG : CW_LOG_INFO, CW_LOG_TEXT);
@@ -474,6 +511,17 @@ int main(int argc, char **argv)
 
     cw_master_options_t mo;
     cw_master_options_default(&mo);
+    if (keepalive > 0)
+        mo.keepalive_ms = (uint64_t)(keepalive * 1000);
+    if (cli.job == NULL) {
+        raise_fd_limit();
+    } else {
+        /* put/get/run move MiB-sized blocks: keep freed ones in the heap
+         * for the next block instead of a fresh mmap (and its page faults)
+         * every time */
+        mallopt(M_MMAP_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    }
     const char *faults = getenv("CWORKER_MASTER_FAULTS"); /* tests only */
     if (faults && cw_master_faults_parse(&mo.faults, faults) < 0)
         return usage_error("bad CWORKER_MASTER_FAULTS '%s'", faults);
@@ -518,8 +566,13 @@ int main(int argc, char **argv)
 
     int bound = 0;
     int rc = cw_master_listen(&cli.master, host, port, &bound);
-    if (rc < 0) {
+    if (rc == 0 && control && (rc = cli_serve_control_start(&cli, control)) < 0)
+        fprintf(stderr, "cworker-master: cannot listen on the control socket '%s': %s\n", control,
+                uv_strerror(rc));
+    else if (rc < 0)
         fprintf(stderr, "cworker-master: cannot listen on %s: %s\n", listen, uv_strerror(rc));
+    if (rc < 0) {
+        cli_serve_control_close(&cli);
         cw_master_close(&cli.master); /* its handles and accounts */
         uv_run(cli.loop, UV_RUN_DEFAULT);
         uv_loop_close(cli.loop);

@@ -66,6 +66,11 @@ struct cli {
     uint64_t xfer_start_ns;
     bool progress;
     void *xfer; /* the put/get state */
+
+    /* serve */
+    uv_pipe_t control; /* --control PATH */
+    bool control_open;
+    const char *control_path;
 };
 
 /* End the program with this exit code once everything is closed. */
@@ -77,6 +82,11 @@ int cli_write_all(int fd, const void *data, size_t len);
 /* Transfer progress line on a terminal. */
 void cli_progress_start(cli_t *cli, uint64_t total);
 void cli_progress_done(cli_t *cli);
+
+/* serve --control PATH: listen for requests (cli_serve.c); 0 or a libuv code. */
+int cli_serve_control_start(cli_t *cli, const char *path);
+/* Stop listening and drop the control clients (idempotent). */
+void cli_serve_control_close(cli_t *cli);
 
 extern const cli_job_t cli_run_job;
 extern const cli_job_t cli_put_job;

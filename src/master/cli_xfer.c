@@ -32,6 +32,41 @@
 #endif
 
 #define XFER_BLOCK (1024 * 1024)
+/* put: blocks read ahead of the worker's requests (its next read is answered
+ * from memory at once; the disk works while the block travels) */
+#define PUT_AHEAD 4
+/* put: requests the worker may have in flight (a cworker asks for several at
+ * once when the command's "pipeline" argument allows it) */
+#define PUT_MAX_REQS 64
+/* get: bytes answered but not yet on disk before answers wait for the disk */
+#define GET_BEHIND (8u << 20)
+/* The response to update_read_file with a whole block, packed in front of
+ * the block's bytes in the same allocation (no copy of the data): a map of
+ * op, seq_number (as uint64) and result (as bin32), always this long. */
+#define RESP_PREFIX 45
+
+/* A block read ahead: RESP_PREFIX bytes of room, then up to XFER_BLOCK of the
+ * file; mem is handed to the connection when one answer takes it whole. */
+typedef struct pblock {
+    uint8_t *mem;
+    size_t len; /* bytes of file data */
+    size_t pos; /* of them already sent */
+    bool eof;   /* the read returned 0 (len 0) */
+} pblock_t;
+
+/* A worker request waiting for data (put), or for the disk (get). */
+typedef struct preq {
+    int64_t seq;
+    size_t len;
+    cw_op_t op;
+} preq_t;
+
+/* get: a block answered, waiting for the disk (a FIFO list). */
+typedef struct gblock {
+    struct gblock *next;
+    size_t len;
+    uint8_t data[];
+} gblock_t;
 
 typedef enum { ITEM_MKDIR, ITEM_FILE, ITEM_LINKS } item_kind_t;
 
@@ -64,6 +99,20 @@ typedef struct xfer {
     size_t nmkdirs;
     cw_buf_t links; /* shell script of ln -sfn lines */
     uv_work_t work;
+    /* put: read-ahead (a ring of blocks, the head is answered from) */
+    pblock_t ahead[PUT_AHEAD];
+    unsigned ahead_head, ahead_n; /* ready blocks (and the one being read, last) */
+    bool reading;                 /* a read into ahead[head + n - 1] is in flight */
+    bool read_eof;                /* the file's end was read: no more reads */
+    uint64_t read_off;            /* where the next read starts */
+    preq_t reqs[PUT_MAX_REQS];    /* requests waiting for data, in order */
+    unsigned req_head, req_n;
+    int put_code; /* put: -1, or the exit code waiting for a read to end */
+    /* get: write-behind (blocks answered at once, written in order) */
+    gblock_t *behind, *behind_tail;
+    size_t behind_bytes;
+    bool writing;
+    bool close_later; /* xfer_done ran during an fs request: close fd after it */
 } xfer_t;
 
 static void xfer_fail(xfer_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -90,7 +139,9 @@ static void xfer_done(xfer_t *x, int code)
         free(x->tmp);
         x->tmp = NULL;
     }
-    if (x->fd >= 0) {
+    if (x->fd >= 0 && x->fs_busy)
+        x->close_later = true; /* a read or write still uses it */
+    else if (x->fd >= 0) {
         close(x->fd);
         x->fd = -1;
     }
@@ -139,6 +190,80 @@ static void xfer_on_update(cw_remote_t *r, cw_str_t key, const msgpack_object *v
 /* ---- put ---- */
 
 static void put_next(xfer_t *x);
+static void put_read_more(xfer_t *x);
+
+/* Pack the fixed-length response head for seq and a result of len bytes. */
+static void resp_prefix(uint8_t *p, int64_t seq, size_t len)
+{
+    static const uint8_t head[] = {0x83, 0xa2, 'o', 'p', 0xa8, 'r', 'e', 's', 'p', 'o', 'n', 's',
+                                   'e',  0xaa, 's', 'e', 'q',  '_', 'n', 'u', 'm', 'b', 'e', 'r'};
+    memcpy(p, head, sizeof head);
+    p += sizeof head;
+    *p++ = 0xcf;
+    for (int i = 7; i >= 0; i--)
+        *p++ = (uint8_t)((uint64_t)seq >> (8 * i));
+    static const uint8_t result[] = {0xa6, 'r', 'e', 's', 'u', 'l', 't', 0xc6};
+    memcpy(p, result, sizeof result);
+    p += sizeof result;
+    for (int i = 3; i >= 0; i--)
+        *p++ = (uint8_t)((uint32_t)len >> (8 * i));
+}
+
+/* A local failure (recorded in x->error): every waiting request is answered
+ * with an error, and so is every later one (put_on_transfer). */
+static void put_fail_requests(xfer_t *x)
+{
+    x->read_eof = true; /* read no more */
+    while (x->req_n > 0 && x->remote) {
+        cw_remote_respond_error(x->remote, x->reqs[x->req_head].seq, "read error on the master");
+        x->req_head = (x->req_head + 1) % PUT_MAX_REQS;
+        x->req_n--;
+    }
+}
+
+/* Answer waiting requests from the ready blocks, in order. */
+static void put_serve(xfer_t *x)
+{
+    while (x->req_n > 0 && x->remote) {
+        unsigned ready = x->ahead_n - (x->reading ? 1 : 0);
+        if (ready == 0)
+            break;
+        pblock_t *b = &x->ahead[x->ahead_head];
+        preq_t *q = &x->reqs[x->req_head];
+        if (b->eof) {
+            /* the end: every request from now on is answered empty (the
+             * block stays, so later requests find it too) */
+            cw_remote_respond_data(x->remote, q->seq, NULL, 0);
+        } else if (b->pos == 0 && q->len >= b->len) {
+            /* the whole block: the answer is built in place, the memory
+             * goes to the connection */
+            resp_prefix(b->mem, q->seq, b->len);
+            cw_buf_t m = {b->mem, RESP_PREFIX + b->len, RESP_PREFIX + XFER_BLOCK};
+            b->mem = NULL;
+            x->cli->xfer_bytes += b->len;
+            cw_remote_send_packed(x->remote, &m);
+            b->len = 0;
+        } else {
+            size_t n = b->len - b->pos < q->len ? b->len - b->pos : q->len;
+            cw_remote_respond_data(x->remote, q->seq, b->mem + RESP_PREFIX + b->pos, n);
+            x->cli->xfer_bytes += n;
+            b->pos += n;
+            if (b->pos == b->len)
+                b->len = 0;
+        }
+        x->req_head = (x->req_head + 1) % PUT_MAX_REQS;
+        x->req_n--;
+        if (!b->eof && b->len == 0) {
+            /* used up: its slot reads further ahead */
+            free(b->mem);
+            b->mem = NULL;
+            b->pos = 0;
+            x->ahead_head = (x->ahead_head + 1) % PUT_AHEAD;
+            x->ahead_n--;
+        }
+    }
+    put_read_more(x);
+}
 
 static void put_read_cb(uv_fs_t *req)
 {
@@ -146,42 +271,97 @@ static void put_read_cb(uv_fs_t *req)
     ssize_t n = req->result;
     uv_fs_req_cleanup(req);
     x->fs_busy = false;
-    if (x->remote == NULL)
-        return; /* the command ended meanwhile */
-    if (n < 0) {
-        xfer_fail(x, "cannot read '%s': %s", x->items[x->next - 1].local, uv_strerror((int)n));
-        cw_remote_respond_error(x->remote, x->pending_seq, "read error on the master");
+    x->reading = false;
+    pblock_t *b = &x->ahead[(x->ahead_head + x->ahead_n - 1) % PUT_AHEAD];
+    if (x->close_later) {
+        close(x->fd);
+        x->fd = -1;
         return;
     }
-    x->off += (uint64_t)n;
-    x->cli->xfer_bytes += (uint64_t)n;
-    cw_remote_respond_data(x->remote, x->pending_seq, x->buf, (size_t)n);
+    if (x->put_code >= 0) {
+        /* the command ended while this read ran: carry on now */
+        int code = x->put_code;
+        x->put_code = -1;
+        if (code != 0)
+            xfer_done(x, code);
+        else
+            put_next(x);
+        return;
+    }
+    if (x->remote == NULL)
+        return;
+    if (n < 0) {
+        xfer_fail(x, "cannot read '%s': %s", x->items[x->next - 1].local, uv_strerror((int)n));
+        x->ahead_n--;
+        put_fail_requests(x);
+        return;
+    }
+    b->len = (size_t)n;
+    b->pos = 0;
+    b->eof = n == 0;
+    x->read_off += (uint64_t)n;
+    if (n == 0)
+        x->read_eof = true;
+    put_serve(x);
+}
+
+/* Start the next read ahead, if there is room and the file goes on. */
+static void put_read_more(xfer_t *x)
+{
+    if (x->reading || x->read_eof || x->error || x->ahead_n >= PUT_AHEAD || x->remote == NULL)
+        return;
+    pblock_t *b = &x->ahead[(x->ahead_head + x->ahead_n) % PUT_AHEAD];
+    if (b->mem == NULL && (b->mem = malloc(RESP_PREFIX + XFER_BLOCK)) == NULL) {
+        xfer_fail(x, "out of memory reading '%s'", x->items[x->next - 1].local);
+        put_fail_requests(x);
+        return;
+    }
+    b->len = b->pos = 0;
+    b->eof = false;
+    x->ahead_n++;
+    x->reading = true;
+    x->fs_busy = true;
+    x->fs.data = x;
+    uv_buf_t ub = uv_buf_init((char *)b->mem + RESP_PREFIX, XFER_BLOCK);
+    if (uv_fs_read(x->cli->loop, &x->fs, x->fd, &ub, 1, (int64_t)x->read_off, put_read_cb) < 0) {
+        x->ahead_n--;
+        x->reading = x->fs_busy = false;
+        xfer_fail(x, "cannot read '%s'", x->items[x->next - 1].local);
+        put_fail_requests(x);
+    }
+}
+
+/* Forget the read-ahead of the last file (no read in flight). */
+static void put_reset(xfer_t *x)
+{
+    for (unsigned i = 0; i < PUT_AHEAD; i++) {
+        free(x->ahead[i].mem);
+        memset(&x->ahead[i], 0, sizeof x->ahead[i]);
+    }
+    x->ahead_head = x->ahead_n = 0;
+    x->req_head = x->req_n = 0;
+    x->read_eof = false;
+    x->read_off = 0;
 }
 
 static void put_on_transfer(cw_remote_t *r, const cw_msg_t *m)
 {
     xfer_t *x = r->data;
     if (m->op == CW_OP_READ_FILE) {
+        if (x->error) {
+            cw_remote_respond_error(r, m->seq, "read error on the master");
+            return;
+        }
+        if (x->req_n == PUT_MAX_REQS) {
+            cw_remote_respond_error(r, m->seq, "too many read requests at once");
+            return;
+        }
         /* clamped as int64_t: on 32 bits a 4 GiB + n request must not
          * become an n-byte read (a short answer reads as end of file) */
         size_t len = cw_clamp_size(m->u.read_file.length, (size_t)16 << 20);
-        if (len > x->buflen) {
-            uint8_t *nb = realloc(x->buf, len);
-            if (nb == NULL) {
-                cw_remote_respond_error(r, m->seq, "out of memory on the master");
-                return;
-            }
-            x->buf = nb;
-            x->buflen = len;
-        }
-        x->pending_seq = m->seq;
-        x->fs.data = x;
-        x->fs_busy = true;
-        uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
-        if (uv_fs_read(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, put_read_cb) < 0) {
-            x->fs_busy = false;
-            cw_remote_respond_error(r, m->seq, "read error on the master");
-        }
+        x->reqs[(x->req_head + x->req_n) % PUT_MAX_REQS] = (preq_t){m->seq, len, m->op};
+        x->req_n++;
+        put_serve(x);
     } else if (m->op == CW_OP_READ_FILE_CLOSE) {
         cw_remote_respond(r, m->seq);
     } else {
@@ -193,9 +373,10 @@ static void put_on_complete(cw_remote_t *r, bool has_rc, int64_t rc, const char 
 {
     xfer_t *x = r->data;
     int code = remote_result(x, has_rc, rc, failure, lost);
-    if (x->fd >= 0) {
-        close(x->fd);
-        x->fd = -1;
+    if (x->fs_busy) {
+        /* a read ahead is still running on this file: go on when it ends */
+        x->put_code = code;
+        return;
     }
     if (code != 0) {
         xfer_done(x, code);
@@ -238,6 +419,9 @@ static void put_item(xfer_t *x, xitem_t *it)
         msgpack_pack_map(&pk, 0);
     } else {
         cmd = "download_file";
+        if (x->fd >= 0)
+            close(x->fd);
+        put_reset(x);
         x->fd = open(it->local, O_RDONLY | O_CLOEXEC);
         if (x->fd < 0) {
             xfer_fail(x, "cannot open '%s': %s", it->local, strerror(errno));
@@ -245,8 +429,7 @@ static void put_item(xfer_t *x, xitem_t *it)
             xfer_done(x, CLI_EXIT_FAILURE);
             return;
         }
-        x->off = 0;
-        msgpack_pack_map(&pk, 7);
+        msgpack_pack_map(&pk, 8);
         cw_pack_str(&pk, "path");
         cw_pack_str(&pk, it->remote);
         cw_pack_str(&pk, "blocksize");
@@ -264,6 +447,10 @@ static void put_item(xfer_t *x, xitem_t *it)
         cw_pack_str(&pk, "");
         cw_pack_str(&pk, "workerdest");
         cw_pack_str(&pk, it->remote);
+        /* not a stock argument (the stock worker ignores it): a cworker may
+         * keep this many update_read_file requests in flight */
+        cw_pack_str(&pk, "pipeline");
+        msgpack_pack_int(&pk, PUT_AHEAD);
     }
     x->remote = cw_remote_start(cli->w, cmd, b.data, b.len, &put_callbacks, x);
     cw_buf_free(&b);
@@ -364,6 +551,7 @@ static void put_start(cli_t *cli, cw_mworker_t *w)
     xfer_t *x = calloc(1, sizeof *x);
     x->cli = cli;
     x->fd = -1;
+    x->put_code = -1;
     cli->xfer = x;
     char *remote = cli_remote_path(cli, cli->remote);
     struct stat st;
@@ -425,6 +613,13 @@ static void xfer_free(cli_t *cli)
         free(x->mkdirs[i]);
     free(x->mkdirs);
     cw_buf_free(&x->links);
+    for (unsigned i = 0; i < PUT_AHEAD; i++)
+        free(x->ahead[i].mem);
+    while (x->behind) {
+        gblock_t *b = x->behind;
+        x->behind = b->next;
+        free(b);
+    }
     free(x->buf);
     free(x->tmp);
     free(x->final);
@@ -441,22 +636,118 @@ const cli_job_t cli_put_job = {
 
 /* ---- get ---- */
 
+static void get_write_next(xfer_t *x);
+static void get_release(xfer_t *x);
+
 static void get_write_cb(uv_fs_t *req)
 {
     xfer_t *x = req->data;
     ssize_t n = req->result;
     uv_fs_req_cleanup(req);
     x->fs_busy = false;
-    if (x->remote == NULL)
-        return;
-    if (n < 0 || (size_t)n != x->buflen) {
-        xfer_fail(x, "cannot write '%s': %s", x->tmp, n < 0 ? uv_strerror((int)n) : "short");
-        cw_remote_respond_error(x->remote, x->pending_seq, "write error on the master");
+    x->writing = false;
+    if (x->close_later) {
+        close(x->fd);
+        x->fd = -1;
         return;
     }
-    x->off += (uint64_t)n;
-    x->cli->xfer_bytes += (uint64_t)n;
-    cw_remote_respond(x->remote, x->pending_seq);
+    if (x->remote == NULL)
+        return;
+    gblock_t *b = x->behind;
+    if (n < 0 || (size_t)n != b->len)
+        xfer_fail(x, "cannot write '%s': %s", x->tmp, n < 0 ? uv_strerror((int)n) : "short");
+    else {
+        x->off += (uint64_t)n;
+        x->cli->xfer_bytes += (uint64_t)n;
+    }
+    /* written (or, after a failure, dropped with the rest) */
+    do {
+        b = x->behind;
+        x->behind = b->next;
+        x->behind_bytes -= b->len;
+        free(b);
+    } while (x->error && x->behind);
+    if (x->behind == NULL)
+        x->behind_tail = NULL;
+    get_write_next(x);
+    get_release(x);
+}
+
+/* Write the next block answered ahead of the disk. */
+static void get_write_next(xfer_t *x)
+{
+    if (x->writing || x->behind == NULL || x->error)
+        return;
+    gblock_t *b = x->behind;
+    x->writing = x->fs_busy = true;
+    x->fs.data = x;
+    uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
+    if (uv_fs_write(x->cli->loop, &x->fs, x->fd, &ub, 1, (int64_t)x->off, get_write_cb) < 0) {
+        x->writing = x->fs_busy = false;
+        xfer_fail(x, "cannot write '%s'", x->tmp);
+    }
+}
+
+#if CW_HAVE_ARCHIVE
+static void unpack_work(uv_work_t *req);
+static void unpack_after(uv_work_t *req, int status);
+#endif
+
+/* Answer the requests that waited for the disk, in order: a write once the
+ * data behind is below GET_BEHIND, close and unpack once it is all written
+ * (or a failure was recorded). */
+static void get_release(xfer_t *x)
+{
+    while (x->req_n > 0 && x->remote) {
+        preq_t *q = &x->reqs[x->req_head];
+        bool drained = x->behind == NULL && !x->writing;
+        if (x->error && q->op != CW_OP_UPLOAD_DIRECTORY_UNPACK) {
+            cw_remote_respond_error(x->remote, q->seq, "write error on the master");
+        } else if (q->op == CW_OP_UPLOAD_FILE_WRITE || q->op == CW_OP_UPLOAD_DIRECTORY_WRITE) {
+            if (x->behind_bytes > GET_BEHIND)
+                return;
+            cw_remote_respond(x->remote, q->seq);
+        } else if (!drained) {
+            return;
+        } else if (q->op == CW_OP_UPLOAD_FILE_CLOSE) {
+            /* Not renamed yet: the stock worker sends close even after a failed
+             * open or an interrupt, so the file becomes LOCAL only when the
+             * command ends with rc 0 (get_on_complete). */
+            close(x->fd);
+            x->fd = -1;
+            x->closed = true;
+            cw_remote_respond(x->remote, q->seq);
+        } else {
+#if CW_HAVE_ARCHIVE
+            /* CW_OP_UPLOAD_DIRECTORY_UNPACK: the thread pool unpacks, then
+             * unpack_after answers */
+            if (x->error) {
+                cw_remote_respond_error(x->remote, q->seq, x->error);
+            } else {
+                close(x->fd);
+                x->fd = -1;
+                x->pending_seq = q->seq;
+                x->work.data = x;
+                x->fs_busy = true;
+                uv_queue_work(x->cli->loop, &x->work, unpack_work, unpack_after);
+            }
+#endif
+        }
+        x->req_head = (x->req_head + 1) % PUT_MAX_REQS;
+        x->req_n--;
+    }
+}
+
+/* Hold a request until the disk catches up (get_release answers it). */
+static void get_hold(xfer_t *x, const cw_msg_t *m)
+{
+    if (x->req_n == PUT_MAX_REQS) {
+        cw_remote_respond_error(x->remote, m->seq, "too many requests at once");
+        return;
+    }
+    x->reqs[(x->req_head + x->req_n) % PUT_MAX_REQS] = (preq_t){m->seq, 0, m->op};
+    x->req_n++;
+    get_release(x);
 }
 
 #if CW_HAVE_ARCHIVE
@@ -560,49 +851,45 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
     switch (m->op) {
     case CW_OP_UPLOAD_FILE_WRITE:
     case CW_OP_UPLOAD_DIRECTORY_WRITE: {
+        /* copied (the message's storage is reused) and answered at once
+         * while less than GET_BEHIND waits for the disk: the worker's next
+         * block is on its way while this one is written */
         size_t len = m->u.write.len;
-        if (len > x->buflen) {
-            uint8_t *nb = realloc(x->buf, len);
-            if (nb == NULL) {
-                cw_remote_respond_error(r, m->seq, "out of memory on the master");
-                return;
-            }
-            x->buf = nb;
-        }
-        memcpy(x->buf, m->u.write.data, len);
-        x->buflen = len;
-        x->pending_seq = m->seq;
-        x->fs.data = x;
-        x->fs_busy = true;
-        uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)len);
-        if (uv_fs_write(x->cli->loop, &x->fs, x->fd, &b, 1, (int64_t)x->off, get_write_cb) < 0) {
-            x->fs_busy = false;
+        if (x->error) {
             cw_remote_respond_error(r, m->seq, "write error on the master");
+            return;
         }
+        if (len == 0) {
+            get_hold(x, m);
+            return;
+        }
+        gblock_t *b = malloc(sizeof *b + len);
+        if (b == NULL) {
+            cw_remote_respond_error(r, m->seq, "out of memory on the master");
+            return;
+        }
+        b->next = NULL;
+        b->len = len;
+        memcpy(b->data, m->u.write.data, len);
+        if (x->behind_tail)
+            x->behind_tail->next = b;
+        else
+            x->behind = b;
+        x->behind_tail = b;
+        x->behind_bytes += len;
+        get_write_next(x);
+        get_hold(x, m);
         break;
     }
     case CW_OP_UPLOAD_FILE_CLOSE:
-        /* Not renamed yet: the stock worker sends close even after a failed
-         * open or an interrupt, so the file becomes LOCAL only when the
-         * command ends with rc 0 (get_on_complete). */
-        close(x->fd);
-        x->fd = -1;
-        x->closed = true;
-        cw_remote_respond(r, m->seq);
+#if CW_HAVE_ARCHIVE
+    case CW_OP_UPLOAD_DIRECTORY_UNPACK:
+#endif
+        get_hold(x, m);
         break;
     case CW_OP_UPLOAD_FILE_UTIME:
         cw_remote_respond(r, m->seq);
         break;
-#if CW_HAVE_ARCHIVE
-    case CW_OP_UPLOAD_DIRECTORY_UNPACK:
-        close(x->fd);
-        x->fd = -1;
-        x->pending_seq = m->seq;
-        x->work.data = x;
-        x->fs_busy = true;
-        uv_queue_work(x->cli->loop, &x->work, unpack_work, unpack_after);
-        break;
-#endif
     default:
         cw_remote_respond_error(r, m->seq, "unexpected request during an upload");
         break;

@@ -21,6 +21,7 @@ void cw_master_options_default(cw_master_options_t *o)
     cw_conn_options_default(&o->conn);
     o->conn.handshake_timeout = 5000; /* what the stock master allows */
     o->dup_timeout_ms = 10000;
+    o->backlog = 4096;
     o->faults.drop_after = -1;
     o->faults.stall_after = -1;
 }
@@ -100,37 +101,101 @@ static void sha256(const void *data, size_t len, uint8_t out[32])
     EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
+/* FNV-1a of a name: the slot where its account is looked for first. */
+static size_t name_hash(const char *name, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)name[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 32));
+}
+
+/* The index of the account called name, or SIZE_MAX. */
+static size_t account_find(const cw_master_t *m, const char *name, size_t len)
+{
+    if (m->hash_cap == 0)
+        return SIZE_MAX;
+    for (size_t i = name_hash(name, len) & (m->hash_cap - 1);; i = (i + 1) & (m->hash_cap - 1)) {
+        uint32_t slot = m->account_hash[i];
+        if (slot == 0)
+            return SIZE_MAX;
+        const cw_master_account_t *a = &m->accounts[slot - 1];
+        if (a->name_len == len && memcmp(a->name, name, len) == 0)
+            return slot - 1;
+    }
+}
+
+/* Put account i into the table (which has room). */
+static void account_hash_put(cw_master_t *m, size_t i)
+{
+    const cw_master_account_t *a = &m->accounts[i];
+    size_t j = name_hash(a->name, a->name_len) & (m->hash_cap - 1);
+    while (m->account_hash[j] != 0)
+        j = (j + 1) & (m->hash_cap - 1);
+    m->account_hash[j] = (uint32_t)(i + 1);
+}
+
 int cw_master_add_account(cw_master_t *m, const char *name, const char *password)
 {
+    size_t len = strlen(name);
+    size_t found = account_find(m, name, len);
+    if (found != SIZE_MAX) {
+        /* the same name again: the last password counts */
+        sha256(password, strlen(password), m->accounts[found].pw_digest);
+        return 0;
+    }
+    if (m->naccounts >= UINT32_MAX - 1)
+        return -ENOMEM;
+    if (2 * (m->naccounts + 1) >= m->hash_cap) {
+        size_t cap = m->hash_cap ? 2 * m->hash_cap : 64;
+        uint32_t *t = calloc(cap, sizeof *t);
+        if (t == NULL)
+            return -ENOMEM;
+        free(m->account_hash);
+        m->account_hash = t;
+        m->hash_cap = cap;
+        for (size_t i = 0; i < m->naccounts; i++)
+            account_hash_put(m, i);
+    }
     cw_master_account_t *a = realloc(m->accounts, (m->naccounts + 1) * sizeof *a);
     if (a == NULL)
         return -ENOMEM;
     m->accounts = a;
     a = &m->accounts[m->naccounts];
+    memset(a, 0, sizeof *a);
     a->name = strdup(name);
     if (a->name == NULL)
         return -ENOMEM;
+    a->name_len = len;
     sha256(password, strlen(password), a->pw_digest);
-    m->naccounts++;
+    account_hash_put(m, m->naccounts++);
     return 0;
 }
 
-/* Constant-time check: the password's digest is compared with every
- * account's, so neither the password nor the account's existence shows in
- * the timing. */
-static bool master_check_password(cw_master_t *m, const char *user, size_t ulen, const char *pw,
-                                  size_t pwlen)
+/* The password check: the name is looked up in the hash table (its probes
+ * depend on the table, not on the password), then the password's digest is
+ * compared in constant time with the account's, or with a dummy digest when
+ * there is no such account, so neither the password nor the account's
+ * existence shows in the timing.  Returns the account's index or SIZE_MAX. */
+static size_t master_check_password(cw_master_t *m, const char *user, size_t ulen, const char *pw,
+                                    size_t pwlen)
 {
+    static const uint8_t dummy[32];
     uint8_t d[32];
     sha256(pw, pwlen, d);
-    bool ok = false;
-    for (size_t i = 0; i < m->naccounts; i++) {
-        cw_master_account_t *a = &m->accounts[i];
-        bool name_ok = strlen(a->name) == ulen && memcmp(a->name, user, ulen) == 0;
-        bool pw_ok = CRYPTO_memcmp(a->pw_digest, d, 32) == 0;
-        ok |= name_ok & pw_ok;
-    }
-    return ok;
+    size_t i = account_find(m, user, ulen);
+    const uint8_t *want = i != SIZE_MAX ? m->accounts[i].pw_digest : dummy;
+    bool pw_ok = CRYPTO_memcmp(want, d, 32) == 0;
+    return i != SIZE_MAX && pw_ok ? i : SIZE_MAX;
+}
+
+cw_mworker_t *cw_master_find(cw_master_t *m, const char *name)
+{
+    size_t i = account_find(m, name, strlen(name));
+    if (i == SIZE_MAX)
+        return NULL;
+    cw_mworker_t *w = m->accounts[i].active;
+    return w && w->state == CW_MW_ATTACHED ? w : NULL;
 }
 
 /* ---- remotes ---- */
@@ -262,6 +327,11 @@ int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, siz
     return cw_conn_send(&r->w->conn, &b);
 }
 
+int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg)
+{
+    return cw_conn_send(&r->w->conn, msg);
+}
+
 /* ---- worker requests ---- */
 
 static void mw_on_update(cw_mworker_t *w, const cw_msg_t *m, cw_remote_t *r)
@@ -336,6 +406,7 @@ static void mw_timer_keepalive(uv_timer_t *t);
 static void mw_attached(cw_mworker_t *w)
 {
     w->state = CW_MW_ATTACHED;
+    w->m->nattached++;
     cw_info("worker '%s' attached from %s", w->name, w->conn.peer);
     if (w->m->opt.keepalive_ms)
         uv_timer_start(&w->timer, mw_timer_keepalive, w->m->opt.keepalive_ms,
@@ -385,12 +456,15 @@ static void info_answered(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_object(&pk, resp->u.response.result);
-    w->info_buf = (uint8_t *)sb.data;
+    /* the packer's buffer starts at 8 KiB: keep only what it holds */
+    w->info_buf = realloc(sb.data, sb.size ? sb.size : 1);
+    if (w->info_buf == NULL)
+        w->info_buf = (uint8_t *)sb.data;
     w->info_len = sb.size;
-    msgpack_unpacked_init(&w->info);
+    w->info_zone = msgpack_zone_new(2 * w->info_len + 256);
     size_t off = 0;
-    if (msgpack_unpack_next(&w->info, (const char *)w->info_buf, w->info_len, &off) ==
-        MSGPACK_UNPACK_SUCCESS)
+    if (w->info_zone && msgpack_unpack((const char *)w->info_buf, w->info_len, &off, w->info_zone,
+                                       &w->info) == MSGPACK_UNPACK_SUCCESS)
         w->has_info = true;
     const msgpack_object *bd = cw_mworker_info(w, "basedir");
     cw_str_t s;
@@ -420,7 +494,11 @@ static void print_answered(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
 
 static void mw_start_attach(cw_mworker_t *w)
 {
+    if (w->state == CW_MW_DUP_WAIT)
+        w->m->ndup_wait--;
     w->state = CW_MW_ATTACHING;
+    if (w->m->accounts) /* NULL once cw_master_close ran */
+        w->m->accounts[w->account].active = w;
     if (w->m->opt.faults.skip_attach) {
         w->state = CW_MW_ATTACHED;
         mw_attached(w);
@@ -469,6 +547,8 @@ static void dup_ping_answered(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
     if (w->state != CW_MW_DUP_WAIT)
         return;
     uv_timer_stop(&w->timer);
+    w->m->ndup_wait--;
+    w->state = CW_MW_CONNECTING;
     if (resp == NULL) {
         /* the old one is gone: the new one goes on */
         w->dup_of = NULL;
@@ -483,16 +563,16 @@ static void dup_ping_answered(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
 static void mw_on_open(cw_conn_t *c)
 {
     cw_mworker_t *w = c->data;
-    cw_mworker_t *old = NULL;
-    for (cw_mworker_t *o = w->m->workers; o; o = o->next)
-        if (o != w && o->name && strcmp(o->name, w->name) == 0 &&
-            (o->state == CW_MW_ATTACHED || o->state == CW_MW_ATTACHING))
-            old = o;
+    /* the account's attaching or attached connection (O(1), not a walk) */
+    cw_mworker_t *old = w->m->accounts ? w->m->accounts[w->account].active : NULL;
+    if (old == w || (old && old->state != CW_MW_ATTACHED && old->state != CW_MW_ATTACHING))
+        old = NULL;
     if (old == NULL) {
         mw_start_attach(w);
         return;
     }
     w->state = CW_MW_DUP_WAIT;
+    w->m->ndup_wait++;
     w->dup_of = old;
     cw_buf_t b = CW_BUF_INIT;
     msgpack_packer pk;
@@ -506,11 +586,14 @@ static void mw_on_open(cw_conn_t *c)
 static int mw_on_auth(cw_conn_t *c, const cw_http_upgrade_req_t *req)
 {
     cw_mworker_t *w = c->data;
-    if (!master_check_password(w->m, req->user, req->user_len, req->password, req->password_len)) {
+    size_t acc =
+        master_check_password(w->m, req->user, req->user_len, req->password, req->password_len);
+    if (acc == SIZE_MAX) {
         cw_warn("refused worker '%.*s' from %s: bad name or password",
                 (int)(req->user_len > 64 ? 64 : req->user_len), req->user, c->peer);
         return 401;
     }
+    w->account = acc;
     w->name = strndup(req->user, req->user_len);
     return w->name ? 0 : 503;
 }
@@ -552,8 +635,8 @@ static void mw_on_drain(cw_conn_t *c)
 static void mw_timer_closed(uv_handle_t *h)
 {
     cw_mworker_t *w = h->data;
-    if (w->has_info)
-        msgpack_unpacked_destroy(&w->info);
+    if (w->info_zone)
+        msgpack_zone_free(w->info_zone);
     free(w->info_buf);
     free(w->basedir);
     free(w->name);
@@ -580,6 +663,12 @@ static void mw_detach(cw_mworker_t *w, const char *why)
 {
     cw_master_t *m = w->m;
     bool was_attached = w->state == CW_MW_ATTACHED;
+    if (was_attached)
+        m->nattached--;
+    if (w->state == CW_MW_DUP_WAIT)
+        m->ndup_wait--;
+    if (w->name && m->accounts && m->accounts[w->account].active == w)
+        m->accounts[w->account].active = NULL;
     w->state = CW_MW_GONE;
     if (w->dup_of) {
         /* our duplicate-login ping to the older connection must not call us */
@@ -588,8 +677,9 @@ static void mw_detach(cw_mworker_t *w, const char *why)
     }
     while (w->remotes)
         remote_finish(w->remotes, why && *why ? why : "connection lost", true);
-    /* a newer connection may be waiting for this one */
-    for (cw_mworker_t *o = m->workers; o; o = o->next)
+    /* a newer connection may be waiting for this one (rare: no walk
+     * of every connection unless one waits) */
+    for (cw_mworker_t *o = m->ndup_wait ? m->workers : NULL; o; o = o->next)
         if (o->dup_of == w) {
             o->dup_of = NULL;
             uv_timer_stop(&o->timer);
@@ -608,6 +698,7 @@ static void mw_detach(cw_mworker_t *w, const char *why)
         m->workers = w->next;
     if (w->next)
         w->next->prev = w->prev;
+    m->nconns--;
     uv_close((uv_handle_t *)&w->timer, mw_timer_closed);
 }
 
@@ -629,6 +720,7 @@ static void master_on_connection(uv_stream_t *server, int status)
     if (m->workers)
         m->workers->prev = w;
     m->workers = w;
+    m->nconns++;
     if (uv_accept(server, (uv_stream_t *)cw_conn_tcp(&w->conn)) < 0 ||
         cw_conn_start_server(&w->conn) < 0)
         cw_conn_close(&w->conn, CW_ECLOSED, 0, "accept failed");
@@ -661,7 +753,8 @@ int cw_master_listen(cw_master_t *m, const char *host, int port, int *bound_port
     m->server.data = m;
     rc = uv_tcp_bind(&m->server, (struct sockaddr *)&ss, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&m->server, 128, master_on_connection);
+        rc = uv_listen((uv_stream_t *)&m->server, m->opt.backlog > 0 ? m->opt.backlog : 128,
+                       master_on_connection);
     if (rc < 0)
         return rc;
     m->listening = true;
@@ -686,15 +779,17 @@ void cw_master_close(cw_master_t *m)
     for (size_t i = 0; i < m->naccounts; i++)
         free(m->accounts[i].name);
     free(m->accounts);
+    free(m->account_hash);
     m->accounts = NULL;
-    m->naccounts = 0;
+    m->account_hash = NULL;
+    m->naccounts = m->hash_cap = 0;
 }
 
 const msgpack_object *cw_mworker_info(cw_mworker_t *w, const char *key)
 {
     if (!w->has_info)
         return NULL;
-    return cw_map_get(&w->info.data, key);
+    return cw_map_get(&w->info, key);
 }
 
 bool cw_mworker_has_command(cw_mworker_t *w, const char *command)

@@ -50,6 +50,7 @@ typedef struct cw_master_options {
     uint64_t keepalive_ms;   /* keepalive op interval (stock: 3600 s); 0 = none */
     cw_conn_options_t conn;  /* ping / dead-link / message limits */
     uint64_t dup_timeout_ms; /* how long an old connection has to answer (stock 10 s) */
+    int backlog;             /* listen(2) backlog (the kernel caps it at somaxconn) */
     cw_master_faults_t faults;
 } cw_master_options_t;
 
@@ -75,7 +76,12 @@ struct cw_master {
     void *data;
     struct cw_master_account *accounts;
     size_t naccounts;
-    cw_mworker_t *workers; /* every connection, attached or not */
+    uint32_t *account_hash; /* open addressing: account index + 1, 0 = empty */
+    size_t hash_cap;        /* a power of two, > 2 * naccounts */
+    cw_mworker_t *workers;  /* every connection, attached or not */
+    size_t nconns;          /* connections in `workers` */
+    size_t nattached;       /* of them attached */
+    size_t ndup_wait;       /* of them waiting for an older connection of their name */
     uint64_t next_command_id;
     bool closing;
 };
@@ -83,7 +89,9 @@ struct cw_master {
 /* An account: a worker name and its password. */
 typedef struct cw_master_account {
     char *name;
+    size_t name_len;
     uint8_t pw_digest[32]; /* SHA-256 of the password */
+    cw_mworker_t *active;  /* its attaching or attached connection, if any */
 } cw_master_account_t;
 
 typedef enum cw_mworker_state {
@@ -100,12 +108,15 @@ struct cw_mworker {
     cw_conn_t conn;
     cw_mworker_state_t state;
     char *name;
+    size_t account;   /* index in m->accounts (valid once authenticated) */
     uv_timer_t timer; /* keepalive / duplicate wait / stall */
     bool timer_init;
-    /* get_worker_info result, kept packed plus its decoded view */
+    /* get_worker_info result, kept packed plus its decoded view (in a zone
+     * sized to it: an idle session should cost little) */
     uint8_t *info_buf;
     size_t info_len;
-    msgpack_unpacked info;
+    msgpack_zone *info_zone;
+    msgpack_object info;
     bool has_info;
     char *basedir;
     cw_remote_t *remotes;
@@ -152,6 +163,9 @@ int cw_master_listen(cw_master_t *m, const char *host, int port, int *bound_port
  * handles.  The loop then runs out.  Safe to call more than once. */
 void cw_master_close(cw_master_t *m);
 
+/* The attached worker of this name, or NULL (a hash lookup). */
+cw_mworker_t *cw_master_find(cw_master_t *m, const char *name);
+
 /* Worker info helpers (valid while attached). */
 const msgpack_object *cw_mworker_info(cw_mworker_t *w, const char *key);
 bool cw_mworker_has_command(cw_mworker_t *w, const char *command);
@@ -166,5 +180,7 @@ int cw_remote_interrupt(cw_remote_t *r, const char *why);
 int cw_remote_respond(cw_remote_t *r, int64_t seq);
 int cw_remote_respond_error(cw_remote_t *r, int64_t seq, const char *text);
 int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, size_t len);
+/* Send a response the caller packed whole (the buffer is taken). */
+int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg);
 
 #endif

@@ -331,6 +331,12 @@ static int parse_transfer(cw_args_t *a, const msgpack_object *args, char *err, s
                           "argument 'maxsize' must be a non-negative integer or nil");
     if ((rc = opt_bool(args, "keepstamp", false, &a->keepstamp, err, errlen)) < 0)
         return rc;
+    /* cworker-master's "pipeline": a hint, so a value that is not a small
+     * positive integer means one request at a time */
+    int64_t pipeline;
+    o = cw_map_get(args, "pipeline");
+    if (o && cw_obj_int(o, &pipeline) && pipeline > 1)
+        a->pipeline = pipeline > 16 ? 16 : (int)pipeline;
     if (a->kind == CW_CMD_UPLOAD_DIRECTORY) {
         o = cw_map_get(args, "compress");
         if (o == NULL)

@@ -101,7 +101,28 @@ struct xfer {
 #if CW_HAVE_ARCHIVE
     tar_producer_t *tar;
 #endif
+    /* download with the master's "pipeline" argument (cworker-master): up
+     * to dl_window reads in flight; their answers wait in dl_q and reach
+     * read_file_done one at a time, as if each had just been asked for */
+    int dl_window;
+    unsigned dl_inflight;
+    struct dl_answer *dl_q, *dl_q_tail;
+    unsigned dl_queued;
+    bool dl_wanting;       /* read_file_done waits for the next answer */
+    bool dl_last_asked;    /* an answer ended the file (or failed): ask no more */
+    bool dl_close_pending; /* read-close waits for the reads in flight */
+    uint8_t *dl_spare[16]; /* block buffers to reuse (no page faults per block) */
+    unsigned dl_nspare;
 };
+
+/* A stored answer to a pipelined read. */
+typedef struct dl_answer {
+    struct dl_answer *next;
+    int status;
+    bool nil, not_data;
+    uint8_t *data; /* block_size bytes (data), or the refusal text */
+    size_t len;
+} dl_answer_t;
 
 static void xfer_end(xfer_t *x, int rc, const char *stderr_msg, const char *failure);
 static void xfer_free(xfer_t *x, cw_cmd_t *cmd);
@@ -939,6 +960,12 @@ static void download_finish(xfer_t *x, int rc, const char *msg)
         xfer_stderr(x, msg);
     if (rc != 0)
         download_unlink_tmp(x);
+    if (x->dl_inflight > 0) {
+        /* pipelined reads are still answered first (dl_answer sends it) */
+        x->dl_close_pending = true;
+        x->req_busy = true;
+        return;
+    }
     cw_xfer_req_t req = {.op = CW_XFER_READ_CLOSE};
     if (!xfer_ask(x, &req, read_close_done))
         xfer_end(x, 1, NULL, NULL);
@@ -1057,11 +1084,120 @@ static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         download_finish_path(x, "Maximum filesize reached, truncating file '", a->path, "'", "");
         return;
     }
-    memcpy(x->buf, data, len);
+    if (data != x->buf) /* a pipelined answer is already in buf */
+        memcpy(x->buf, data, len);
     x->buflen = len;
     x->wdone = 0;
     x->done_bytes += len;
     download_write_next(x);
+}
+
+/* ---- download: pipelined reads (cworker-master's "pipeline" argument) ---- */
+
+static void dl_fill(xfer_t *x);
+
+/* Hand the oldest stored answer to read_file_done if it waits for one. */
+static void dl_deliver(xfer_t *x)
+{
+    dl_answer_t *e = x->dl_q;
+    if (!x->dl_wanting || e == NULL)
+        return;
+    x->dl_q = e->next;
+    if (x->dl_q == NULL)
+        x->dl_q_tail = NULL;
+    x->dl_queued--;
+    x->dl_wanting = false;
+    cw_xfer_answer_t a = {.status = e->status, .nil = e->nil, .not_data = e->not_data};
+    if (e->status < 0) {
+        a.error = (const char *)e->data;
+        a.error_len = e->len;
+    } else if (e->data) {
+        /* the block becomes buf (no copy) */
+        uint8_t *t = x->buf;
+        x->buf = e->data;
+        e->data = t;
+        a.data = x->buf;
+        a.len = e->len;
+        if (x->dl_nspare < 16) {
+            x->dl_spare[x->dl_nspare++] = e->data;
+            e->data = NULL;
+        }
+    }
+    free(e->data);
+    free(e);
+    read_file_done(x->cmd, &a);
+}
+
+/* The answer to one pipelined read (they come in order). */
+static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
+{
+    xfer_t *x = cmd->state;
+    x->dl_inflight--;
+    if (x->dl_close_pending) {
+        if (x->dl_inflight == 0) {
+            x->dl_close_pending = false;
+            cw_xfer_req_t req = {.op = CW_XFER_READ_CLOSE};
+            if (!xfer_ask(x, &req, read_close_done))
+                xfer_end(x, 1, NULL, NULL);
+        }
+        return; /* read_file_done is done with the file */
+    }
+    dl_answer_t *e = calloc(1, sizeof *e);
+    size_t bs = block_size(x);
+    bool data = ans->status == 0 && !ans->nil && !ans->not_data && ans->len > 0;
+    if (e && data && ans->len <= bs && x->dl_nspare > 0)
+        e->data = x->dl_spare[--x->dl_nspare];
+    if (e == NULL ||
+        (data && ans->len <= bs && e->data == NULL && (e->data = malloc(bs)) == NULL) ||
+        (ans->status < 0 && ans->error_len && (e->data = malloc(ans->error_len)) == NULL)) {
+        free(e);
+        xfer_end(x, 1, "out of memory", NULL);
+        return;
+    }
+    e->status = ans->status;
+    e->nil = ans->nil;
+    e->not_data = ans->not_data;
+    e->len = ans->status < 0 ? ans->error_len : ans->len;
+    if (e->data)
+        memcpy(e->data, ans->status < 0 ? (const uint8_t *)ans->error : ans->data, e->len);
+    if (!data || ans->len > bs)
+        x->dl_last_asked = true; /* end, failure or too much: read_file_done decides */
+    if (x->dl_q_tail)
+        x->dl_q_tail->next = e;
+    else
+        x->dl_q = e;
+    x->dl_q_tail = e;
+    x->dl_queued++;
+    dl_deliver(x);
+    dl_fill(x);
+}
+
+/* Keep dl_window reads asked for or answered ahead of the writes. */
+static void dl_fill(xfer_t *x)
+{
+    while (!x->finished && !x->stopping && !x->dl_last_asked && !x->dl_close_pending &&
+           x->dl_inflight + x->dl_queued < (unsigned)x->dl_window) {
+        cw_xfer_req_t req = {.op = CW_XFER_READ, .length = (int64_t)block_size(x)};
+        if (cw_cmd_xfer(x->cmd, &req, dl_answer) < 0) {
+            x->dl_last_asked = true;
+            if (x->dl_inflight == 0 && x->dl_q == NULL && x->dl_wanting)
+                xfer_end(x, 1, NULL, NULL);
+            return;
+        }
+        x->dl_inflight++;
+    }
+}
+
+/* read_file_done wants the next block: from the stored answers, or the
+ * next to come. */
+static void dl_want(xfer_t *x)
+{
+    x->req_busy = true;
+    x->dl_wanting = true;
+    dl_fill(x);
+    dl_deliver(x);
+    if (x->dl_wanting && x->dl_inflight == 0 && x->dl_q == NULL && !x->finished)
+        xfer_end(x, 1, NULL, NULL); /* nothing asked, nothing to come: the link is gone */
 }
 
 /* Ask the master for the next block (or one byte past maxsize, to tell a
@@ -1080,6 +1216,10 @@ static void download_request(xfer_t *x)
         }
     }
     x->buflen = block_size(x);
+    if (x->dl_window > 1) {
+        dl_want(x);
+        return;
+    }
     cw_xfer_req_t req = {.op = CW_XFER_READ, .length = length};
     if (!xfer_ask(x, &req, read_file_done))
         xfer_end(x, 1, NULL, NULL);
@@ -1186,6 +1326,9 @@ static int download_start(xfer_t *x)
     cw_args_t *a = &x->cmd->args;
     char ebuf[128];
     x->cmd_mode = a->mode;
+    /* several reads in flight only where the master offers it, and not
+     * with maxsize (its last read is sized to what is left) */
+    x->dl_window = a->maxsize < 0 && a->pipeline > 1 ? a->pipeline : 1;
     x->buf = malloc(block_size(x));
     if (x->buf == NULL)
         return -ENOMEM;
@@ -1340,6 +1483,14 @@ static void xfer_free(xfer_t *x, cw_cmd_t *cmd)
         close(x->fd);
     if (x->tmp_path)
         unlink(x->tmp_path);
+    while (x->dl_nspare > 0)
+        free(x->dl_spare[--x->dl_nspare]);
+    while (x->dl_q) {
+        dl_answer_t *e = x->dl_q;
+        x->dl_q = e->next;
+        free(e->data);
+        free(e);
+    }
     free(x->buf);
     free(x->tmp_path);
     free(x->dest);
