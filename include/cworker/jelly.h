@@ -198,6 +198,9 @@ int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len);
 int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from any bytes: invalid sequences become U+FFFD */
 int cw_jelly_unicode_lossy(cw_jelly_enc_t *e, const void *p, size_t len);
+/* unicode from bytes the caller guarantees are valid UTF-8 (not checked again: command
+ * output is validated once, by the line splitter) */
+int cw_jelly_unicode_trusted(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from a NUL-terminated UTF-8 string */
 int cw_jelly_str(cw_jelly_enc_t *e, const char *s);
 /* containers: n values follow (a dictionary: n pairs, written as key, value, ...) */

@@ -717,6 +717,13 @@ int cw_jelly_unicode_lossy(cw_jelly_enc_t *e, const void *p, size_t len)
     return rc;
 }
 
+int cw_jelly_unicode_trusted(cw_jelly_enc_t *e, const void *p, size_t len)
+{
+    if (e->err)
+        return e->err;
+    return enc_unicode_valid(e, p, len);
+}
+
 int cw_jelly_str(cw_jelly_enc_t *e, const char *s)
 {
     return cw_jelly_unicode(e, s, strlen(s));
