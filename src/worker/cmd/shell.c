@@ -25,7 +25,7 @@
 #include "proc.h"
 
 #define READ_CHUNK        (64 * 1024)
-#define READS_PER_EVENT   4
+#define READS_PER_EVENT   16 /* up to 1 MiB per wake-up (the pipe's size, proc.c) */
 #define BACKUP_TIMEOUT_MS 5000
 #define LOGFILE_POLL_MS   1000
 
