@@ -194,6 +194,10 @@ int cw_jelly_int64(cw_jelly_enc_t *e, int64_t v);
 int cw_jelly_uint64(cw_jelly_enc_t *e, uint64_t v);
 int cw_jelly_float(cw_jelly_enc_t *e, double v);
 int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len);
+/* bytes of length len whose contents the caller sends itself: only the string's head is
+ * written, and *at is where in the output the len bytes belong (out[0, *at), the bytes,
+ * out[*at, end)).  Spares copying a large block into the message. */
+int cw_jelly_bytes_hole(cw_jelly_enc_t *e, size_t len, size_t *at);
 /* unicode: p must be valid UTF-8 (CW_EBADARG otherwise) */
 int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from any bytes: invalid sequences become U+FFFD */
