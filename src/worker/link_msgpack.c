@@ -103,13 +103,18 @@ static int request_masked(mlink_t *l, int64_t seq, cw_buf_t *b, cw_conn_resp_cb 
 static int ms_send_update(cw_session_t *s, cw_cmd_t *cmd)
 {
     mlink_t *l = from_session(s);
-    cw_buf_t b = CW_BUF_INIT;
-    /* about the size of one update, so the buffer is not grown (copied) while packing */
+    /* About the size of one update (the stock budget counts 16 bytes a line, msgpack
+     * takes at most 14), so the buffer is not grown (copied) while packing.  Exactly that,
+     * not cw_buf_reserve's power of two: 128 KiB would be at malloc's mmap threshold, and
+     * every update would cost fresh pages (page faults, then an unmap). */
     size_t want = cw_outbuf_size(&cmd->out);
     if (want > cmd->out.buffer_size)
         want = cmd->out.buffer_size;
-    if (cw_buf_reserve(&b, want + 512) < 0)
+    cw_buf_t b = CW_BUF_INIT;
+    b.data = malloc(want + 512);
+    if (b.data == NULL)
         return -ENOMEM;
+    b.cap = want + 512;
     msgpack_packer pk;
     masked_sink_t sink;
     pack_init_masked(l, &pk, &sink, &b);
