@@ -198,8 +198,6 @@ int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len);
  * written, and *at is where in the output the len bytes belong (out[0, *at), the bytes,
  * out[*at, end)).  Spares copying a large block into the message. */
 int cw_jelly_bytes_hole(cw_jelly_enc_t *e, size_t len, size_t *at);
-/* unicode the same way: the caller guarantees valid UTF-8 and sends it at *at */
-int cw_jelly_unicode_hole(cw_jelly_enc_t *e, size_t len, size_t *at);
 /* unicode: p must be valid UTF-8 (CW_EBADARG otherwise) */
 int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from any bytes: invalid sequences become U+FFFD */

@@ -18,28 +18,4 @@
  * it; when every planned pair was dropped the result is 0. */
 int cw_pb_send_update(cw_pb_t *pb, int64_t cmdref, cw_outbuf_t *ob, void *ctx, bool *dropped);
 
-/* Bytes that belong in the output at offset `at` but were not copied there: the caller
- * writes out[0, h[0].at), h[0]'s bytes, out[h[0].at, h[1].at), ... (offsets ascending). */
-typedef struct cw_pb_hole {
-    const uint8_t *data;
-    size_t len;
-    size_t at;
-} cw_pb_hole_t;
-
-#define CW_PB_MAX_HOLES 4
-
-typedef struct cw_pb_holes {
-    cw_pb_hole_t h[CW_PB_MAX_HOLES];
-    size_t n;
-} cw_pb_holes_t;
-
-/* Text of an update from this size on is left as a hole (not copied). */
-#define CW_PB_HOLE_MIN 4096
-
-/* cw_pb_send_update, but large text (up to CW_PB_MAX_HOLES pieces) is not copied into
- * the output: it is appended to holes, pointing into ob, valid until ob is next changed
- * (the caller hands the output to the socket before that). */
-int cw_pb_send_update_holes(cw_pb_t *pb, int64_t cmdref, cw_outbuf_t *ob, void *ctx, bool *dropped,
-                            cw_pb_holes_t *holes);
-
 #endif

@@ -701,20 +701,6 @@ static int enc_unicode_valid(cw_jelly_enc_t *e, const void *p, size_t len)
     return rc;
 }
 
-int cw_jelly_unicode_hole(cw_jelly_enc_t *e, size_t len, size_t *at)
-{
-    if (e->err)
-        return e->err;
-    if (len > CW_BANANA_SIZE_LIMIT)
-        return enc_fail(e, CW_ETOOBIG);
-    int rc = enc_form(e, 2, "unicode");
-    if (rc == 0)
-        rc = enc_rc(e, cw_banana_string_head(e->out, len));
-    if (rc == 0)
-        *at = e->out->len;
-    return rc;
-}
-
 int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len)
 {
     if (e->err)

@@ -5,8 +5,8 @@
 #include <errno.h>
 #include <string.h>
 
-/* One [{key: value}, 0] pair; large text left as a hole when holes has room. */
-static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p, cw_pb_holes_t *holes)
+/* One [{key: value}, 0] pair. */
+static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p)
 {
     cw_jelly_list(e, 2);
     cw_jelly_dict(e, 1);
@@ -16,13 +16,7 @@ static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p, cw_pb_holes_t *h
             cw_jelly_tuple(e, 2);
             cw_jelly_unicode_lossy(e, p->key, p->key_len);
         }
-        /* repaired by the outbuf: valid UTF-8 */
-        size_t at;
-        if (holes && holes->n < CW_PB_MAX_HOLES && p->len >= CW_PB_HOLE_MIN &&
-            cw_jelly_unicode_hole(e, p->len, &at) == 0)
-            holes->h[holes->n++] = (cw_pb_hole_t){(const uint8_t *)p->data, p->len, at};
-        else
-            cw_jelly_unicode_trusted(e, p->data, p->len);
+        cw_jelly_unicode_trusted(e, p->data, p->len); /* repaired by the outbuf */
     } else {
         cw_jelly_unicode_lossy(e, p->key, p->key_len);
         switch (p->kind) {
@@ -64,9 +58,8 @@ static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p, cw_pb_holes_t *h
 
 /* Encode pairs [from, to) of the plan as one update call. */
 static int send_pairs(cw_pb_t *pb, int64_t cmdref, const cw_outbuf_t *ob, const cw_out_plan_t *plan,
-                      size_t from, size_t to, void *ctx, cw_pb_holes_t *holes)
+                      size_t from, size_t to, void *ctx)
 {
-    size_t nholes = holes ? holes->n : 0;
     cw_jelly_enc_t e;
     int rc = cw_pb_call_begin(pb, cmdref, "update", 1, ctx, &e, NULL);
     if (rc < 0)
@@ -75,36 +68,27 @@ static int send_pairs(cw_pb_t *pb, int64_t cmdref, const cw_outbuf_t *ob, const 
     for (size_t k = from; k < to; k++) {
         cw_out_pair_t pair;
         cw_outbuf_plan_pair(ob, plan, k, &pair);
-        put_pair(&e, &pair, holes);
+        put_pair(&e, &pair);
     }
     cw_jelly_dict(&e, 0);
-    rc = cw_pb_call_end(pb, &e);
-    if (rc < 0 && holes)
-        holes->n = nholes; /* the message was rolled back, and its holes with it */
-    return rc;
+    return cw_pb_call_end(pb, &e);
 }
 
 int cw_pb_send_update(cw_pb_t *pb, int64_t cmdref, cw_outbuf_t *ob, void *ctx, bool *dropped)
-{
-    return cw_pb_send_update_holes(pb, cmdref, ob, ctx, dropped, NULL);
-}
-
-int cw_pb_send_update_holes(cw_pb_t *pb, int64_t cmdref, cw_outbuf_t *ob, void *ctx, bool *dropped,
-                            cw_pb_holes_t *holes)
 {
     *dropped = false;
     cw_out_plan_t plan;
     size_t n = cw_outbuf_plan(ob, &plan);
     if (n == 0)
         return 0;
-    int rc = send_pairs(pb, cmdref, ob, &plan, 0, n, ctx, holes);
+    int rc = send_pairs(pb, cmdref, ob, &plan, 0, n, ctx);
     if (rc == CW_ETOOBIG) {
         /* Some pair is over banana's limits (the text of a planned update
          * is at most buffer_size plus one line, so only a huge list gets
          * here): send the others one by one and drop the culprits. */
         bool sent = false;
         for (size_t k = 0; k < n; k++) {
-            rc = send_pairs(pb, cmdref, ob, &plan, k, k + 1, sent ? NULL : ctx, holes);
+            rc = send_pairs(pb, cmdref, ob, &plan, k, k + 1, sent ? NULL : ctx);
             if (rc == CW_ETOOBIG)
                 *dropped = true;
             else if (rc < 0)

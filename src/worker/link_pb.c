@@ -34,6 +34,8 @@
 
 /* Updates in flight (sent, not answered) per link, as over msgpack. */
 #define MAX_INFLIGHT_UPDATES 8
+/* Upload blocks from this size are sent from the command's buffer, not copied (pl_flush). */
+#define HOLE_MIN 4096
 /* Largest transfer block: banana's limit on one string (reference PB §7.6). */
 #define PB_MAX_BLOCK CW_BANANA_SIZE_LIMIT
 
@@ -83,9 +85,9 @@ typedef struct plink {
     uv_timer_t timer;
     cw_pb_t *pb;
     cw_buf_t out; /* what the session wrote, not yet handed to the socket */
-    /* bytes sent from where they are (update text, an upload block), not copied into
-     * out: each goes at its offset of out (cw_pb_send_update_holes) */
-    cw_pb_holes_t holes;
+    /* an upload block sent from where it is: its bytes go at out[hole_at] */
+    const uint8_t *hole;
+    size_t hole_len, hole_at;
     cw_cmd_settings_t settings;
     pbuilder_t *builders;
     size_t nbuilders;
@@ -122,25 +124,24 @@ static char *dupn(const char *p, size_t n)
     return s;
 }
 
-/* Hand what the session wrote to the socket, the holes' bytes in their places. */
+/* Hand what the session wrote to the socket (with the block of a hole in its place). */
 static void pl_flush(plink_t *l)
 {
-    size_t nholes = l->holes.n;
-    l->holes.n = 0;
+    const uint8_t *hole = l->hole;
+    size_t hole_at = l->hole_at;
+    l->hole = NULL;
     if (l->out.len == 0 || l->tl.failed || l->tl.closing)
         return;
     int rc = 0;
-    size_t done = 0;
-    for (size_t i = 0; i < nholes && rc == 0; i++) {
-        const cw_pb_hole_t *h = &l->holes.h[i];
-        if (h->at > done)
-            rc = cw_tunlink_send(&l->tl, l->out.data + done, h->at - done);
+    if (hole) {
+        rc = cw_tunlink_send(&l->tl, l->out.data, hole_at);
         if (rc == 0)
-            rc = cw_tunlink_send(&l->tl, h->data, h->len);
-        done = h->at;
+            rc = cw_tunlink_send(&l->tl, hole, l->hole_len);
+        if (rc == 0 && l->out.len > hole_at)
+            rc = cw_tunlink_send(&l->tl, l->out.data + hole_at, l->out.len - hole_at);
+    } else {
+        rc = cw_tunlink_send(&l->tl, l->out.data, l->out.len);
     }
-    if (rc == 0 && l->out.len > done)
-        rc = cw_tunlink_send(&l->tl, l->out.data + done, l->out.len - done);
     l->out.len = 0;
     if (rc < 0)
         pl_fail(l, rc, "%s", l->tl.why ? l->tl.why : cw_strerror(rc));
@@ -170,7 +171,7 @@ static int ps_send_update(cw_session_t *s, cw_cmd_t *cmd)
     if (l->closing || pc == NULL || pc->completed)
         return CW_ECLOSED;
     bool dropped;
-    int rc = cw_pb_send_update_holes(l->pb, pc->cmdref, &cmd->out, &k_update, &dropped, &l->holes);
+    int rc = cw_pb_send_update(l->pb, pc->cmdref, &cmd->out, &k_update, &dropped);
     if (dropped)
         cw_error("command %s: output too large for one Perspective Broker message dropped "
                  "(a list of more than %d entries)",
@@ -243,7 +244,7 @@ static int xfer_call(plink_t *l, const pcmd_t *pc, const cw_xfer_req_t *r, pcall
         /* A large block is not copied into the message: pl_flush() sends it from where it
          * is, between the message's head and tail (the same bytes on the wire; small ones
          * are copied, so a block that equals a vocabulary word is still encoded as one). */
-        if (r->len >= CW_PB_HOLE_MIN && l->holes.n < CW_PB_MAX_HOLES) {
+        if (r->len >= HOLE_MIN) {
             cw_jelly_bytes_hole(&e, r->len, &at);
             hole = true;
         } else {
@@ -263,8 +264,11 @@ static int xfer_call(plink_t *l, const pcmd_t *pc, const cw_xfer_req_t *r, pcall
     }
     cw_jelly_dict(&e, 0);
     int rc2 = cw_pb_call_end(l->pb, &e);
-    if (rc2 == 0 && hole)
-        l->holes.h[l->holes.n++] = (cw_pb_hole_t){r->data, r->len, at};
+    if (rc2 == 0 && hole) {
+        l->hole = r->data;
+        l->hole_len = r->len;
+        l->hole_at = at;
+    }
     return rc2;
 }
 
