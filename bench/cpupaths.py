@@ -92,6 +92,13 @@ def main():
                     print(f'  {s:7} stock/{w:10} {proto:8} {meds["stock"] / v:.1f}x')
 
 
+def utime_stime(pid):
+    """(user, system) CPU seconds of a process (10 ms ticks)."""
+    with open(f'/proc/{pid}/stat', 'rb') as f:
+        fields = f.read().rsplit(b')', 1)[1].split()
+    return int(fields[11]) / B.CLK_TCK, int(fields[12]) / B.CLK_TCK
+
+
 def one(b, a, kind, i, steps, out):
     worker, protocol = B.split_kind(kind)
     rundir = os.path.join(b.work, f'run{i}-{kind}')
@@ -144,7 +151,9 @@ def one(b, a, kind, i, steps, out):
                          '-p', str(w.pid), '-o', base + '.sys'],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(0.5)
+            us0 = utime_stime(w.pid)
             x = b.measure_build(m, db, w, s)
+            us1 = utime_stime(w.pid)
             for perf in perfs:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(60)
@@ -158,7 +167,8 @@ def one(b, a, kind, i, steps, out):
                     raise bbmaster.HarnessError(f'{kind}: FileUpload: uploaded file differs')
                 os.unlink(dest)
             out[s].append(x['wcpu'])
-            b.log(f'run {i + 1} {kind} {s}: wall {x["wall"]:.2f} s, worker CPU {x["wcpu"]:.3f} s, '
+            b.log(f'run {i + 1} {kind} {s}: wall {x["wall"]:.2f} s, worker CPU {x["wcpu"]:.3f} s '
+                  f'(user {us1[0] - us0[0]:.2f}, system {us1[1] - us0[1]:.2f}), '
                   f'master CPU {x["mcpu"]:.2f} s, load {os.getloadavg()[0]:.2f}')
     finally:
         if db is not None:
