@@ -190,6 +190,9 @@ int cw_banana_float(cw_buf_t *out, double v);
 /* STRING of len raw bytes (len <= 655,360); with vocab true a string equal to
  * a vocabulary word is written as VOCAB, like Twisted in the pb dialect. */
 int cw_banana_string(cw_buf_t *out, const void *p, size_t len, bool vocab);
+/* The head of a string of len bytes (never a vocabulary index), for a caller that sends
+ * the bytes themselves from where they are.  0, CW_ETOOBIG, -ENOMEM. */
+int cw_banana_string_head(cw_buf_t *out, size_t len);
 /* Re-encode a decoded node and everything under it. */
 int cw_banana_node(cw_buf_t *out, const cw_banana_node_t *n, bool vocab);
 

@@ -194,10 +194,17 @@ int cw_jelly_int64(cw_jelly_enc_t *e, int64_t v);
 int cw_jelly_uint64(cw_jelly_enc_t *e, uint64_t v);
 int cw_jelly_float(cw_jelly_enc_t *e, double v);
 int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len);
+/* bytes of length len whose contents the caller sends itself: only the string's head is
+ * written, and *at is where in the output the len bytes belong (out[0, *at), the bytes,
+ * out[*at, end)).  Spares copying a large block into the message. */
+int cw_jelly_bytes_hole(cw_jelly_enc_t *e, size_t len, size_t *at);
 /* unicode: p must be valid UTF-8 (CW_EBADARG otherwise) */
 int cw_jelly_unicode(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from any bytes: invalid sequences become U+FFFD */
 int cw_jelly_unicode_lossy(cw_jelly_enc_t *e, const void *p, size_t len);
+/* unicode from bytes the caller guarantees are valid UTF-8 (not checked again: command
+ * output is validated once, by the line splitter) */
+int cw_jelly_unicode_trusted(cw_jelly_enc_t *e, const void *p, size_t len);
 /* unicode from a NUL-terminated UTF-8 string */
 int cw_jelly_str(cw_jelly_enc_t *e, const char *s);
 /* containers: n values follow (a dictionary: n pairs, written as key, value, ...) */

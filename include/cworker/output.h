@@ -151,7 +151,8 @@ typedef struct cw_out_pair {
     cw_stream_t stream; /* TEXT */
     const char *key;    /* non-text: the key; TEXT of CW_STREAM_LOG: the log name */
     size_t key_len;
-    const char *data; /* TEXT: whole lines; STR: the value; STRLIST: the strings */
+    const char *data; /* TEXT: whole lines; STR: the value; STRLIST: the strings
+                         (all valid UTF-8: the outbuf repaired them on the way in) */
     size_t len;
     const size_t *ends;  /* TEXT: each line's '\n', at ends[i] - base in data */
     const double *times; /* TEXT: each line's time */

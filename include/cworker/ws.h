@@ -60,6 +60,10 @@ size_t cw_ws_frame_header(uint8_t out[CW_WS_MAX_HEADER], unsigned opcode, bool f
  * payload (so a payload can be masked in pieces). */
 void cw_ws_mask(uint8_t *data, size_t len, const uint8_t key[4], uint64_t offset);
 
+/* dst = src XOR the key, as cw_ws_mask() at `offset`: copying and masking in one pass. */
+void cw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t len,
+                     const uint8_t key[4], uint64_t offset);
+
 typedef struct cw_ws_callbacks {
     /* A complete data message (text or binary; fragments already joined).
      * `data` is valid only during the call and may be modified by it.
@@ -112,6 +116,12 @@ typedef struct cw_ws {
     /* control frame payload being assembled */
     uint8_t ctl[125];
     size_t ctl_len;
+
+    /* the next message, masked by its writer (cw_ws_premask) */
+    bool pre_armed;
+    uint8_t pre_key[4];
+    const uint8_t *pre_payload;
+    size_t pre_len;
 } cw_ws_t;
 
 /* Initialise a session; `cb` must outlive it.  max_message 0 = 64 MiB. */
@@ -132,6 +142,17 @@ int cw_ws_feed(cw_ws_t *ws, uint8_t *data, size_t len);
 /* Frame one whole data message: writes the header into `header` and returns
  * its length; for a client the payload is masked in place (so it must not be
  * reused as plain text afterwards).  The caller sends header, then payload. */
+/* For a writer that masks a message's payload while writing it (cw_ws_mask_copy from
+ * offset 0), instead of writing it plain and having cw_ws_encode() mask it in place: one
+ * pass over the bytes instead of two.  cw_ws_premask() picks the key and returns false
+ * for a server (nothing to mask); once the payload is written, cw_ws_premasked() names
+ * it, and the next cw_ws_encode() of exactly that (payload, len) sends it as it is.  Any
+ * other cw_ws_encode() is masked as usual and disarms it, as does cw_ws_premask_cancel()
+ * (call it when the message is dropped before it reaches cw_ws_encode()). */
+bool cw_ws_premask(cw_ws_t *ws, uint8_t key[4]);
+void cw_ws_premasked(cw_ws_t *ws, const uint8_t *payload, size_t len);
+void cw_ws_premask_cancel(cw_ws_t *ws);
+
 size_t cw_ws_encode(cw_ws_t *ws, unsigned opcode, uint8_t *payload, size_t len,
                     uint8_t header[CW_WS_MAX_HEADER]);
 

@@ -445,6 +445,13 @@ int cw_banana_string(cw_buf_t *out, const void *p, size_t len, bool use_vocab)
     return rc;
 }
 
+int cw_banana_string_head(cw_buf_t *out, size_t len)
+{
+    if (len > CW_BANANA_SIZE_LIMIT)
+        return CW_ETOOBIG;
+    return put_prefix(out, len, CW_BANANA_W_STRING);
+}
+
 /* cw_banana_node without the rollback; depth guards against hand-made trees. */
 static int put_node(cw_buf_t *out, const cw_banana_node_t *n, bool use_vocab, size_t depth)
 {

@@ -680,6 +680,16 @@ int cw_jelly_bytes(cw_jelly_enc_t *e, const void *p, size_t len)
     return rc ? rc : enc_rc(e, cw_banana_string(e->out, p, len, e->vocab));
 }
 
+int cw_jelly_bytes_hole(cw_jelly_enc_t *e, size_t len, size_t *at)
+{
+    int rc = enc_value(e);
+    if (rc == 0)
+        rc = enc_rc(e, cw_banana_string_head(e->out, len));
+    if (rc == 0)
+        *at = e->out->len;
+    return rc;
+}
+
 /* ("unicode" text) for text already known to be valid UTF-8. */
 static int enc_unicode_valid(cw_jelly_enc_t *e, const void *p, size_t len)
 {
@@ -715,6 +725,13 @@ int cw_jelly_unicode_lossy(cw_jelly_enc_t *e, const void *p, size_t len)
     rc = enc_unicode_valid(e, fixed.data ? (const void *)fixed.data : "", fixed.len);
     cw_buf_free(&fixed);
     return rc;
+}
+
+int cw_jelly_unicode_trusted(cw_jelly_enc_t *e, const void *p, size_t len)
+{
+    if (e->err)
+        return e->err;
+    return enc_unicode_valid(e, p, len);
 }
 
 int cw_jelly_str(cw_jelly_enc_t *e, const char *s)

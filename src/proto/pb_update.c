@@ -16,7 +16,7 @@ static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p)
             cw_jelly_tuple(e, 2);
             cw_jelly_unicode_lossy(e, p->key, p->key_len);
         }
-        cw_jelly_unicode_lossy(e, p->data, p->len);
+        cw_jelly_unicode_trusted(e, p->data, p->len); /* repaired by the outbuf */
     } else {
         cw_jelly_unicode_lossy(e, p->key, p->key_len);
         switch (p->kind) {
@@ -27,14 +27,14 @@ static void put_pair(cw_jelly_enc_t *e, const cw_out_pair_t *p)
             cw_jelly_float(e, p->fval);
             break;
         case CW_OUT_STR:
-            cw_jelly_unicode_lossy(e, p->data, p->len);
+            cw_jelly_unicode_trusted(e, p->data, p->len);
             break;
         case CW_OUT_STRLIST: {
             cw_jelly_list(e, p->count);
             const char *s = p->data;
             for (size_t i = 0; i < p->count; i++) {
                 size_t len = strlen(s);
-                cw_jelly_unicode_lossy(e, s, len);
+                cw_jelly_unicode_trusted(e, s, len);
                 s += len + 1;
             }
             break;

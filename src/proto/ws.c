@@ -173,6 +173,36 @@ void cw_ws_mask(uint8_t *data, size_t len, const uint8_t key[4], uint64_t offset
         data[i] ^= k[i & 3];
 }
 
+void cw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t len,
+                     const uint8_t key[4], uint64_t offset)
+{
+    uint8_t k8[8];
+    for (unsigned j = 0; j < 8; j++)
+        k8[j] = key[(offset + j) & 3];
+    uint64_t kw;
+    memcpy(&kw, k8, 8);
+    /* 8 is a multiple of 4: the key stays in phase from word to word; the compiler
+     * turns the 32-byte block into vector loads and stores. */
+    size_t i = 0;
+    for (; len - i >= 32; i += 32) {
+        uint64_t w[4];
+        memcpy(w, src + i, 32);
+        w[0] ^= kw;
+        w[1] ^= kw;
+        w[2] ^= kw;
+        w[3] ^= kw;
+        memcpy(dst + i, w, 32);
+    }
+    for (; len - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= kw;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < len; i++)
+        dst[i] = src[i] ^ k8[i & 7];
+}
+
 void cw_ws_init(cw_ws_t *ws, cw_ws_role_t role, size_t max_message, const cw_ws_callbacks_t *cb,
                 void *ud)
 {
@@ -505,11 +535,39 @@ int cw_ws_feed(cw_ws_t *ws, uint8_t *data, size_t len)
     }
 }
 
+bool cw_ws_premask(cw_ws_t *ws, uint8_t key[4])
+{
+    ws->pre_armed = false;
+    if (ws->role == CW_WS_SERVER)
+        return false;
+    random_key(ws->pre_key);
+    memcpy(key, ws->pre_key, 4);
+    ws->pre_payload = NULL;
+    ws->pre_len = 0;
+    ws->pre_armed = true;
+    return true;
+}
+
+void cw_ws_premasked(cw_ws_t *ws, const uint8_t *payload, size_t len)
+{
+    ws->pre_payload = payload;
+    ws->pre_len = len;
+}
+
+void cw_ws_premask_cancel(cw_ws_t *ws)
+{
+    ws->pre_armed = false;
+}
+
 size_t cw_ws_encode(cw_ws_t *ws, unsigned opcode, uint8_t *payload, size_t len,
                     uint8_t header[CW_WS_MAX_HEADER])
 {
+    bool pre = ws->pre_armed && ws->pre_payload == payload && ws->pre_len == len;
+    ws->pre_armed = false;
     if (ws->role == CW_WS_SERVER)
         return cw_ws_frame_header(header, opcode, true, len, NULL);
+    if (pre)
+        return cw_ws_frame_header(header, opcode, true, len, ws->pre_key);
     uint8_t key[4];
     random_key(key);
     cw_ws_mask(payload, len, key, 0);

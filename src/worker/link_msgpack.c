@@ -59,20 +59,74 @@ static void update_ack(cw_conn_t *c, void *ctx, const cw_msg_t *resp)
         cw_cmds_kick(l->base.dispatch->cmds, &l->base.session);
 }
 
+/* ---- packing already masked ----
+ *
+ * A client masks every byte it sends (RFC 6455 §5.3).  The messages with bulk data (updates,
+ * upload blocks) are packed through a sink that masks while it appends, with the key the
+ * WebSocket layer will announce (cw_ws_premask): each byte is written once, instead of
+ * written, then read and written again by the in-place mask of cw_ws_encode(). */
+
+typedef struct masked_sink {
+    cw_buf_t *b;
+    uint8_t key[4];
+} masked_sink_t;
+
+static int masked_write(void *data, const char *p, size_t n)
+{
+    masked_sink_t *s = data;
+    if (cw_buf_reserve(s->b, n) < 0)
+        return -1;
+    cw_ws_mask_copy(s->b->data + s->b->len, (const uint8_t *)p, n, s->key, s->b->len);
+    s->b->len += n;
+    return 0;
+}
+
+/* A packer into b (empty): masking as it goes when this end masks. */
+static void pack_init_masked(mlink_t *l, msgpack_packer *pk, masked_sink_t *sink, cw_buf_t *b)
+{
+    sink->b = b;
+    if (cw_ws_premask(&l->conn.ws, sink->key))
+        msgpack_packer_init(pk, sink, masked_write);
+    else
+        cw_pack_init(pk, b);
+}
+
+/* cw_conn_request() for a message packed by pack_init_masked(). */
+static int request_masked(mlink_t *l, int64_t seq, cw_buf_t *b, cw_conn_resp_cb cb, void *ctx)
+{
+    cw_ws_premasked(&l->conn.ws, b->data, b->len);
+    int rc = cw_conn_request(&l->conn, seq, b, cb, ctx);
+    cw_ws_premask_cancel(&l->conn.ws); /* when it did not get as far as the framing */
+    return rc;
+}
+
 static int ms_send_update(cw_session_t *s, cw_cmd_t *cmd)
 {
     mlink_t *l = from_session(s);
+    /* About the size of one update (the stock budget counts 16 bytes a line, msgpack
+     * takes at most 14), so the buffer is not grown (copied) while packing.  Exactly that,
+     * not cw_buf_reserve's power of two: 128 KiB would be at malloc's mmap threshold, and
+     * every update would cost fresh pages (page faults, then an unmap). */
+    size_t want = cw_outbuf_size(&cmd->out);
+    if (want > cmd->out.buffer_size)
+        want = cmd->out.buffer_size;
     cw_buf_t b = CW_BUF_INIT;
+    b.data = malloc(want + 512);
+    if (b.data == NULL)
+        return -ENOMEM;
+    b.cap = want + 512;
     msgpack_packer pk;
-    cw_pack_init(&pk, &b);
+    masked_sink_t sink;
+    pack_init_masked(l, &pk, &sink, &b);
     int64_t seq = cw_conn_next_seq(&l->conn);
     int rc = cw_pack_update(&pk, seq, cmd->idstr, &cmd->out);
     if (rc <= 0) {
+        cw_ws_premask_cancel(&l->conn.ws);
         cw_buf_free(&b);
         return rc;
     }
     l->inflight_updates++;
-    if (cw_conn_request(&l->conn, seq, &b, update_ack, l) < 0) {
+    if (request_masked(l, seq, &b, update_ack, l) < 0) {
         /* the callback is not registered when sending fails */
         l->inflight_updates--;
         return CW_ECLOSED;
@@ -171,14 +225,16 @@ static int ms_xfer(cw_session_t *s, cw_cmd_t *cmd, const cw_xfer_req_t *req, cw_
     if (req->op == CW_XFER_WRITE && cw_buf_reserve(&b, req->len + 96) < 0)
         return -ENOMEM;
     msgpack_packer pk;
-    cw_pack_init(&pk, &b);
+    masked_sink_t sink;
+    pack_init_masked(l, &pk, &sink, &b);
     int64_t seq = cw_conn_next_seq(&l->conn);
     if (pack_xfer(&pk, seq, cmd, req) < 0) {
+        cw_ws_premask_cancel(&l->conn.ws);
         cw_buf_free(&b);
         return -ENOMEM;
     }
     mc->cb = cb;
-    return cw_conn_request(&l->conn, seq, &b, xfer_resp, cmd);
+    return request_masked(l, seq, &b, xfer_resp, cmd);
 }
 
 static void ms_release(cw_session_t *s, cw_cmd_t *cmd)

@@ -34,6 +34,8 @@
 
 /* Updates in flight (sent, not answered) per link, as over msgpack. */
 #define MAX_INFLIGHT_UPDATES 8
+/* Upload blocks from this size are sent from the command's buffer, not copied (pl_flush). */
+#define HOLE_MIN 4096
 /* Largest transfer block: banana's limit on one string (reference PB §7.6). */
 #define PB_MAX_BLOCK CW_BANANA_SIZE_LIMIT
 
@@ -83,6 +85,9 @@ typedef struct plink {
     uv_timer_t timer;
     cw_pb_t *pb;
     cw_buf_t out; /* what the session wrote, not yet handed to the socket */
+    /* an upload block sent from where it is: its bytes go at out[hole_at] */
+    const uint8_t *hole;
+    size_t hole_len, hole_at;
     cw_cmd_settings_t settings;
     pbuilder_t *builders;
     size_t nbuilders;
@@ -120,12 +125,24 @@ static char *dupn(const char *p, size_t n)
     return s;
 }
 
-/* Hand what the session wrote to the socket. */
+/* Hand what the session wrote to the socket (with the block of a hole in its place). */
 static void pl_flush(plink_t *l)
 {
+    const uint8_t *hole = l->hole;
+    size_t hole_at = l->hole_at;
+    l->hole = NULL;
     if (l->out.len == 0 || l->tl.failed || l->tl.closing)
         return;
-    int rc = cw_tunlink_send(&l->tl, l->out.data, l->out.len);
+    int rc = 0;
+    if (hole) {
+        rc = cw_tunlink_send(&l->tl, l->out.data, hole_at);
+        if (rc == 0)
+            rc = cw_tunlink_send(&l->tl, hole, l->hole_len);
+        if (rc == 0 && l->out.len > hole_at)
+            rc = cw_tunlink_send(&l->tl, l->out.data + hole_at, l->out.len - hole_at);
+    } else {
+        rc = cw_tunlink_send(&l->tl, l->out.data, l->out.len);
+    }
     l->out.len = 0;
     if (rc < 0)
         pl_fail(l, rc, "%s", l->tl.why ? l->tl.why : cw_strerror(rc));
@@ -221,9 +238,19 @@ static int xfer_call(plink_t *l, const pcmd_t *pc, const cw_xfer_req_t *r, pcall
     int rc = cw_pb_call_begin(l->pb, target, methods[r->op], nargs, call, &e, NULL);
     if (rc < 0)
         return rc;
+    size_t at = 0;
+    bool hole = false;
     switch (r->op) {
     case CW_XFER_WRITE:
-        cw_jelly_bytes(&e, r->data, r->len);
+        /* A large block is not copied into the message: pl_flush() sends it from where it
+         * is, between the message's head and tail (the same bytes on the wire; small ones
+         * are copied, so a block that equals a vocabulary word is still encoded as one). */
+        if (r->len >= HOLE_MIN) {
+            cw_jelly_bytes_hole(&e, r->len, &at);
+            hole = true;
+        } else {
+            cw_jelly_bytes(&e, r->data, r->len);
+        }
         break;
     case CW_XFER_UTIME: /* one argument: the tuple (atime, mtime) */
         cw_jelly_tuple(&e, 2);
@@ -237,7 +264,13 @@ static int xfer_call(plink_t *l, const pcmd_t *pc, const cw_xfer_req_t *r, pcall
         break;
     }
     cw_jelly_dict(&e, 0);
-    return cw_pb_call_end(l->pb, &e);
+    int rc2 = cw_pb_call_end(l->pb, &e);
+    if (rc2 == 0 && hole) {
+        l->hole = r->data;
+        l->hole_len = r->len;
+        l->hole_at = at;
+    }
+    return rc2;
 }
 
 static int ps_xfer(cw_session_t *s, cw_cmd_t *cmd, const cw_xfer_req_t *req, cw_xfer_cb cb)

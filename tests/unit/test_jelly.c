@@ -494,6 +494,48 @@ static void test_encode_forms(void **state)
     cw_buf_free(&b);
 }
 
+/* bytes with a hole, the block spliced in at *at, are the bytes cw_jelly_bytes writes. */
+static void test_encode_bytes_hole(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 127, 128, 5000, 655360};
+    uint8_t *block = malloc(655360);
+    assert_non_null(block);
+    for (size_t i = 0; i < 655360; i++)
+        block[i] = (uint8_t)(i * 131 + 7);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k], at = 0;
+        cw_buf_t whole = CW_BUF_INIT, holed = CW_BUF_INIT;
+        cw_jelly_enc_t e;
+        cw_jelly_enc_init(&e, &whole, 1, true);
+        cw_jelly_tuple(&e, 2);
+        cw_jelly_bytes(&e, block, n);
+        cw_jelly_dict(&e, 0);
+        assert_int_equal(cw_jelly_enc_finish(&e), 0);
+        cw_jelly_enc_init(&e, &holed, 1, true);
+        cw_jelly_tuple(&e, 2);
+        assert_int_equal(cw_jelly_bytes_hole(&e, n, &at), 0);
+        cw_jelly_dict(&e, 0);
+        assert_int_equal(cw_jelly_enc_finish(&e), 0);
+        assert_int_equal(holed.len + n, whole.len);
+        assert_memory_equal(whole.data, holed.data, at);
+        if (n)
+            assert_memory_equal(whole.data + at, block, n);
+        assert_memory_equal(whole.data + at + n, holed.data + at, holed.len - at);
+        cw_buf_free(&whole);
+        cw_buf_free(&holed);
+    }
+    /* over banana's string limit: refused like cw_jelly_bytes */
+    cw_buf_t b = CW_BUF_INIT;
+    cw_jelly_enc_t e;
+    size_t at;
+    cw_jelly_enc_init(&e, &b, 1, true);
+    assert_int_equal(cw_jelly_bytes_hole(&e, CW_BANANA_SIZE_LIMIT + 1, &at), CW_ETOOBIG);
+    assert_int_equal(cw_jelly_enc_finish(&e), CW_ETOOBIG);
+    cw_buf_free(&b);
+    free(block);
+}
+
 static void test_encode_update_args(void **state)
 {
     (void)state;
@@ -731,6 +773,7 @@ int main(void)
         cmocka_unit_test(test_encode_counts_and_rollback),
         cmocka_unit_test(test_encode_remote_hook),
         cmocka_unit_test(test_encode_failure),
+        cmocka_unit_test(test_encode_bytes_hole),
         cmocka_unit_test(test_value_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -470,6 +470,79 @@ static void test_mask_offsets(void **state)
     cw_ws_mask(NULL, 0, (const uint8_t *)"abcd", 3);
 }
 
+/* cw_ws_mask_copy in pieces, at any offset and alignment of source and destination, gives
+ * what cw_ws_mask gives in place, and leaves the source alone. */
+static void test_mask_copy(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    uint8_t orig[N + 16], ref[N], dst[N + 16];
+    uint64_t s = 7;
+    for (int round = 0; round < 200; round++) {
+        uint8_t key[4];
+        for (int i = 0; i < 4; i++)
+            key[i] = (uint8_t)rnd(&s);
+        size_t len = (size_t)(rnd(&s) % N);
+        size_t ss = (size_t)(rnd(&s) % 16), ds = (size_t)(rnd(&s) % 16);
+        fill(orig + ss, len, false, (uint64_t)round);
+        memcpy(ref, orig + ss, len);
+        cw_ws_mask(ref, len, key, 0);
+        size_t pos = 0;
+        while (pos < len) {
+            size_t n = 1 + (size_t)(rnd(&s) % 90);
+            if (n > len - pos)
+                n = len - pos;
+            cw_ws_mask_copy(dst + ds + pos, orig + ss + pos, n, key, pos);
+            pos += n;
+        }
+        assert_memory_equal(dst + ds, ref, len);
+        cw_ws_mask(dst + ds, len, key, 0);
+        assert_memory_equal(dst + ds, orig + ss, len);
+    }
+    cw_ws_mask_copy(NULL, NULL, 0, (const uint8_t *)"abcd", 1);
+}
+
+/* A premasked message is framed with its key and sent as it is; any other message is masked
+ * as usual, and a cancelled premask leaves the next message alone. */
+static void test_premask(void **state)
+{
+    (void)state;
+    peer_t s, c;
+    peer_init(&s, CW_WS_SERVER, 0);
+    peer_init(&c, CW_WS_CLIENT, 0);
+    uint8_t hdr[CW_WS_MAX_HEADER], key[4], p[300], q[300];
+    memset(p, 'z', sizeof(p));
+    assert_false(cw_ws_premask(&s.ws, key)); /* a server does not mask */
+
+    assert_true(cw_ws_premask(&c.ws, key));
+    cw_ws_mask_copy(q, p, sizeof q, key, 0);
+    cw_ws_premasked(&c.ws, q, sizeof q);
+    assert_int_equal(cw_ws_encode(&c.ws, CW_WS_OP_BINARY, q, sizeof q, hdr), 8);
+    assert_memory_equal(hdr + 4, key, 4);
+    cw_ws_mask(q, sizeof q, hdr + 4, 0);
+    assert_memory_equal(q, p, sizeof q);
+
+    /* armed for q, but p is encoded: masked normally, and the arming is gone */
+    assert_true(cw_ws_premask(&c.ws, key));
+    cw_ws_premasked(&c.ws, q, sizeof q);
+    assert_int_equal(cw_ws_encode(&c.ws, CW_WS_OP_BINARY, p, sizeof p, hdr), 8);
+    cw_ws_mask(p, sizeof p, hdr + 4, 0);
+    for (size_t i = 0; i < sizeof p; i++)
+        assert_int_equal(p[i], 'z');
+    assert_false(c.ws.pre_armed);
+
+    /* cancelled: the same buffer later is masked like any other */
+    assert_true(cw_ws_premask(&c.ws, key));
+    cw_ws_premasked(&c.ws, p, sizeof p);
+    cw_ws_premask_cancel(&c.ws);
+    assert_int_equal(cw_ws_encode(&c.ws, CW_WS_OP_BINARY, p, sizeof p, hdr), 8);
+    cw_ws_mask(p, sizeof p, hdr + 4, 0);
+    for (size_t i = 0; i < sizeof p; i++)
+        assert_int_equal(p[i], 'z');
+    peer_free(&s);
+    peer_free(&c);
+}
+
 /* Sizes every round trip covers: the edges of the three length encodings, and 1 MiB. */
 static const size_t rt_sizes[] = {0, 1, 125, 126, 65535, 65536, 1 << 20};
 #define NSIZES (sizeof(rt_sizes) / sizeof(rt_sizes[0]))
@@ -1203,6 +1276,8 @@ int main(void)
         cmocka_unit_test(test_ping_pong_bytes),
         cmocka_unit_test(test_ping_send),
         cmocka_unit_test(test_mask_offsets),
+        cmocka_unit_test(test_mask_copy),
+        cmocka_unit_test(test_premask),
         cmocka_unit_test(test_roundtrip_client_to_server),
         cmocka_unit_test(test_roundtrip_server_to_client),
         cmocka_unit_test(test_stream_mixed),

@@ -25,7 +25,7 @@
 #include "proc.h"
 
 #define READ_CHUNK        (64 * 1024)
-#define READS_PER_EVENT   4
+#define READS_PER_EVENT   16 /* up to 1 MiB per wake-up (the pipe's size, proc.c) */
 #define BACKUP_TIMEOUT_MS 5000
 #define LOGFILE_POLL_MS   1000
 
@@ -65,6 +65,7 @@ struct shell {
     size_t in_off;
 
     uv_timer_t t_timeout, t_maxtime, t_sigterm, t_backup, t_logpoll;
+    uv_check_t resume; /* the reads after a pause, outside the flush that resumed us */
     bool timers_init;
     shell_logfile_t *logfiles;
     size_t nlogfiles;
@@ -227,22 +228,30 @@ static void stream_start(shell_stream_t *s)
     }
 }
 
-static void stream_poll_cb(uv_poll_t *h, int status, int events)
+/* What stream_drain() stopped at. */
+enum drain_end {
+    DRAIN_EMPTY,  /* the pipe is empty (EAGAIN) */
+    DRAIN_MORE,   /* READS_PER_EVENT reads done, there may be more */
+    DRAIN_PAUSED, /* backpressure: this stream stopped */
+    DRAIN_CLOSED, /* EOF, or the command was ended (max_lines) */
+};
+
+/* Read what the stream has, up to READS_PER_EVENT chunks. */
+static enum drain_end stream_drain(shell_stream_t *s)
 {
-    shell_stream_t *s = h->data;
     shell_t *sh = s->sh;
     cw_cmd_t *cmd = sh->cmd;
     for (int i = 0; i < READS_PER_EVENT && s->open; i++) {
         ssize_t n = read(s->fd, shell_rbuf, sizeof shell_rbuf);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
+            return DRAIN_EMPTY;
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
             /* EOF; a PTY reports EIO once the last writer is gone */
             stream_close(sh, s);
             shell_check_done(sh);
-            return;
+            return DRAIN_CLOSED;
         }
         shell_touch(sh);
         if (!s->want)
@@ -264,17 +273,60 @@ static void stream_poll_cb(uv_poll_t *h, int status, int events)
                 stream_close(sh, &sh->err);
                 shell_kill(sh, why);
                 shell_check_done(sh);
-                return;
+                return DRAIN_CLOSED;
             }
         }
         if (cw_lines_feed(&s->lines, &cmd->out, shell_rbuf, (size_t)n, cw_cmd_now(cmd)) < 0)
             cw_error("command %s: out of memory", cmd->id);
         cw_cmd_output_added(cmd);
         if (cw_cmd_should_pause(cmd)) {
-            /* backpressure: the child blocks on a full pipe */
-            stream_stop(&sh->out);
-            stream_stop(&sh->err);
+            /* backpressure: the child blocks on a full pipe.  The other stream stops
+             * when it next has something (stream_poll_cb): usually it never does, and
+             * its poll stays as it is (no epoll_ctl). */
+            stream_stop(s);
+            return DRAIN_PAUSED;
+        }
+    }
+    return s->open ? DRAIN_MORE : DRAIN_CLOSED;
+}
+
+static void stream_poll_cb(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    shell_stream_t *s = h->data;
+    if (s->sh->cmd->paused) {
+        stream_stop(s); /* on_resume reads it */
+        return;
+    }
+    stream_drain(s);
+}
+
+/* After a pause: read the streams from here (the check phase of the loop, not inside the
+ * flush that resumed the command), and poll a stream again only once it is empty.  A
+ * child that writes faster than the master takes its output keeps its pipe full: then
+ * each resume is one read, where stopping and restarting the poll cost three epoll_ctl
+ * calls and an extra loop turn (perf stat: 4272 epoll_ctl for the 100 MiB log). */
+static void on_resume(uv_check_t *h)
+{
+    shell_t *sh = h->data;
+    uv_check_stop(h);
+    if (sh->cmd->paused || sh->done)
+        return;
+    shell_stream_t *ss[2] = {&sh->out, &sh->err};
+    for (int i = 0; i < 2; i++) {
+        shell_stream_t *s = ss[i];
+        if (!s->open || s->polling)
+            continue;
+        switch (stream_drain(s)) {
+        case DRAIN_PAUSED:
             return;
+        case DRAIN_EMPTY:
+        case DRAIN_MORE:
+            stream_start(s);
+            break;
+        case DRAIN_CLOSED:
+            break;
         }
     }
 }
@@ -496,8 +548,8 @@ static void shell_resume(cw_cmd_t *cmd)
         shell_check_done(sh);
         return;
     }
-    stream_start(&sh->out);
-    stream_start(&sh->err);
+    if (sh->timers_init && !uv_is_active((uv_handle_t *)&sh->resume))
+        uv_check_start(&sh->resume, on_resume);
 }
 
 static void shell_interrupt(cw_cmd_t *cmd, const char *why)
@@ -539,6 +591,8 @@ static int shell_start(cw_cmd_t *cmd)
         uv_timer_init(loop, timers[i]);
         timers[i]->data = sh;
     }
+    uv_check_init(loop, &sh->resume);
+    sh->resume.data = sh;
     sh->timers_init = true;
 
     size_t maxline = cmd->settings.max_line_length;
@@ -697,7 +751,7 @@ static void shell_destroy(cw_cmd_t *cmd)
         sh->in_fd = -1;
     }
     sh->closing = 1; /* guard until every close is issued */
-    uv_handle_t *hs[8];
+    uv_handle_t *hs[9];
     size_t n = 0;
     if (sh->out.handle_init)
         hs[n++] = (uv_handle_t *)&sh->out.poll;
@@ -711,6 +765,7 @@ static void shell_destroy(cw_cmd_t *cmd)
         hs[n++] = (uv_handle_t *)&sh->t_sigterm;
         hs[n++] = (uv_handle_t *)&sh->t_backup;
         hs[n++] = (uv_handle_t *)&sh->t_logpoll;
+        hs[n++] = (uv_handle_t *)&sh->resume;
     }
     for (size_t i = 0; i < n; i++) {
         sh->closing++;
