@@ -34,7 +34,10 @@ from tlsutil import CA
 LOG_LINES = 1310720
 LOG_PAD = 'relay-test-' + 'abcdefghijklmnopqrstuvwxyz0123456789' + 'ABCDEFGHIJKLMNOPQRSTUVW'
 assert 9 + len(LOG_PAD) + 1 == 80
-GEN_CMD = (f"awk 'BEGIN{{for(i=0;i<{LOG_LINES};i++) printf \"%08d {LOG_PAD}\\n\", i}}'")
+# Paced (0.4 s after every 5 MiB: at least 8 s in all) so that the step is still streaming at
+# the third cut however fast the worker and the master are; the pauses print nothing.
+GEN_CMD = (f"awk 'BEGIN{{for(i=0;i<{LOG_LINES};i++){{printf \"%08d {LOG_PAD}\\n\", i; "
+           f"if(i%65536==65535){{fflush(); system(\"sleep 0.4\")}}}}}}'")
 
 UPLOAD_SIZE = 200 << 20
 
@@ -218,10 +221,12 @@ def outage(proxy, seconds):
     """The path fails with RSTs for `seconds`: live connections are reset, new ones refused.
     Returns the time.monotonic() at which it came back."""
     proxy.refuse(True)
-    proxy.cut()
-    time.sleep(seconds)
-    t_back = time.monotonic()
-    proxy.refuse(False)
+    try:
+        proxy.cut()
+        time.sleep(seconds)
+        t_back = time.monotonic()
+    finally:
+        proxy.refuse(False)
     return t_back
 
 
@@ -263,13 +268,15 @@ def test_log_100mib_three_5s_cuts(env):
             # reading the step's pipe, and awk blocks (it writes nothing more); the worker's
             # memory stays bounded
             env.proxy.refuse(True)
-            env.proxy.cut()
-            time.sleep(1.5)
-            wchar1, rss1 = _wchar(gen_pid), proc_status_kib(w.pid, 'VmRSS')
-            time.sleep(3.5)
-            wchar2, rss2 = _wchar(gen_pid), proc_status_kib(w.pid, 'VmRSS')
-            t_back = time.monotonic()
-            env.proxy.refuse(False)
+            try:
+                env.proxy.cut()
+                time.sleep(1.5)
+                wchar1, rss1 = _wchar(gen_pid), proc_status_kib(w.pid, 'VmRSS')
+                time.sleep(3.5)
+                wchar2, rss2 = _wchar(gen_pid), proc_status_kib(w.pid, 'VmRSS')
+                t_back = time.monotonic()
+            finally:
+                env.proxy.refuse(False)  # the module's other tests need the path back
             assert wchar1 == wchar2, 'the step went on writing during the outage'
             assert max(rss1, rss2) < rss0 + 16384, (rss0, rss1, rss2)
             record(f'[{bbmaster.PROTOCOL}] worker RSS while a step streams into an outage (KiB)',
