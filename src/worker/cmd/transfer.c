@@ -106,6 +106,7 @@ struct xfer {
      * to dl_window reads in flight; their answers wait in dl_q and reach
      * read_file_done one at a time, as if each had just been asked for */
     int dl_window;
+    unsigned dl_busy; /* inside a dl_* call: a destroy leaves x for dl_leave to free */
     unsigned dl_inflight;
     struct dl_answer *dl_q, *dl_q_tail;
     unsigned dl_queued;
@@ -1118,6 +1119,14 @@ static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 
 static void dl_fill(xfer_t *x);
 
+/* The end of a dl_* call: a transfer destroyed inside it (xfer_end can
+ * complete the command at once) is freed here, once nothing uses x. */
+static void dl_leave(xfer_t *x)
+{
+    if (--x->dl_busy == 0 && x->zombie && !x->fs_busy && !x->work_busy)
+        xfer_free(x, NULL);
+}
+
 /* Hand the oldest stored answer to read_file_done if it waits for one. */
 static void dl_deliver(xfer_t *x)
 {
@@ -1164,6 +1173,7 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         }
         return; /* read_file_done is done with the file */
     }
+    x->dl_busy++;
     dl_answer_t *e = calloc(1, sizeof *e);
     size_t bs = block_size(x);
     bool data = ans->status == 0 && !ans->nil && !ans->not_data && ans->len > 0;
@@ -1174,6 +1184,7 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         (ans->status < 0 && ans->error_len && (e->data = malloc(ans->error_len)) == NULL)) {
         free(e);
         xfer_end(x, 1, "out of memory", NULL);
+        dl_leave(x);
         return;
     }
     e->status = ans->status;
@@ -1191,7 +1202,9 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
     x->dl_q_tail = e;
     x->dl_queued++;
     dl_deliver(x);
-    dl_fill(x);
+    if (!x->finished)
+        dl_fill(x);
+    dl_leave(x);
 }
 
 /* Keep dl_window reads asked for or answered ahead of the writes. */
@@ -1214,12 +1227,15 @@ static void dl_fill(xfer_t *x)
  * next to come. */
 static void dl_want(xfer_t *x)
 {
+    x->dl_busy++;
     x->req_busy = true;
     x->dl_wanting = true;
     dl_fill(x);
-    dl_deliver(x);
-    if (x->dl_wanting && x->dl_inflight == 0 && x->dl_q == NULL && !x->finished)
+    if (!x->finished)
+        dl_deliver(x);
+    if (!x->finished && x->dl_wanting && x->dl_inflight == 0 && x->dl_q == NULL)
         xfer_end(x, 1, NULL, NULL); /* nothing asked, nothing to come: the link is gone */
+    dl_leave(x);
 }
 
 /* Ask the master for the next block (or one byte past maxsize, to tell a
@@ -1547,10 +1563,12 @@ static void xfer_destroy(cw_cmd_t *cmd)
         cw_cmd_destroyed(cmd);
         return;
     }
-    if (x->fs_busy || x->work_busy) {
-        /* an fs request still references x: the command goes now, x when
-         * the request ends (fs_cb_enter, copy_back_done) */
-        uv_cancel(x->fs_busy ? (uv_req_t *)&x->fs : (uv_req_t *)&x->work);
+    if (x->fs_busy || x->work_busy || x->dl_busy) {
+        /* an fs request (or a dl_* call further up the stack) still uses x:
+         * the command goes now, x when the request ends (fs_cb_enter,
+         * copy_back_done) or the call returns (dl_leave) */
+        if (x->fs_busy || x->work_busy)
+            uv_cancel(x->fs_busy ? (uv_req_t *)&x->fs : (uv_req_t *)&x->work);
         x->zombie = true;
         cmd->state = NULL;
 #if CW_HAVE_ARCHIVE
