@@ -92,9 +92,10 @@ def start_big_put(w, tmp_path, dest, faults=None):
     return m, src
 
 
+# cworker only: the stock worker writes a download in place (a partial file by design;
+# test_safety.py asserts that beside cworker's behaviour)
+@pytest.mark.parametrize('aw', ['cworker'], indirect=True)
 def test_put_interrupted_keeps_destination(w, tmp_path):
-    if w.kind != 'cworker':
-        pytest.skip('the stock worker writes a download in place (a partial file by design)')
     dst = make_precious(w, 'precious-put.bin')
     m, src = start_big_put(w, tmp_path, 'precious-put.bin')
     pid = None
@@ -120,9 +121,10 @@ def test_put_interrupted_keeps_destination(w, tmp_path):
     assert w.pid == pid and w.running(), 'cworker was restarted or died'
 
 
+# cworker only: the stock worker writes a download in place (a partial file by design;
+# test_safety.py asserts that beside cworker's behaviour)
+@pytest.mark.parametrize('aw', ['cworker'], indirect=True)
 def test_put_link_lost_keeps_destination(w, tmp_path):
-    if w.kind != 'cworker':
-        pytest.skip('the stock worker writes a download in place (a partial file by design)')
     dst = make_precious(w, 'precious-drop.bin')
     # the link drops after 40 messages from the worker: in the middle of the reads
     m, src = start_big_put(w, tmp_path, 'precious-drop.bin', faults='drop_after=40')
