@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "procstat.h"
 #include "conn.h"
 #include "cworker/msg.h"
 
@@ -67,24 +68,12 @@ static struct {
 
 static void sess_connect(sess_t *s);
 
-static long rss_kib(void)
-{
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "re");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
-        rss = 0;
-    fclose(f);
-    return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
 static void print_stats(void)
 {
     printf("loadgen: stats t=%.3f attached=%u connecting=%u lost=%lu keepalives=%lu "
            "commands=%lu rss_kib=%ld\n",
            (double)(uv_hrtime() - g.t0) / 1e9, g.attached, g.connecting, g.lost, g.keepalives,
-           g.commands, rss_kib());
+           g.commands, cw_rss_kib());
 }
 
 /* ---- the connect queue ---- */

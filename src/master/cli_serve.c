@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "procstat.h"
 #include "cli.h"
 #include "log.h"
 
@@ -120,19 +121,6 @@ static void ctl_reply_text(ctl_client_t *cc, const char *fmt, ...)
     ctl_reply(cc, &b);
 }
 
-/* Resident set of this process, KiB (0 if unknown). */
-static long rss_kib(void)
-{
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "re");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
-        rss = 0;
-    fclose(f);
-    return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
 /* ---- run ---- */
 
 static void ctl_on_update(cw_remote_t *r, cw_str_t key, const msgpack_object *v)
@@ -219,7 +207,7 @@ static void ctl_request(ctl_client_t *cc, char *line)
     } else if (strcmp(words[0], "stats") == 0) {
         cw_master_t *m = &cc->cli->master;
         ctl_reply_text(cc, "attached %zu connections %zu accounts %zu rss_kib %ld\n", m->nattached,
-                       m->nconns, m->naccounts, rss_kib());
+                       m->nconns, m->naccounts, cw_rss_kib());
     } else if (strcmp(words[0], "run") == 0) {
         ctl_run(cc, words, n);
     } else {
