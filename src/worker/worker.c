@@ -21,6 +21,7 @@
 #include "link_msgpack.h"
 #include "link_pb.h"
 #include "log.h"
+#include "memtrim.h"
 #include "metrics.h"
 #include "notify.h"
 #include "tls.h"
@@ -36,6 +37,9 @@
 #define PB_GREETING_MS 10000
 /* how often allow-shutdown=file looks at BASEDIR/shutdown.stamp */
 #define STAMP_CHECK_MS 5000
+/* how long an attached worker runs no command before it gives back the
+ * code pages and heap it does not use while idle (memtrim.h) */
+#define IDLE_TRIM_MS 2000
 
 static void worker_connect(cw_worker_t *w);
 static void worker_try_next_addr(cw_worker_t *w);
@@ -218,6 +222,31 @@ static const cw_link_events_t worker_link_events = {
 
 /* ---- the dispatcher's and the commands' events ---- */
 
+/* Attached and idle for IDLE_TRIM_MS: an idle worker needs little of the
+ * code it has run (start-up, configuration, the commands), nor the heap its
+ * commands freed. */
+static void idle_timer_cb(uv_timer_t *t)
+{
+    cw_worker_t *w = t->data;
+    if (w->link_state != CW_LINK_ATTACHED || w->cmds.n > 0 || w->stop_phase != CW_STOP_RUN)
+        return;
+    cw_trim_stats_t st;
+    int rc = cw_trim_idle(&st);
+    if (rc < 0)
+        cw_debug("idle: cannot trim (%s)", strerror(-rc));
+    else
+        cw_debug("idle: RSS %ld -> %ld KiB (%u mappings dropped, %u kept)", st.rss_before_kib,
+                 st.rss_after_kib, st.mappings, st.skipped);
+}
+
+static void idle_arm(cw_worker_t *w)
+{
+    if (w->link_state == CW_LINK_ATTACHED && w->cmds.n == 0 && w->stop_phase == CW_STOP_RUN)
+        uv_timer_start(&w->idle_timer, idle_timer_cb, IDLE_TRIM_MS, 0);
+    else
+        uv_timer_stop(&w->idle_timer);
+}
+
 static void dispatch_attached(cw_dispatch_t *d, const char *peer)
 {
     cw_worker_t *w = d->owner;
@@ -229,6 +258,7 @@ static void dispatch_attached(cw_dispatch_t *d, const char *peer)
     cw_info("attached to master %s:%d as '%s'", w->cfg->master_host, w->cfg->master_port,
             w->cfg->name);
     worker_status(w);
+    idle_arm(w);
 }
 
 static void dispatch_shutdown(cw_dispatch_t *d)
@@ -245,6 +275,7 @@ static void cmds_changed(cw_cmds_t *cs)
 {
     cw_worker_t *w = cs->owner;
     worker_status(w);
+    idle_arm(w);
     if (cs->n == 0 && w->stop_phase != CW_STOP_RUN)
         stop_check(w);
 }
@@ -570,6 +601,7 @@ static void stop_release(cw_worker_t *w)
     close_if_open((uv_handle_t *)&w->sig_hup);
     close_if_open((uv_handle_t *)&w->sig_usr1);
     close_if_open((uv_handle_t *)&w->stamp_timer);
+    close_if_open((uv_handle_t *)&w->idle_timer);
     cw_proc_shutdown();
 }
 
@@ -843,6 +875,8 @@ int cw_worker_init(cw_worker_t *w, uv_loop_t *loop, const cw_config_t *cfg)
     w->started_at = cw_now();
     uv_timer_init(loop, &w->stamp_timer);
     w->stamp_timer.data = w;
+    uv_timer_init(loop, &w->idle_timer);
+    w->idle_timer.data = w;
     if (cfg->allow_shutdown == CW_SHUTDOWN_FILE) {
         snprintf(w->stamp_path, sizeof w->stamp_path, "%s/shutdown.stamp", cfg->basedir);
         uv_timer_start(&w->stamp_timer, stamp_timer_cb, STAMP_CHECK_MS, STAMP_CHECK_MS);

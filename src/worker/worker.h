@@ -112,6 +112,7 @@ struct cw_worker {
     uv_signal_t sig_hup;    /* reopens the log file (--log-file), or allow-shutdown=signal */
     uv_signal_t sig_usr1;   /* reopens the log file with allow-shutdown=signal */
     uv_timer_t stamp_timer; /* allow-shutdown=file: looks at stamp_path */
+    uv_timer_t idle_timer;  /* job: attached with no command for IDLE_TRIM_MS: trim */
     char stamp_path[4200];
     double started_at, stamp_seen; /* Unix times */
     char home[1024];               /* expands "~" in PB transfer paths ("" = none) */

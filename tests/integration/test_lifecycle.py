@@ -125,3 +125,40 @@ def test_master_frozen_dead_link_timeout(master, worker_factory, proc_marker):
     assert not bbmaster.ps_processes(proc_marker)
     assert w.running()
     _hello(master)
+
+
+def _idle_trims(w):
+    return [ln for ln in w.log_text().splitlines() if 'idle: RSS' in ln]
+
+
+def _vmrss_kib(pid):
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    raise AssertionError('no VmRSS')
+
+
+def test_idle_worker_gives_back_unused_pages(master, worker_factory):
+    """Attached and idle for 2 s, the worker drops the code pages and heap it does not use
+    (src/base/memtrim.c); it then runs builds as before, and trims again once idle again."""
+    w = worker_factory(master, name='cw', extra_args=('--verbose',))
+    deadline = time.monotonic() + 15
+    while not _idle_trims(w) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    trims = _idle_trims(w)
+    assert trims, 'no idle trim logged within 15 s of attaching'
+    # "idle: RSS A -> B KiB (N mappings dropped, K kept)"
+    words = trims[0].split('idle: RSS ')[1].split()
+    before, after, dropped = int(words[0]), int(words[2]), int(words[4].lstrip('('))
+    print(f'\n  idle trim: VmRSS {before} -> {after} KiB, {dropped} mappings dropped; '
+          f'now {_vmrss_kib(w.pid)} KiB')
+    assert dropped > 0 and after < before, trims[0]
+    for _ in range(2):
+        _hello(master)
+    deadline = time.monotonic() + 15
+    while len(_idle_trims(w)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_idle_trims(w)) >= 2, 'no idle trim after the builds'
+    assert w.running()
+    _hello(master)
