@@ -24,7 +24,8 @@ static size_t page;
 static void mapping_kib(const void *addr, long *rss, long *anon)
 {
     char want[32];
-    snprintf(want, sizeof want, "%lx-", (unsigned long)(uintptr_t)addr);
+    snprintf(want, sizeof want, "%08lx-",
+             (unsigned long)(uintptr_t)addr); /* smaps pads to 8 digits */
     FILE *f = fopen("/proc/self/smaps", "r");
     assert_non_null(f);
     char line[512];
