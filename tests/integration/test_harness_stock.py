@@ -151,9 +151,13 @@ def test_stop_build_gives_cancelled(master, stock_w1, proc_marker):
     brid = master.force('sleeper', props={'marker': proc_marker})
     build = master.wait_build_started(brid)
     master.wait_step_started(build['buildid'], 'shell')
-    # both the `sh -c` (command line) and `sleep` (env CW_MARKER) are found
-    procs = bbmaster.wait_for(lambda: len(bbmaster.find_processes(proc_marker)) >= 2 and
-                              bbmaster.find_processes(proc_marker), 15, 'the sleep to run')
+    # both the `sh -c` (command line) and `sleep` (env CW_MARKER) are found; wait for the
+    # sleep itself: the shell's child is a second `/bin/sh -c ...` until it execs sleep
+    def sleeping():
+        procs = bbmaster.find_processes(proc_marker)
+        return len(procs) >= 2 and any(cmd.startswith('sleep 60') for _, cmd in procs) and procs
+
+    procs = bbmaster.wait_for(sleeping, 15, 'the sleep to run')
     assert any(cmd.startswith('sleep 60') for _, cmd in procs), procs
     assert bbmaster.ps_processes(proc_marker), 'ps should see the sh -c command line'
     t0 = time.monotonic()
