@@ -40,6 +40,9 @@
 #define PUT_MAX_REQS 64
 /* get: bytes answered but not yet on disk before answers wait for the disk */
 #define GET_BEHIND (8u << 20)
+/* get: update_upload_*_write requests a cworker may keep in flight (the
+ * command's "pipeline" argument); at most GET_BEHIND of blocks */
+#define GET_PIPELINE 4
 /* The response to update_read_file with a whole block, packed in front of
  * the block's bytes in the same allocation (no copy of the data): a map of
  * op, seq_number (as uint64) and result (as bin32), always this long. */
@@ -981,7 +984,7 @@ static void get_start(cli_t *cli, cw_mworker_t *w)
     cw_buf_t b = CW_BUF_INIT;
     msgpack_packer pk;
     cw_pack_init(&pk, &b);
-    msgpack_pack_map(&pk, cli->recursive ? 7 : 7);
+    msgpack_pack_map(&pk, 8);
     cw_pack_str(&pk, "path");
     cw_pack_str(&pk, remote);
     cw_pack_str(&pk, "blocksize");
@@ -1004,6 +1007,10 @@ static void get_start(cli_t *cli, cw_mworker_t *w)
         cw_pack_str(&pk, "keepstamp");
         msgpack_pack_false(&pk);
     }
+    /* not a stock argument (the stock worker ignores it): a cworker may keep
+     * this many update_upload_*_write requests in flight */
+    cw_pack_str(&pk, "pipeline");
+    msgpack_pack_int(&pk, GET_PIPELINE);
     free(remote);
     cli_progress_start(cli, 0);
     x->remote = cw_remote_start(w, cli->recursive ? "upload_directory" : "upload_file", b.data,

@@ -3,6 +3,8 @@
  *   upload_directory  tar stream (built while sent) -> ..._directory_write*
  *                     -> update_upload_directory_unpack
  *   download_file     update_read_file* -> update_read_file_close
+ * With cworker-master's "pipeline" argument (docs/protocol.md) several reads
+ * or writes are in flight; the closing request still waits for all of them.
  *
  * File I/O never blocks the loop: upload_file and download_file use uv_fs_*
  * requests; upload_directory builds its tar stream with libarchive in a
@@ -99,6 +101,10 @@ struct xfer {
     uint64_t file_off;
     bool probing; /* download: asked 1 byte past maxsize */
     bool zombie;  /* destroyed while an fs request was in flight */
+    /* inside a call that may end the command (xfer_end can complete it at
+     * once, e.g. on an allocation failure): a destroy leaves x for
+     * xfer_leave to free (pipelined downloads and uploads) */
+    unsigned busy;
 #if CW_HAVE_ARCHIVE
     tar_producer_t *tar;
 #endif
@@ -106,7 +112,6 @@ struct xfer {
      * to dl_window reads in flight; their answers wait in dl_q and reach
      * read_file_done one at a time, as if each had just been asked for */
     int dl_window;
-    unsigned dl_busy; /* inside a dl_* call: a destroy leaves x for dl_leave to free */
     unsigned dl_inflight;
     struct dl_answer *dl_q, *dl_q_tail;
     unsigned dl_queued;
@@ -115,6 +120,13 @@ struct xfer {
     bool dl_close_pending; /* read-close waits for the reads in flight */
     uint8_t *dl_spare[16]; /* block buffers to reuse (no page faults per block) */
     unsigned dl_nspare;
+    /* upload: up to ul_window update_upload_*_write requests in flight (the
+     * master's "pipeline" argument; 1 without it: each block is read only
+     * once the previous write is answered, as the stock worker does).  The
+     * data is copied into each message, so one read buffer serves them all. */
+    int ul_window;
+    unsigned ul_inflight;
+    bool ul_eof; /* nothing more to send: close/unpack once the writes are answered */
 };
 
 /* A stored answer to a pipelined read. */
@@ -140,6 +152,15 @@ static bool fs_cb_enter(xfer_t *x, uv_fs_t *req)
         return false;
     }
     return true;
+}
+
+/* The end of a call that held x (x->busy++): a transfer destroyed inside
+ * it (xfer_end can complete the command at once) is freed here, once
+ * nothing uses x. */
+static void xfer_leave(xfer_t *x)
+{
+    if (--x->busy == 0 && x->zombie && !x->fs_busy && !x->work_busy)
+        xfer_free(x, NULL);
 }
 
 /* Add a stderr line (for error messages). */
@@ -227,7 +248,7 @@ static bool xfer_ask(xfer_t *x, const cw_xfer_req_t *req, cw_xfer_cb cb)
 
 /* ---- upload_file ---- */
 
-static void upload_read_next(xfer_t *x);
+static void upload_fill(xfer_t *x);
 
 static void utime_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
@@ -288,10 +309,15 @@ static void upload_send_close(xfer_t *x, cw_xfer_op_t op)
         xfer_end(x, 1, NULL, NULL);
 }
 
+/* The answer to one update_upload_*_write (with several in flight, any of
+ * them: they are all alike). */
 static void upload_write_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 {
     xfer_t *x = cmd->state;
-    x->req_busy = false;
+    x->ul_inflight--;
+    x->req_busy = x->ul_inflight > 0;
+    if (x->finished)
+        return; /* a write that was in flight when the command ended */
     if (ans->status == CW_ECLOSED) {
         xfer_end(x, 1, NULL, NULL);
         return;
@@ -313,25 +339,29 @@ static void upload_write_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         return;
     }
 #endif
-    if (x->rc != 0) {
-        /* maxsize reached: the truncated file is still delivered, as the
-         * stock worker does, and the step fails */
-        upload_send_close(x, CW_XFER_CLOSE);
+    if (x->ul_eof) {
+        /* the end of the file (or maxsize: the truncated file is still
+         * delivered, as the stock worker does, and the step fails) */
+        if (x->ul_inflight == 0 && !x->fs_busy)
+            upload_send_close(x, CW_XFER_CLOSE);
         return;
     }
-    upload_read_next(x);
+    upload_fill(x);
 }
 
 /* Send one chunk (copied into the message). */
 static int upload_send_chunk(xfer_t *x, const uint8_t *data, size_t len)
 {
     cw_xfer_req_t req = {.op = CW_XFER_WRITE, .data = data, .len = len};
+    x->ul_inflight++;
     x->req_busy = true;
     int rc = cw_cmd_xfer(x->cmd, &req, upload_write_done);
-    if (rc < 0)
-        x->req_busy = false;
-    else
+    if (rc < 0) {
+        x->ul_inflight--;
+        x->req_busy = x->ul_inflight > 0;
+    } else {
         x->done_bytes += len;
+    }
     return rc;
 }
 
@@ -348,7 +378,9 @@ static void upload_got(xfer_t *x, ssize_t n)
         return;
     }
     if (n == 0) {
-        upload_send_close(x, CW_XFER_CLOSE);
+        x->ul_eof = true;
+        if (x->ul_inflight == 0)
+            upload_send_close(x, CW_XFER_CLOSE);
         return;
     }
     size_t len = (size_t)n;
@@ -358,13 +390,15 @@ static void upload_got(xfer_t *x, ssize_t n)
          * maxsize bytes is not affected: its EOF read returns 0) */
         len = (size_t)((uint64_t)a->maxsize - x->done_bytes);
         x->rc = 1;
+        x->ul_eof = true;
         cw_buf_t m = CW_BUF_INIT;
         path_msg(&m, "Maximum filesize reached, truncating file '", a->path, "'");
         cw_buf_append(&m, "", 1);
         xfer_stderr(x, m.data ? (const char *)m.data : "Maximum filesize reached");
         cw_buf_free(&m);
         if (len == 0) {
-            upload_send_close(x, CW_XFER_CLOSE);
+            if (x->ul_inflight == 0)
+                upload_send_close(x, CW_XFER_CLOSE);
             return;
         }
     }
@@ -379,35 +413,54 @@ static void upload_read_cb(uv_fs_t *req)
     ssize_t n = req->result;
     if (!fs_cb_enter(x, req))
         return;
+    if (x->finished)
+        return; /* ended by a write's answer while the block was read */
+    x->busy++;
     upload_got(x, n);
+    if (!x->finished)
+        upload_fill(x);
+    xfer_leave(x);
 }
 
-/* The next block: from the page cache on the loop thread when it is all there
- * (preadv2 with RWF_NOWAIT never waits for the disk: it fails with EAGAIN
- * instead), else through libuv's thread pool.  A file just built is usually
- * cached, and a pool round trip costs two thread wake-ups per block, more CPU
- * than copying the block.  An empty or failed RWF_NOWAIT read (EOF, an error,
- * a kernel or file system without it) is left to the pool read, which is
- * authoritative. */
-static void upload_read_next(xfer_t *x)
+/* Read and send blocks while fewer than ul_window writes are in flight (one
+ * at a time without the "pipeline" argument: the next block is read once
+ * the write before it is answered).
+ *
+ * Each block comes from the page cache on the loop thread when it is all
+ * there (preadv2 with RWF_NOWAIT never waits for the disk: it fails with
+ * EAGAIN instead), else through libuv's thread pool (then upload_read_cb
+ * goes on).  A file just built is usually cached, and a pool round trip
+ * costs two thread wake-ups per block, more CPU than copying the block.  An
+ * empty or failed RWF_NOWAIT read (EOF, an error, a kernel or file system
+ * without it) is left to the pool read, which is authoritative. */
+static void upload_fill(xfer_t *x)
 {
+    x->busy++; /* upload_got may end the command (and destroy x) */
+    while (!x->finished && !x->stopping && !x->ul_eof && !x->fs_busy &&
+           x->ul_inflight < (unsigned)x->ul_window) {
 #if defined(__linux__) && defined(RWF_NOWAIT)
-    struct iovec iov = {.iov_base = x->buf, .iov_len = x->buflen};
-    ssize_t got = preadv2(x->fd, &iov, 1, (off_t)x->file_off, RWF_NOWAIT);
-    if (got > 0) {
-        upload_got(x, got);
-        return;
-    }
+        struct iovec iov = {.iov_base = x->buf, .iov_len = x->buflen};
+        ssize_t got = preadv2(x->fd, &iov, 1, (off_t)x->file_off, RWF_NOWAIT);
+        if (got > 0) {
+            upload_got(x, got);
+            continue;
+        }
 #endif
-    x->fs.data = x;
-    x->fs_busy = true;
-    uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)x->buflen);
-    int rc =
-        uv_fs_read(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, (int64_t)x->file_off, upload_read_cb);
-    if (rc < 0) {
-        x->fs_busy = false;
-        xfer_end(x, 1, "cannot read the file", NULL);
+        x->fs.data = x;
+        x->fs_busy = true;
+        uv_buf_t b = uv_buf_init((char *)x->buf, (unsigned)x->buflen);
+        int rc = uv_fs_read(cw_cmd_loop(x->cmd), &x->fs, x->fd, &b, 1, (int64_t)x->file_off,
+                            upload_read_cb);
+        if (rc < 0) {
+            x->fs_busy = false;
+            xfer_end(x, 1, "cannot read the file", NULL);
+        }
+        break;
     }
+    /* interrupted inside (a lost link): nothing in flight will end it */
+    if (!x->finished && x->stopping && !x->fs_busy && !x->req_busy)
+        xfer_end(x, 1, NULL, NULL);
+    xfer_leave(x);
 }
 
 static void upload_open_cb(uv_fs_t *req)
@@ -445,12 +498,13 @@ static void upload_open_cb(uv_fs_t *req)
         x->mtime = (double)CW_ST_MTIM(&st).tv_sec + (double)CW_ST_MTIM(&st).tv_nsec / 1e9;
     }
     cw_cmd_header(x->cmd, "sending %s", a->path);
-    upload_read_next(x);
+    upload_fill(x);
 }
 
 static int upload_file_start(xfer_t *x)
 {
     cw_args_t *a = &x->cmd->args;
+    x->ul_window = a->pipeline > 1 ? a->pipeline : 1;
     x->buflen = block_size(x);
     x->buf = malloc(x->buflen);
     if (x->buf == NULL)
@@ -710,54 +764,63 @@ static void tar_thread(void *arg)
     uv_async_send(&t->async);
 }
 
-/* Loop side: send the next ready chunk, or finish. */
+/* Loop side: send the ready chunks while fewer than ul_window writes are in
+ * flight (one at a time without the "pipeline" argument), or finish: the
+ * unpack request once the stream is complete and every write answered. */
 static void tar_async_cb(uv_async_t *h)
 {
     xfer_t *x = h->data;
     tar_producer_t *t = x->tar;
-    if (x->req_busy || x->finished)
-        return;
-    if (x->stopping) {
-        xfer_end(x, 1, NULL, NULL);
-        return;
-    }
-    cw_buf_t chunk = CW_BUF_INIT;
-    bool have = false, eof = false;
-    int err = 0;
-    uv_mutex_lock(&t->mu);
-    if (t->qcount > 0) {
-        chunk = t->q[t->qhead];
-        memset(&t->q[t->qhead], 0, sizeof t->q[t->qhead]);
-        t->qhead = (t->qhead + 1) % TAR_QUEUE;
-        t->qcount--;
-        have = true;
-        uv_cond_signal(&t->cond);
-    } else {
-        eof = t->eof;
-        err = t->err;
-    }
-    uv_mutex_unlock(&t->mu);
     cw_args_t *a = &x->cmd->args;
-    if (have) {
-        size_t len = chunk.len;
-        if (a->maxsize >= 0 && x->done_bytes + len > (uint64_t)a->maxsize) {
-            cw_buf_free(&chunk);
-            /* a cut tar stream cannot be unpacked: do not ask for it */
-            xfer_end_path(x, 1, "Maximum filesize reached, truncating file '", a->path, "'");
+    /* x outlives an end inside the loop: it is freed once the async handle
+     * is closed (xfer_destroy) */
+    while (!x->finished && !x->ul_eof && x->ul_inflight < (unsigned)x->ul_window) {
+        if (x->stopping) {
+            xfer_end(x, 1, NULL, NULL);
             return;
         }
-        int rc = upload_send_chunk(x, chunk.data, len);
-        cw_buf_free(&chunk);
-        if (rc < 0)
-            xfer_end(x, 1, rc == -ENOMEM ? "out of memory" : NULL, NULL);
-        return;
+        cw_buf_t chunk = CW_BUF_INIT;
+        bool have = false, eof = false;
+        int err = 0;
+        uv_mutex_lock(&t->mu);
+        if (t->qcount > 0) {
+            chunk = t->q[t->qhead];
+            memset(&t->q[t->qhead], 0, sizeof t->q[t->qhead]);
+            t->qhead = (t->qhead + 1) % TAR_QUEUE;
+            t->qcount--;
+            have = true;
+            uv_cond_signal(&t->cond);
+        } else {
+            eof = t->eof;
+            err = t->err;
+        }
+        uv_mutex_unlock(&t->mu);
+        if (have) {
+            size_t len = chunk.len;
+            if (a->maxsize >= 0 && x->done_bytes + len > (uint64_t)a->maxsize) {
+                cw_buf_free(&chunk);
+                /* a cut tar stream cannot be unpacked: do not ask for it */
+                xfer_end_path(x, 1, "Maximum filesize reached, truncating file '", a->path, "'");
+                return;
+            }
+            int rc = upload_send_chunk(x, chunk.data, len);
+            cw_buf_free(&chunk);
+            if (rc < 0) {
+                xfer_end(x, 1, rc == -ENOMEM ? "out of memory" : NULL, NULL);
+                return;
+            }
+            continue;
+        }
+        if (err) {
+            xfer_end(x, 1, t->errmsg[0] ? t->errmsg : "the tar stream failed", NULL);
+            return;
+        }
+        if (eof && x->ul_inflight == 0) {
+            x->ul_eof = true;
+            upload_send_close(x, CW_XFER_UNPACK);
+        }
+        return; /* the thread's next chunk, or the last write's answer, calls again */
     }
-    if (err) {
-        xfer_end(x, 1, t->errmsg[0] ? t->errmsg : "the tar stream failed", NULL);
-        return;
-    }
-    if (eof)
-        upload_send_close(x, CW_XFER_UNPACK);
 }
 
 /* libarchive converts names through the locale's charset: use the
@@ -791,6 +854,7 @@ static int upload_dir_start(xfer_t *x)
     if (t == NULL)
         return -ENOMEM;
     x->tar = t;
+    x->ul_window = a->pipeline > 1 ? a->pipeline : 1;
     t->blocksize = block_size(x);
     t->max_depth = x->cmd->cs->env.fs_max_depth;
     t->compress = a->compress;
@@ -1119,14 +1183,6 @@ static void read_file_done(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
 
 static void dl_fill(xfer_t *x);
 
-/* The end of a dl_* call: a transfer destroyed inside it (xfer_end can
- * complete the command at once) is freed here, once nothing uses x. */
-static void dl_leave(xfer_t *x)
-{
-    if (--x->dl_busy == 0 && x->zombie && !x->fs_busy && !x->work_busy)
-        xfer_free(x, NULL);
-}
-
 /* Hand the oldest stored answer to read_file_done if it waits for one. */
 static void dl_deliver(xfer_t *x)
 {
@@ -1173,7 +1229,7 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         }
         return; /* read_file_done is done with the file */
     }
-    x->dl_busy++;
+    x->busy++;
     dl_answer_t *e = calloc(1, sizeof *e);
     size_t bs = block_size(x);
     bool data = ans->status == 0 && !ans->nil && !ans->not_data && ans->len > 0;
@@ -1184,7 +1240,7 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
         (ans->status < 0 && ans->error_len && (e->data = malloc(ans->error_len)) == NULL)) {
         free(e);
         xfer_end(x, 1, "out of memory", NULL);
-        dl_leave(x);
+        xfer_leave(x);
         return;
     }
     e->status = ans->status;
@@ -1204,7 +1260,7 @@ static void dl_answer(cw_cmd_t *cmd, const cw_xfer_answer_t *ans)
     dl_deliver(x);
     if (!x->finished)
         dl_fill(x);
-    dl_leave(x);
+    xfer_leave(x);
 }
 
 /* Keep dl_window reads asked for or answered ahead of the writes. */
@@ -1227,7 +1283,7 @@ static void dl_fill(xfer_t *x)
  * next to come. */
 static void dl_want(xfer_t *x)
 {
-    x->dl_busy++;
+    x->busy++;
     x->req_busy = true;
     x->dl_wanting = true;
     dl_fill(x);
@@ -1235,7 +1291,7 @@ static void dl_want(xfer_t *x)
         dl_deliver(x);
     if (!x->finished && x->dl_wanting && x->dl_inflight == 0 && x->dl_q == NULL)
         xfer_end(x, 1, NULL, NULL); /* nothing asked, nothing to come: the link is gone */
-    dl_leave(x);
+    xfer_leave(x);
 }
 
 /* Ask the master for the next block (or one byte past maxsize, to tell a
@@ -1563,10 +1619,10 @@ static void xfer_destroy(cw_cmd_t *cmd)
         cw_cmd_destroyed(cmd);
         return;
     }
-    if (x->fs_busy || x->work_busy || x->dl_busy) {
-        /* an fs request (or a dl_* call further up the stack) still uses x:
+    if (x->fs_busy || x->work_busy || x->busy) {
+        /* an fs request (or a call further up the stack) still uses x:
          * the command goes now, x when the request ends (fs_cb_enter,
-         * copy_back_done) or the call returns (dl_leave) */
+         * copy_back_done) or the call returns (xfer_leave) */
         if (x->fs_busy || x->work_busy)
             uv_cancel(x->fs_busy ? (uv_req_t *)&x->fs : (uv_req_t *)&x->work);
         x->zombie = true;
