@@ -24,8 +24,9 @@ typedef struct mlink {
     bool closing;
 } mlink_t;
 
-/* A command's data in this link: the callback of its transfer request (one
- * at a time: the transfers are stop-and-wait). */
+/* A command's data in this link: the callback of its transfer requests (a
+ * pipelined transfer has several in flight, all with the same callback;
+ * their answers come in order). */
 typedef struct mcmd {
     cw_xfer_cb cb;
 } mcmd_t;
