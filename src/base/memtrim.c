@@ -103,43 +103,87 @@ static bool is_header(const char *line)
     return p > line && *p == '-';
 }
 
+/* A page of our own executable, mapped private and written to (so it is a
+ * private copy), then made read-only: a mapping smaps must show as holding
+ * a private page.  NULL when it cannot be made. */
+static void *probe_map(size_t page)
+{
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return NULL;
+    volatile unsigned char *b = p;
+    b[0] = b[0]; /* copy-on-write: the page is now private */
+    if (mprotect(p, page, PROT_READ) != 0) {
+        munmap(p, page);
+        return NULL;
+    }
+    return p;
+}
+
+/* Set once smaps proved not to describe this process's pages. */
+static bool smaps_untrusted;
+
 int cw_trim_idle(cw_trim_stats_t *st)
 {
     cw_trim_stats_t s = {.rss_before_kib = cw_rss_kib()};
+    if (st)
+        *st = s;
+    if (smaps_untrusted)
+        return -ENOTSUP;
+    /* Everything below trusts smaps' "Anonymous:" line: a mapping it calls
+     * clean loses its pages.  An emulator (qemu-user) may show the host's
+     * mappings, or its own rendering of ours with no page counts; so the
+     * same read must show the probe, a mapping we know holds a private
+     * page, as holding one, or nothing is dropped. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void *probe = probe_map(page);
+    if (probe == NULL)
+        return -(errno ? errno : EIO);
     size_t len = 0;
     char *smaps = read_proc("/proc/self/smaps", &len);
     if (smaps == NULL) {
         int e = errno ? errno : EIO;
-        if (st)
-            *st = s;
+        munmap(probe, page);
         return -e;
     }
     range_t ranges[MAX_RANGES];
     size_t n = 0;
     range_t cur = {0, 0};
-    bool eligible = false, clean = false;
+    bool eligible = false, clean = false, is_probe = false, probe_private = false;
     for (char *line = smaps; line < smaps + len;) {
         char *eol = memchr(line, '\n', (size_t)(smaps + len - line));
         if (eol == NULL)
             eol = smaps + len;
         if (is_header(line)) {
             eligible = header_eligible(line, eol, &cur);
+            is_probe = eligible && cur.start == (uintptr_t)probe;
             clean = false;
         } else if (eligible && strncmp(line, "Anonymous:", 10) == 0) {
             /* private (copy-on-write) pages in this mapping, in kB */
             clean = strtoul(line + 10, NULL, 10) == 0;
-            if (!clean)
+            if (is_probe)
+                probe_private = !clean;
+            else if (!clean)
                 s.skipped++;
         } else if (eligible && strncmp(line, "VmFlags:", 8) == 0) {
             /* the last line of a mapping; " lo" = locked: keep */
             bool locked = memmem(line, (size_t)(eol - line), " lo", 3) != NULL;
-            if (clean && !locked && n < MAX_RANGES)
+            if (clean && !locked && !is_probe && n < MAX_RANGES)
                 ranges[n++] = cur;
             eligible = false;
         }
         line = eol + 1;
     }
     free(smaps);
+    munmap(probe, page);
+    if (!probe_private) {
+        smaps_untrusted = true;
+        return -ENOTSUP;
+    }
     /* only now: madvise changes what smaps would say */
     for (size_t i = 0; i < n; i++)
         if (madvise((void *)ranges[i].start, ranges[i].end - ranges[i].start, MADV_DONTNEED) == 0)

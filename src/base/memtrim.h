@@ -23,8 +23,14 @@ typedef struct cw_trim_stats {
  * made read-only after loading, or code a debugger patched, is left
  * alone: dropping those pages would lose their contents.
  *
- * Linux only; elsewhere a no-op.  Returns 0, or -errno when
- * /proc/self/smaps cannot be read (nothing is dropped then). */
+ * Before it drops anything, the same read of /proc/self/smaps must show a
+ * probe mapping that holds a private page as holding one; when it does not
+ * (an emulator such as qemu-user renders smaps without page counts, or
+ * shows its host's mappings), nothing is dropped, now or later.
+ *
+ * Linux only; elsewhere a no-op.  Returns 0; -ENOTSUP when smaps cannot be
+ * trusted; or -errno when /proc/self/smaps cannot be read.  Nothing is
+ * dropped unless it returns 0. */
 int cw_trim_idle(cw_trim_stats_t *st);
 
 #endif

@@ -232,7 +232,10 @@ static void idle_timer_cb(uv_timer_t *t)
         return;
     cw_trim_stats_t st;
     int rc = cw_trim_idle(&st);
-    if (rc < 0)
+    if (rc == -ENOTSUP)
+        cw_debug("idle: /proc/self/smaps does not show this process's pages (an emulator?): "
+                 "idle pages are kept");
+    else if (rc < 0)
         cw_debug("idle: cannot trim (%s)", strerror(-rc));
     else
         cw_debug("idle: RSS %ld -> %ld KiB (%u mappings dropped, %u kept)", st.rss_before_kib,

@@ -1,7 +1,11 @@
 /* cw_trim_idle: which mappings an idle process gives back, and that no
  * private page is ever lost (a dropped private page would read back as the
- * file's content). */
+ * file's content).  Where /proc/self/smaps does not describe this process's
+ * pages (qemu-user, which runs the cross builds' tests), the trim must refuse
+ * and leave everything as it was. */
+#include <errno.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,14 +24,16 @@
 static char file_path[64];
 static size_t page;
 
-/* Rss and Anonymous (KiB) of the mapping that starts at addr. */
-static void mapping_kib(const void *addr, long *rss, long *anon)
+/* Rss and Anonymous (KiB) of the mapping that starts at addr; false when
+ * smaps has no such mapping or no such lines. */
+static bool find_mapping(const void *addr, long *rss, long *anon)
 {
     char want[32];
     snprintf(want, sizeof want, "%08lx-",
              (unsigned long)(uintptr_t)addr); /* smaps pads to 8 digits */
     FILE *f = fopen("/proc/self/smaps", "r");
-    assert_non_null(f);
+    if (f == NULL)
+        return false;
     char line[512];
     int in = 0;
     *rss = *anon = -1;
@@ -43,7 +49,12 @@ static void mapping_kib(const void *addr, long *rss, long *anon)
             *anon = strtol(line + 10, NULL, 10);
     }
     fclose(f);
-    assert_true(*rss >= 0 && *anon >= 0);
+    return *rss >= 0 && *anon >= 0;
+}
+
+static void mapping_kib(const void *addr, long *rss, long *anon)
+{
+    assert_true(find_mapping(addr, rss, anon));
 }
 
 static uint8_t pattern(size_t i)
@@ -71,6 +82,26 @@ static int teardown(void **state)
 {
     unlink(file_path);
     return 0;
+}
+
+static uint8_t *map_file(int prot, int flags);
+
+/* Does smaps show a private page where we made one?  (The test's own
+ * check, independent of memtrim.c's.) */
+static bool smaps_honest(void)
+{
+    static int honest = -1;
+    if (honest < 0) {
+        uint8_t *p = map_file(PROT_READ | PROT_WRITE, MAP_PRIVATE);
+        p[0] ^= 1;
+        long rss, anon;
+        honest = find_mapping(p, &rss, &anon) && anon > 0 && rss >= anon;
+        munmap(p, FILE_KIB * 1024);
+        if (!honest)
+            print_message("/proc/self/smaps does not show this process's private pages (an "
+                          "emulator?): checking that the trim refuses and changes nothing\n");
+    }
+    return honest;
 }
 
 static uint8_t *map_file(int prot, int flags)
@@ -104,6 +135,12 @@ static void test_drops_clean_read_only(void **state)
     uint8_t *p = map_file(PROT_READ, MAP_PRIVATE);
     touch(p);
     long rss, anon;
+    if (!smaps_honest()) {
+        assert_int_equal(cw_trim_idle(NULL), -ENOTSUP);
+        check_content(p, 0);
+        munmap(p, FILE_KIB * 1024);
+        return;
+    }
     mapping_kib(p, &rss, &anon);
     assert_int_equal(rss, FILE_KIB);
     assert_int_equal(anon, 0);
@@ -127,6 +164,14 @@ static void test_keeps_private_pages(void **state)
     memset(p, 0xA5, 100); /* copy-on-write: the first page is now private */
     assert_int_equal(mprotect(p, FILE_KIB * 1024, PROT_READ), 0);
     long rss, anon;
+    if (!smaps_honest()) {
+        assert_int_equal(cw_trim_idle(NULL), -ENOTSUP);
+        for (size_t i = 0; i < 100; i++)
+            assert_int_equal(p[i], 0xA5);
+        check_content(p, 100);
+        munmap(p, FILE_KIB * 1024);
+        return;
+    }
     mapping_kib(p, &rss, &anon);
     assert_int_equal(anon, page / 1024);
     cw_trim_stats_t st;
@@ -148,6 +193,14 @@ static void test_keeps_writable_and_shared(void **state)
     uint8_t *s = map_file(PROT_READ, MAP_SHARED);
     touch(w);
     touch(s);
+    if (!smaps_honest()) {
+        assert_int_equal(cw_trim_idle(NULL), -ENOTSUP);
+        check_content(w, 0);
+        check_content(s, 0);
+        munmap(w, FILE_KIB * 1024);
+        munmap(s, FILE_KIB * 1024);
+        return;
+    }
     assert_int_equal(cw_trim_idle(NULL), 0);
     long rss, anon;
     mapping_kib(w, &rss, &anon);
@@ -165,8 +218,10 @@ static void test_code_faults_back(void **state)
 {
     for (int i = 0; i < 3; i++) {
         cw_trim_stats_t st;
-        assert_int_equal(cw_trim_idle(&st), 0);
-        assert_true(st.rss_after_kib > 0);
+        int rc = cw_trim_idle(&st);
+        if (rc != (smaps_honest() ? 0 : -ENOTSUP) || st.rss_before_kib <= 0)
+            fail_msg("trim %d: rc %d, RSS %ld -> %ld KiB", i, rc, st.rss_before_kib,
+                     st.rss_after_kib);
         char buf[64];
         snprintf(buf, sizeof buf, "%d %s", i, "after");
         assert_string_equal(buf + 2, "after");
