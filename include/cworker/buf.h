@@ -27,6 +27,9 @@ void *cw_grow(void *v, size_t *cap, size_t need, size_t size);
 
 /* Make room for `extra` more bytes; 0 or -ENOMEM. */
 int cw_buf_reserve(cw_buf_t *b, size_t extra);
+/* Room for extra more bytes, exactly (no doubling): for a size known in
+ * advance that would otherwise be reached by several copies. */
+int cw_buf_reserve_exact(cw_buf_t *b, size_t extra);
 /* Append bytes; 0 or -ENOMEM. */
 int cw_buf_append(cw_buf_t *b, const void *data, size_t len);
 /* Append a NUL-terminated string (without the NUL). */

@@ -113,6 +113,7 @@ typedef struct cw_ws {
     /* data message being assembled (fragments, or a frame split over feeds) */
     unsigned msg_opcode; /* 0 = none in progress */
     cw_buf_t msg;
+    bool msg_delivering; /* on_message has msg's storage (cw_ws_take_message) */
     /* control frame payload being assembled */
     uint8_t ctl[125];
     size_t ctl_len;
@@ -162,6 +163,15 @@ int cw_ws_ping(cw_ws_t *ws, const uint8_t *data, size_t len);
 /* Start the close handshake: send Close(code, reason) through on_send once.
  * reason is truncated to fit 123 bytes. Returns 0 or on_send's error. */
 int cw_ws_close(cw_ws_t *ws, uint16_t code, const char *reason);
+
+/* Inside on_message only: the storage of the message being delivered (*len
+ * bytes) when it
+ * was assembled in the session's own buffer (a message that arrived in
+ * pieces), now the caller's to free(); the session assembles the next one in
+ * fresh memory.  NULL when the message lies in the buffer given to
+ * cw_ws_feed (the caller copies what it keeps).  For a receiver that keeps a
+ * large message's bytes (a transfer block written behind) without copying. */
+uint8_t *cw_ws_take_message(cw_ws_t *ws, size_t *len);
 
 cw_ws_state_t cw_ws_state(const cw_ws_t *ws);
 

@@ -65,11 +65,21 @@ typedef struct preq {
 } preq_t;
 
 /* get: a block answered, waiting for the disk (a FIFO list). */
+/* A block answered and waiting for the disk: in the request's own storage
+ * (mem, taken from the connection: no copy) or copied after the struct. */
 typedef struct gblock {
     struct gblock *next;
     size_t len;
-    uint8_t data[];
+    const uint8_t *data;
+    uint8_t *mem;
+    uint8_t copy[];
 } gblock_t;
+
+static void gblock_free(gblock_t *b)
+{
+    free(b->mem);
+    free(b);
+}
 
 typedef enum { ITEM_MKDIR, ITEM_FILE, ITEM_LINKS } item_kind_t;
 
@@ -621,7 +631,7 @@ static void xfer_free(cli_t *cli)
     while (x->behind) {
         gblock_t *b = x->behind;
         x->behind = b->next;
-        free(b);
+        gblock_free(b);
     }
     free(x->buf);
     free(x->tmp);
@@ -668,7 +678,7 @@ static void get_write_cb(uv_fs_t *req)
         b = x->behind;
         x->behind = b->next;
         x->behind_bytes -= b->len;
-        free(b);
+        gblock_free(b);
     } while (x->error && x->behind);
     if (x->behind == NULL)
         x->behind_tail = NULL;
@@ -866,14 +876,31 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
             get_hold(x, m);
             return;
         }
-        gblock_t *b = malloc(sizeof *b + len);
+        /* a block that arrived in pieces (most of them) is kept where it
+         * was assembled; a small one is copied */
+        size_t mem_len = 0;
+        uint8_t *mem = cw_remote_take_message(r, &mem_len);
+        if (mem &&
+            (m->u.write.data < mem || len > mem_len || m->u.write.data > mem + (mem_len - len))) {
+            /* not where the decoder left the bytes: keep a copy instead */
+            free(mem);
+            mem = NULL;
+        }
+        gblock_t *b = malloc(sizeof *b + (mem ? 0 : len));
         if (b == NULL) {
+            free(mem);
             cw_remote_respond_error(r, m->seq, "out of memory on the master");
             return;
         }
         b->next = NULL;
         b->len = len;
-        memcpy(b->data, m->u.write.data, len);
+        b->mem = mem;
+        if (mem) {
+            b->data = m->u.write.data;
+        } else {
+            memcpy(b->copy, m->u.write.data, len);
+            b->data = b->copy;
+        }
         if (x->behind_tail)
             x->behind_tail->next = b;
         else

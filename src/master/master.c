@@ -327,6 +327,11 @@ int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, siz
     return cw_conn_send(&r->w->conn, &b);
 }
 
+uint8_t *cw_remote_take_message(cw_remote_t *r, size_t *len)
+{
+    return cw_conn_take_message(&r->w->conn, len);
+}
+
 int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg)
 {
     return cw_conn_send(&r->w->conn, msg);

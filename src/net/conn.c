@@ -254,6 +254,11 @@ static const cw_ws_callbacks_t conn_ws_callbacks = {
     .on_close = ws_on_close,
 };
 
+uint8_t *cw_conn_take_message(cw_conn_t *c, size_t *len)
+{
+    return cw_ws_take_message(&c->ws, len);
+}
+
 void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role, const cw_conn_options_t *opt,
                   const cw_conn_callbacks_t *cb, void *data)
 {

@@ -44,6 +44,20 @@ int cw_buf_reserve(cw_buf_t *b, size_t extra)
     return 0;
 }
 
+int cw_buf_reserve_exact(cw_buf_t *b, size_t extra)
+{
+    if (extra <= b->cap - b->len)
+        return 0;
+    if (extra > SIZE_MAX / 2 - b->len)
+        return -ENOMEM;
+    uint8_t *p = realloc(b->data, b->len + extra);
+    if (p == NULL)
+        return -ENOMEM;
+    b->data = p;
+    b->cap = b->len + extra;
+    return 0;
+}
+
 int cw_buf_append(cw_buf_t *b, const void *data, size_t len)
 {
     if (len == 0)

@@ -32,6 +32,8 @@ typedef struct peer {
     int msg_rc;        /* what on_message returns */
     int send_rc;       /* what on_send returns */
     uint16_t close_at; /* on_message calls cw_ws_close(close_at) when nonzero */
+    bool take;         /* on_message calls cw_ws_take_message */
+    size_t ntaken;     /* messages whose storage it got (checked and freed) */
     size_t npong;
     cw_buf_t pong;
     size_t nclose;
@@ -51,6 +53,18 @@ static int rec_message(void *ud, unsigned opcode, uint8_t *data, size_t len)
     p->in_feed[p->nmsg] = data >= p->feed_lo && data + len <= p->feed_hi;
     p->nmsg++;
     assert_int_equal(cw_buf_append(&p->data, data, len), 0);
+    if (p->take) {
+        size_t tlen = 0;
+        uint8_t *mem = cw_ws_take_message(&p->ws, &tlen);
+        /* the storage of a message that did not lie in the fed buffer */
+        assert_true(mem == NULL || (mem == data && tlen == len));
+        assert_true(mem != NULL || p->in_feed[p->nmsg - 1] || len == 0);
+        assert_null(cw_ws_take_message(&p->ws, &tlen)); /* only once */
+        if (mem) {
+            p->ntaken++;
+            free(mem); /* the session must not touch it again */
+        }
+    }
     if (p->close_at)
         assert_int_equal(cw_ws_close(&p->ws, p->close_at, "enough"), 0);
     return p->msg_rc;
@@ -1247,6 +1261,42 @@ static void test_encode(void **state)
 }
 
 /* A large message arriving in pieces leaves no big buffer behind once delivered. */
+/* cw_ws_take_message: a message assembled from pieces hands its storage over
+ * (no copy for a receiver that keeps it); the next one is assembled in fresh
+ * memory; a message that lay in the fed buffer has none to hand over.  Under
+ * ASan/valgrind a use of the taken storage by the session is an error. */
+static void test_take_message(void **state)
+{
+    (void)state;
+    size_t n = 300000;
+    uint8_t *big = malloc(n);
+    assert_non_null(big);
+    fill(big, n, false, 5);
+    cw_buf_t w = CW_BUF_INIT;
+    put_frame(&w, CW_WS_CLIENT, CW_WS_OP_BINARY, true, big, n);
+    put_frame(&w, CW_WS_CLIENT, CW_WS_OP_BINARY, true, "small", 5);
+    put_frame(&w, CW_WS_CLIENT, CW_WS_OP_BINARY, true, big, n / 2);
+    put_frame(&w, CW_WS_CLIENT, CW_WS_OP_BINARY, false, "frag", 4);
+    put_frame(&w, CW_WS_CLIENT, CW_WS_OP_CONT, true, "ments", 5);
+    peer_t s;
+    peer_init(&s, CW_WS_SERVER, 0);
+    s.take = true;
+    /* in random pieces (of at most a few KiB): the big ones arrive in several */
+    assert_int_equal(feed_split(&s, w.data, w.len, 65536), 0);
+    assert_int_equal(s.nmsg, 4);
+    assert_true(s.ntaken >= 3); /* both big ones and the fragmented one */
+    assert_memory_equal(s.data.data, big, n);
+    assert_memory_equal(s.data.data + n, "small", 5);
+    assert_memory_equal(s.data.data + n + 5, big, n / 2);
+    assert_memory_equal(s.data.data + n + 5 + n / 2, "fragments", 9);
+    /* outside on_message there is nothing to take */
+    size_t tlen;
+    assert_null(cw_ws_take_message(&s.ws, &tlen));
+    peer_free(&s);
+    cw_buf_free(&w);
+    free(big);
+}
+
 static void test_buffer_released(void **state)
 {
     (void)state;
@@ -1291,6 +1341,7 @@ int main(void)
         cmocka_unit_test(test_callback_errors),
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_buffer_released),
+        cmocka_unit_test(test_take_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
