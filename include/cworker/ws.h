@@ -165,13 +165,16 @@ int cw_ws_ping(cw_ws_t *ws, const uint8_t *data, size_t len);
 int cw_ws_close(cw_ws_t *ws, uint16_t code, const char *reason);
 
 /* Inside on_message only: the storage of the message being delivered (*len
- * bytes) when it
- * was assembled in the session's own buffer (a message that arrived in
- * pieces), now the caller's to free(); the session assembles the next one in
- * fresh memory.  NULL when the message lies in the buffer given to
- * cw_ws_feed (the caller copies what it keeps).  For a receiver that keeps a
- * large message's bytes (a transfer block written behind) without copying. */
+ * bytes), when it was assembled in the session's own buffer (a message that
+ * arrived in pieces), now the caller's to free(); the session assembles the
+ * next one in fresh memory.  NULL when the message lies in the buffer given
+ * to cw_ws_feed (the caller copies what it keeps).  For a receiver that
+ * keeps a large message's bytes (a transfer block written behind) without
+ * copying. */
 uint8_t *cw_ws_take_message(cw_ws_t *ws, size_t *len);
+/* Inside on_message only: true when cw_ws_take_message would hand over
+ * storage that holds p[0..n). */
+bool cw_ws_message_holds(const cw_ws_t *ws, const uint8_t *p, size_t n);
 
 cw_ws_state_t cw_ws_state(const cw_ws_t *ws);
 

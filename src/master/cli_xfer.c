@@ -64,9 +64,9 @@ typedef struct preq {
     cw_op_t op;
 } preq_t;
 
-/* get: a block answered, waiting for the disk (a FIFO list). */
-/* A block answered and waiting for the disk: in the request's own storage
- * (mem, taken from the connection: no copy) or copied after the struct. */
+/* get: a block answered, waiting for the disk (a FIFO list): in the
+ * request's own storage (mem, taken from the connection: no copy) or copied
+ * after the struct. */
 typedef struct gblock {
     struct gblock *next;
     size_t len;
@@ -878,14 +878,7 @@ static void get_on_transfer(cw_remote_t *r, const cw_msg_t *m)
         }
         /* a block that arrived in pieces (most of them) is kept where it
          * was assembled; a small one is copied */
-        size_t mem_len = 0;
-        uint8_t *mem = cw_remote_take_message(r, &mem_len);
-        if (mem &&
-            (m->u.write.data < mem || len > mem_len || m->u.write.data > mem + (mem_len - len))) {
-            /* not where the decoder left the bytes: keep a copy instead */
-            free(mem);
-            mem = NULL;
-        }
+        uint8_t *mem = cw_remote_take_message(r, m->u.write.data, len);
         gblock_t *b = malloc(sizeof *b + (mem ? 0 : len));
         if (b == NULL) {
             free(mem);

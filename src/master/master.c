@@ -327,9 +327,9 @@ int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, siz
     return cw_conn_send(&r->w->conn, &b);
 }
 
-uint8_t *cw_remote_take_message(cw_remote_t *r, size_t *len)
+uint8_t *cw_remote_take_message(cw_remote_t *r, const uint8_t *data, size_t len)
 {
-    return cw_conn_take_message(&r->w->conn, len);
+    return cw_conn_take_message(&r->w->conn, data, len);
 }
 
 int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg)

@@ -180,11 +180,11 @@ int cw_remote_interrupt(cw_remote_t *r, const char *why);
 int cw_remote_respond(cw_remote_t *r, int64_t seq);
 int cw_remote_respond_error(cw_remote_t *r, int64_t seq, const char *text);
 int cw_remote_respond_data(cw_remote_t *r, int64_t seq, const uint8_t *data, size_t len);
-/* Inside on_transfer only: the storage m's data lies in (*len bytes), now the caller's to
- * free(), when the message was assembled from several reads (a large one);
- * NULL otherwise (copy what you keep).  Lets a writer keep a block without
- * copying it. */
-uint8_t *cw_remote_take_message(cw_remote_t *r, size_t *len);
+/* Inside on_transfer only: the storage data[0..len) lies in, now the
+ * caller's to free(), when the message was assembled from several reads (a
+ * large one); NULL otherwise (copy what you keep).  Lets a writer keep a
+ * block without copying it. */
+uint8_t *cw_remote_take_message(cw_remote_t *r, const uint8_t *data, size_t len);
 /* Send a response the caller packed whole (the buffer is taken). */
 int cw_remote_send_packed(cw_remote_t *r, cw_buf_t *msg);
 

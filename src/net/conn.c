@@ -254,9 +254,13 @@ static const cw_ws_callbacks_t conn_ws_callbacks = {
     .on_close = ws_on_close,
 };
 
-uint8_t *cw_conn_take_message(cw_conn_t *c, size_t *len)
+uint8_t *cw_conn_take_message(cw_conn_t *c, const uint8_t *data, size_t len)
 {
-    return cw_ws_take_message(&c->ws, len);
+    /* the decoder's views point into the message: check rather than assume */
+    if (!cw_ws_message_holds(&c->ws, data, len))
+        return NULL;
+    size_t mlen;
+    return cw_ws_take_message(&c->ws, &mlen);
 }
 
 void cw_conn_init(cw_conn_t *c, uv_loop_t *loop, cw_conn_role_t role, const cw_conn_options_t *opt,

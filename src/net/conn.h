@@ -191,10 +191,10 @@ int cw_conn_send_raw(cw_conn_t *c, const uint8_t *data, size_t len);
 
 /* True while the send queue is below the high-water mark. */
 bool cw_conn_writable(const cw_conn_t *c);
-/* Inside on_request only: the storage of the request being handled (*len
- * bytes), now the
- * caller's to free() (cw_ws_take_message), or NULL (copy what you keep). */
-uint8_t *cw_conn_take_message(cw_conn_t *c, size_t *len);
+/* Inside on_request only: the storage of the request being handled, now the
+ * caller's to free(), when it holds data[0..len) (cw_ws_take_message);
+ * otherwise NULL and nothing changes (copy what you keep). */
+uint8_t *cw_conn_take_message(cw_conn_t *c, const uint8_t *data, size_t len);
 bool cw_conn_is_open(const cw_conn_t *c);
 
 #endif

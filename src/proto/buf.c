@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,14 +27,16 @@ void *cw_grow(void *v, size_t *cap, size_t need, size_t size)
     return nv;
 }
 
-int cw_buf_reserve(cw_buf_t *b, size_t extra)
+/* Room for extra more bytes: a capacity of exactly len + extra, or (doubling)
+ * the first power-of-two multiple of 256 above it. */
+static int buf_reserve(cw_buf_t *b, size_t extra, bool exact)
 {
     if (extra <= b->cap - b->len)
         return 0;
     if (extra > SIZE_MAX / 2 - b->len)
         return -ENOMEM;
     size_t need = b->len + extra;
-    size_t cap = b->cap ? b->cap : 256;
+    size_t cap = exact ? need : b->cap ? b->cap : 256;
     while (cap < need)
         cap *= 2;
     uint8_t *p = realloc(b->data, cap);
@@ -44,18 +47,14 @@ int cw_buf_reserve(cw_buf_t *b, size_t extra)
     return 0;
 }
 
+int cw_buf_reserve(cw_buf_t *b, size_t extra)
+{
+    return buf_reserve(b, extra, false);
+}
+
 int cw_buf_reserve_exact(cw_buf_t *b, size_t extra)
 {
-    if (extra <= b->cap - b->len)
-        return 0;
-    if (extra > SIZE_MAX / 2 - b->len)
-        return -ENOMEM;
-    uint8_t *p = realloc(b->data, b->len + extra);
-    if (p == NULL)
-        return -ENOMEM;
-    b->data = p;
-    b->cap = b->len + extra;
-    return 0;
+    return buf_reserve(b, extra, true);
 }
 
 int cw_buf_append(cw_buf_t *b, const void *data, size_t len)

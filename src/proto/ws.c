@@ -237,6 +237,12 @@ uint8_t *cw_ws_take_message(cw_ws_t *ws, size_t *len)
     return p;
 }
 
+bool cw_ws_message_holds(const cw_ws_t *ws, const uint8_t *p, size_t n)
+{
+    const uint8_t *m = ws->msg.data;
+    return ws->msg_delivering && p >= m && n <= ws->msg.len && p <= m + (ws->msg.len - n);
+}
+
 cw_ws_state_t cw_ws_state(const cw_ws_t *ws)
 {
     return ws->state;

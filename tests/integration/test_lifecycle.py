@@ -9,7 +9,8 @@ import time
 import pytest
 
 import bbmaster
-from cwhelpers import WORKER_CREDS, dump_worker_logs, per_kind, wait_processes  # noqa: F401
+from cwhelpers import (WORKER_CREDS, dump_worker_logs, per_kind, proc_status_kib,  # noqa: F401
+                       wait_processes)
 
 # The command guards against a re-run: after a master crash 3.7 may put the interrupted
 # request back in the queue; the re-run sees the flag file and exits at once.
@@ -131,14 +132,6 @@ def _idle_trims(w):
     return [ln for ln in w.log_text().splitlines() if 'idle: RSS' in ln]
 
 
-def _vmrss_kib(pid):
-    with open(f'/proc/{pid}/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    raise AssertionError('no VmRSS')
-
-
 def test_idle_worker_gives_back_unused_pages(master, worker_factory):
     """Attached and idle for 2 s, the worker drops the code pages and heap it does not use
     (src/base/memtrim.c); it then runs builds as before, and trims again once idle again."""
@@ -152,7 +145,7 @@ def test_idle_worker_gives_back_unused_pages(master, worker_factory):
     words = trims[0].split('idle: RSS ')[1].split()
     before, after, dropped = int(words[0]), int(words[2]), int(words[4].lstrip('('))
     print(f'\n  idle trim: VmRSS {before} -> {after} KiB, {dropped} mappings dropped; '
-          f'now {_vmrss_kib(w.pid)} KiB')
+          f'now {proc_status_kib(w.pid, "VmRSS")} KiB')
     assert dropped > 0 and after < before, trims[0]
     for _ in range(2):
         _hello(master)

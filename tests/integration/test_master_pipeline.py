@@ -97,6 +97,21 @@ def start_big_put(w, tmp_path, dest, faults=None):
     return m, src
 
 
+def expect_link_lost(w, m, path):
+    """cworker-master m, started with a drop_after fault, loses the link to the worker
+    w: it exits with EXIT_LINK_LOST and says so.  path (the transfer's source) is removed
+    either way.  Returns the worker's pid at the attach."""
+    try:
+        bbmaster.wait_for(lambda: 'attached from' in m.stderr_text(), 60, 'the attach')
+        pid = w.pid
+        r = m.wait(120)
+    finally:
+        os.unlink(path)
+    assert r.rc == mastercli.EXIT_LINK_LOST, r
+    assert re.search(r'lost the link', r.stderr), r
+    return pid
+
+
 # cworker only: the stock worker writes a download in place (a partial file by design;
 # test_safety.py asserts that beside cworker's behaviour)
 @pytest.mark.parametrize('aw', ['cworker'], indirect=True)
@@ -133,14 +148,7 @@ def test_put_link_lost_keeps_destination(w, tmp_path):
     dst = make_precious(w, 'precious-drop.bin')
     # the link drops after 40 messages from the worker: in the middle of the reads
     m, src = start_big_put(w, tmp_path, 'precious-drop.bin', faults='drop_after=40')
-    try:
-        bbmaster.wait_for(lambda: 'attached from' in m.stderr_text(), 60, 'the attach')
-        pid = w.pid
-        r = m.wait(120)
-    finally:
-        os.unlink(src)
-    assert r.rc == mastercli.EXIT_LINK_LOST, r
-    assert re.search(r'lost the link', r.stderr), r
+    pid = expect_link_lost(w, m, src)
     with open(dst, 'rb') as f:
         assert f.read() == b'precious data\n'
     bbmaster.wait_for(lambda: worker_temporaries(w) == [], 10, 'no temporary left')
@@ -297,14 +305,7 @@ def test_get_link_lost(w, tmp_path):
     local = tmp_path / 'precious.bin'
     local.write_bytes(b'precious data\n')
     m, remote = start_big_get(w, tmp_path, local, faults='drop_after=40')
-    try:
-        bbmaster.wait_for(lambda: 'attached from' in m.stderr_text(), 60, 'the attach')
-        pid = w.pid
-        r = m.wait(120)
-    finally:
-        os.unlink(remote)
-    assert r.rc == mastercli.EXIT_LINK_LOST, r
-    assert re.search(r'lost the link', r.stderr), r
+    pid = expect_link_lost(w, m, remote)
     assert local.read_bytes() == b'precious data\n'
     assert master_temporaries(tmp_path) == []
     assert_worker_goes_on(w, tmp_path, pid)

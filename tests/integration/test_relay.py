@@ -31,6 +31,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from cwhelpers import proc_status_kib  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 
 # protocol-neutral (the relay carries bytes, never parses a protocol; tunnelcat is the client):
@@ -203,11 +204,10 @@ class Relay:
         return sum(1 for line in self.log if rx.search(line))
 
     def vmrss_kib(self):
-        with open(f'/proc/{self.proc.pid}/status') as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1])
-        raise AssertionError('no VmRSS')
+        kib = proc_status_kib(self.proc.pid, 'VmRSS')
+        if kib is None:
+            raise AssertionError('no VmRSS')
+        return kib
 
     def metrics(self):
         with urllib.request.urlopen(f'http://127.0.0.1:{self.metrics_port}/metrics', timeout=5) as r:
